@@ -1,0 +1,20 @@
+"""athelas-migrate: checkpoint migration and backward compatibility for the athelas Lightning models.
+
+The public API is imported lazily so that `athelas-migrate --help` and rename-only
+migrations never pay for importing torch or Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["migrate", "verify", "audit", "inspect", "load_model", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("migrate", "verify", "audit", "inspect", "load_model"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

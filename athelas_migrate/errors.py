@@ -1,0 +1,66 @@
+"""Typed refusals, each mapped to one stable exit code in one place.
+
+Exit codes (documented in the README): 0 success, 1 verification or check
+failed, 2 usage error, 3 input refused.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+
+
+class AthelasError(Exception):
+    """Base of every error the tool reports to users without a traceback."""
+
+    exit_code = EXIT_REFUSED
+
+
+class UsageError(AthelasError):
+    """The command was called wrongly (bad option values, conflicting --set, NEW == OLD)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(AthelasError):
+    """The input file cannot be read as a checkpoint (empty, truncated, not a checkpoint)."""
+
+
+class UnsafeCheckpointError(InputError):
+    """The pickle references a class outside the reviewed allowlist."""
+
+    def __init__(self, classpath: str, keypath: str):
+        self.classpath = classpath
+        self.keypath = keypath
+        super().__init__(
+            f"refused: the checkpoint references {classpath!r} at {keypath}, which is not on the "
+            f"reviewed allowlist; nothing from it was executed"
+        )
+
+
+class UnknownLayoutError(InputError):
+    """The checkpoint is readable but matches no known family or layout."""
+
+
+class MissingInformationError(InputError):
+    """A hyper-parameter the target needs is neither in the checkpoint nor supplied."""
+
+
+class RuleError(AthelasError):
+    """A rule file is malformed, or the rules do not cover the checkpoint exactly."""
+
+
+class ValidationError(AthelasError):
+    """The migrated state does not equal the target layout exactly."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class NotInvertibleError(RuleError):
+    """A rollback was asked for across a rule that cannot be undone."""
+
+
+class OutputExistsError(UsageError):
+    """The destination exists and --force was not given."""

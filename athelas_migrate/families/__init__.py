@@ -1,0 +1,49 @@
+"""Registry of model families and detection of (family, layout version) with evidence."""
+
+from __future__ import annotations
+
+from ..errors import UnknownLayoutError
+from ..io.reader import RawCheckpoint
+from .base import Detection, Expected, Family
+from .cnn import BimodalCNNFamily, TabAEFamily, TextCNNFamily
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (BimodalCNNFamily(), TextCNNFamily(), TabAEFamily())}
+
+
+def register(family: Family) -> None:
+    FAMILIES[family.name] = family
+
+
+def _load_optional() -> None:
+    try:
+        from . import bert  # noqa: F401  (registers the BERT fusion families)
+    except ImportError:  # pragma: no cover - the module is optional
+        pass
+
+
+_load_optional()
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UnknownLayoutError(f"unknown family {name!r} (known: {', '.join(sorted(FAMILIES))})") from None
+
+
+def detect(raw: RawCheckpoint) -> Detection:
+    """Family and layout version of `raw`: a layout stamp wins; otherwise keys, shapes and hyper-parameters."""
+    if raw.stamp and raw.stamp.get("family") in FAMILIES and raw.stamp.get("layout"):
+        return Detection(raw.stamp["family"], raw.stamp["layout"],
+                         [f"layout stamp athelas_migrate.layout={raw.stamp['layout']!r}"], 10)
+    hits = [d for f in FAMILIES.values() if (d := f.detect(raw)) is not None]
+    if not hits:
+        sample = ", ".join(list(raw.state_dict)[:6]) or "no tensors"
+        raise UnknownLayoutError(f"{raw.path}: matches no known model family (keys: {sample})")
+    hits.sort(key=lambda d: -d.score)
+    if len(hits) > 1 and hits[0].score == hits[1].score:
+        raise UnknownLayoutError(f"{raw.path}: ambiguous: looks like both {hits[0].family} and {hits[1].family}")
+    return hits[0]
+
+
+__all__ = ["Detection", "Expected", "Family", "FAMILIES", "detect", "get_family", "register"]

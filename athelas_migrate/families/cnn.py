@@ -1,0 +1,327 @@
+"""The CNN families: TextCNN, TabAE and BimodalCNN (v0 MultimodalCNN, v1, v2 components).
+
+Facts from shared/spec/legacy-layouts.md and target-layout.md: key layouts are
+computed from the config here, and tests check them against the real classes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
+
+from ..errors import InputError, UnknownLayoutError, UsageError
+from ..io.reader import RawCheckpoint
+from .base import Detection, Expected, Family, merge_config, require
+
+V1_BIMODAL_WHITELIST = [
+    "text_name", "text_input_ids_key", "is_binary", "num_classes", "kernel_size", "num_layers", "num_channels",
+    "hidden_common_dim", "dropout_keep", "max_sen_len", "is_embeddings_trainable", "class_weights", "lr",
+    "weight_decay", "adam_epsilon", "metric_choices", "model_class", "embed_size", "tokenizer",
+]
+V2_ONLY_KEYS = ("text_batch_key", "vocab_size")
+_CONV = re.compile(r"convs\.(\d+)\.(\d+)\.weight")
+
+
+def _float_values(t) -> list[float]:
+    import numpy as np
+
+    return [float(x) for x in np.frombuffer(bytes(t.raw_bytes()), dtype=np.dtype(t.dtype))]
+
+
+def text_shapes(sd: dict, prefix: str, where: str) -> dict[str, Any]:
+    """Text-branch configuration read off tensor shapes (prefix: "", "text_subnetwork.", "text_encoder.")."""
+    emb = sd.get(f"{prefix}embeddings.weight")
+    if emb is None or len(emb.shape) != 2:
+        raise InputError(f"{where}: missing or malformed {prefix}embeddings.weight")
+    branches: dict[int, dict[int, tuple]] = {}
+    for key, t in sd.items():
+        if key.startswith(prefix):
+            m = _CONV.fullmatch(key[len(prefix):])
+            if m:
+                branches.setdefault(int(m.group(1)), {})[int(m.group(2))] = tuple(t.shape)
+    if not branches:
+        raise InputError(f"{where}: no convolution weights under {prefix}convs")
+    kernels, channels = [], None
+    for j in sorted(branches):
+        layers = branches[j]
+        if sorted(layers) != [3 * i for i in range(len(layers))] or any(len(s) != 3 for s in layers.values()):
+            raise InputError(f"{where}: branch {prefix}convs.{j} has unexpected layer indices {sorted(layers)}")
+        kernels.append(layers[0][2])
+        ch = [layers[3 * i][0] for i in range(len(layers))]
+        if channels is not None and ch != channels:
+            raise InputError(f"{where}: conv branches disagree on channel widths")
+        channels = ch
+    head = sd.get(f"{prefix}network.1.weight") or sd.get(f"{prefix}projection.1.weight")
+    if head is None:
+        raise InputError(f"{where}: missing the text head {prefix}network.1.weight")
+    return {"vocab_size": emb.shape[0], "embed_size": emb.shape[1], "kernel_size": kernels,
+            "num_layers": len(channels), "num_channels": channels, "hidden_common_dim": head.shape[0]}
+
+
+def text_expected(config: dict, prefix: str, head: str, shapes: OrderedDict) -> None:
+    V, E = config["vocab_size"], config["embed_size"]
+    C = list(config["num_channels"])[: config["num_layers"]]
+    shapes[f"{prefix}embeddings.weight"] = (V, E)
+    for j, k in enumerate(config["kernel_size"]):
+        for i in range(config["num_layers"]):
+            cin = ([E] + C[:-1])[i]
+            shapes[f"{prefix}convs.{j}.{3 * i}.weight"] = (C[i], cin, k)
+            shapes[f"{prefix}convs.{j}.{3 * i}.bias"] = (C[i],)
+    shapes[f"{prefix}{head}.1.weight"] = (config["hidden_common_dim"], C[-1] * len(config["kernel_size"]))
+    shapes[f"{prefix}{head}.1.bias"] = (config["hidden_common_dim"],)
+
+
+def _base_config(raw: RawCheckpoint) -> dict[str, Any]:
+    hp = raw.hyper_parameters or {}
+    if isinstance(hp.get("config"), dict):
+        base = dict(hp["config"])
+        for k in ("vocab_size", "embed_size"):
+            if k in hp and not hasattr(hp[k], "shape"):
+                base[k] = hp[k]
+        return base
+    return {k: v for k, v in hp.items() if not hasattr(v, "shape")}
+
+
+def _optimizer_evidence(raw: RawCheckpoint, config: dict, notes: list[str]) -> None:
+    """v1 BimodalCNN checkpoints lack optimizer_type/momentum; the optimizer state says which it was."""
+    states = raw.top.get("optimizer_states") or []
+    if config.get("optimizer_type") or not states or not isinstance(states[0], dict):
+        return
+    groups = states[0].get("param_groups") or [{}]
+    group = groups[0] if isinstance(groups[0], dict) else {}
+    if "betas" in group:
+        config["optimizer_type"] = "Adam"
+        notes.append("optimizer_type=Adam read off the optimizer state (param group has betas)")
+    elif "momentum" in group:
+        config["optimizer_type"] = "SGD"
+        config.setdefault("momentum", group["momentum"])
+        notes.append(f"optimizer_type=SGD, momentum={group['momentum']} read off the optimizer state")
+
+
+def _class_weights(raw: RawCheckpoint, config: dict, notes: list[str]) -> None:
+    if config.get("class_weights") is None and "class_weights_tensor" in raw.state_dict:
+        config["class_weights"] = _float_values(raw.state_dict["class_weights_tensor"])
+        notes.append("class_weights read off class_weights_tensor")
+
+
+def _resolve(config: dict) -> dict:
+    from ..models.config import resolve_config  # pure Python, no torch
+
+    return resolve_config(config)
+
+
+class _CNNFamily(Family):
+    latest = "v2"
+    pickled_paths: dict[str, str] = {}
+
+    def _version_from_classpath(self, raw: RawCheckpoint) -> str | None:
+        if raw.kind == "pickled_module":
+            return self.pickled_paths.get(raw.module_classpath or "")
+        return None
+
+    def finish(self, raw: RawCheckpoint, version: str, config: dict, overrides: dict, notes: list[str]) -> dict:
+        _optimizer_evidence(raw, config, notes)
+        _class_weights(raw, config, notes)
+        if "max_sen_len" not in config and "max_sen_len" not in overrides:
+            notes.append("max_sen_len is not in the checkpoint; the legacy default 512 is recorded "
+                         "(pass --set max_sen_len=N; only the legacy model's pooling depends on it)")
+        config.update(overrides)
+        return _resolve(config)
+
+
+class TextCNNFamily(_CNNFamily):
+    name = "TextCNN"
+    v2_class = "athelas_migrate.models:TextCNN"
+    legacy_classes = {"v0": "legacy:TextCNN", "v1": "legacy:TextCNN"}
+    pickled_paths = {"athelas.models.lightning.pl_text_cnn.TextCNN": "v0",
+                     "athelas.models.lightning.text.pl_text_cnn.TextCNN": "v1"}
+
+    def detect(self, raw: RawCheckpoint) -> Detection | None:
+        sd = raw.state_dict
+        if "embeddings.weight" in sd and "network.1.weight" in sd:
+            version = self._version_from_classpath(raw)
+            if version:
+                return Detection(self.name, version, [f"pickled class {raw.module_classpath}"], 3)
+            return Detection(self.name, "v1", ["keys embeddings.weight, convs.*, network.1.* (legacy TextCNN)"], 2,
+                             ["v0 and v1 TextCNN files are identical apart from the class path; treated as v1"])
+        if "text_encoder.embeddings.weight" in sd and not any(k.startswith(("fusion.", "tab_encoder.")) for k in sd):
+            return Detection(self.name, "v2", ["keys text_encoder.* without fusion.* (refactored TextCNN)"], 2)
+        return None
+
+    def configure(self, raw: RawCheckpoint, version: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        notes: list[str] = []
+        prefix = "text_encoder." if version == "v2" else ""
+        derived = text_shapes(raw.state_dict, prefix, raw.path)
+        derived["num_classes"] = raw.state_dict["class_weights_tensor"].shape[0] if "class_weights_tensor" in \
+            raw.state_dict else derived["hidden_common_dim"]
+        config = merge_config(_base_config(raw), derived, overrides, raw.path)
+        config = self.finish(raw, version, config, overrides, notes)
+        config["_notes"] = notes
+        return config
+
+    def expected(self, config: dict[str, Any], version: str) -> Expected:
+        shapes: OrderedDict[str, tuple] = OrderedDict(class_weights_tensor=(config["num_classes"],))
+        text_expected(config, "text_encoder." if version == "v2" else "",
+                      "projection" if version == "v2" else "network", shapes)
+        shapes["loss_op.weight"] = (config["num_classes"],)
+        return Expected(shapes, {"class_weights_tensor", "loss_op.weight"})
+
+    def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
+        return _render_text_model(config, version, state, "embeddings.weight")
+
+
+def _render_text_model(config: dict, version: str, state: OrderedDict, emb_key: str) -> dict[str, Any]:
+    clean = {k: v for k, v in config.items() if not k.startswith("_")}
+    if version == "v2":
+        cfg = {k: v for k, v in clean.items() if k not in ("vocab_size",)}
+        return {"config": cfg, "vocab_size": clean["vocab_size"], "embed_size": clean["embed_size"]}
+    cfg = {k: v for k, v in clean.items() if k not in V2_ONLY_KEYS}
+    return {"config": cfg, "vocab_size": clean["vocab_size"], "word_embeddings": state[emb_key]}
+
+
+class TabAEFamily(_CNNFamily):
+    name = "TabAE"
+    v2_class = "athelas_migrate.models:TabAE"
+    legacy_classes = {"v0": "legacy:TabAE", "v1": "legacy:TabAE"}
+    pickled_paths = {"athelas.models.lightning.pl_tab_ae.TabAE": "v0",
+                     "athelas.models.lightning.tabular.pl_tab_ae.TabAE": "v1"}
+
+    def detect(self, raw: RawCheckpoint) -> Detection | None:
+        keys = set(raw.state_dict)
+        if "embedding_layer.0.running_mean" in keys:
+            raise UnknownLayoutError(
+                f"{raw.path}: a TabAE with BatchNorm1d (embedding_layer.0.running_mean) is not a released "
+                "layout (only an old design note describes it); refusing to guess a mapping")
+        if keys and all(k.startswith("embedding_layer.") for k in keys):
+            version = self._version_from_classpath(raw)
+            if version:
+                return Detection(self.name, version, [f"pickled class {raw.module_classpath}"], 3)
+            return Detection(self.name, "v1", ["keys embedding_layer.{0,1}.* only (legacy TabAE)"], 2,
+                             ["v0 and v1 TabAE files are identical apart from the class path; treated as v1"])
+        if keys and all(k.startswith("embedding.embedding.") for k in keys):
+            return Detection(self.name, "v2", ["keys embedding.embedding.* only (refactored TabAE)"], 2)
+        return None
+
+    def configure(self, raw: RawCheckpoint, version: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        prefix = "embedding.embedding." if version == "v2" else "embedding_layer."
+        w = raw.state_dict.get(f"{prefix}1.weight")
+        if w is None or len(w.shape) != 2:
+            raise InputError(f"{raw.path}: missing or malformed {prefix}1.weight")
+        derived = {"hidden_common_dim": w.shape[0], "input_tab_dim": w.shape[1]}
+        config = merge_config(_base_config(raw), derived, overrides, raw.path)
+        config.update(overrides)
+        fields = require(config, "tab_field_list", "the names of the tabular input fields, in order",
+                         "'[\"f1\",\"f2\"]'")
+        if len(fields) != w.shape[1]:
+            raise UsageError(f"tab_field_list has {len(fields)} names but the weights take {w.shape[1]} inputs")
+        config.setdefault("is_binary", True)
+        config.setdefault("num_classes", 2)
+        config["_notes"] = []
+        return config
+
+    def expected(self, config: dict[str, Any], version: str) -> Expected:
+        D, H = config["input_tab_dim"], config["hidden_common_dim"]
+        p = "embedding.embedding." if version == "v2" else "embedding_layer."
+        shapes = OrderedDict([(f"{p}0.weight", (D,)), (f"{p}0.bias", (D,)), (f"{p}1.weight", (H, D)),
+                              (f"{p}1.bias", (H,))])
+        return Expected(shapes, set())
+
+    def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
+        clean = {k: v for k, v in config.items() if not k.startswith("_")}
+        if version == "v2":
+            return {"config": clean}
+        return {k: clean[k] for k in ("tab_field_list", "hidden_common_dim", "is_binary", "num_classes",
+                                      "input_tab_dim") if k in clean}
+
+
+class BimodalCNNFamily(_CNNFamily):
+    name = "BimodalCNN"
+    v2_class = "athelas_migrate.models:BimodalCNN"
+    legacy_classes = {"v0": "legacy:MultimodalCNN", "v1": "legacy:BimodalCNN"}
+    pickled_paths = {"athelas.models.lightning.pl_multimodal_cnn.MultimodalCNN": "v0",
+                     "athelas.models.lightning.bimodal.pl_bimodal_cnn.BimodalCNN": "v1"}
+
+    def detect(self, raw: RawCheckpoint) -> Detection | None:
+        sd = raw.state_dict
+        if "text_subnetwork.embeddings.weight" in sd and "final_merge_network.1.weight" in sd:
+            version = self._version_from_classpath(raw)
+            if version:
+                return Detection(self.name, version, [f"pickled class {raw.module_classpath}"], 3)
+            hp = raw.hyper_parameters
+            if hp is None:
+                return Detection(self.name, "v1", ["keys text_subnetwork.*, final_merge_network.* (legacy)"], 2,
+                                 ["a bare state dict: v0 and v1 state dicts are identical; treated as v1"])
+            if isinstance(hp.get("config"), dict) or "word_embeddings" in hp:
+                mc = hp.get("config", {}).get("model_class")
+                return Detection(self.name, "v0", ["keys text_subnetwork.*, final_merge_network.*",
+                                                   "hyper_parameters nest 'config' and carry 'word_embeddings' (v0)",
+                                                   *([f"model_class={mc!r}"] if mc else [])], 3)
+            mc = hp.get("model_class")
+            return Detection(self.name, "v1", ["keys text_subnetwork.*, final_merge_network.*",
+                                               "flat whitelisted hyper_parameters (v1)",
+                                               *([f"model_class={mc!r}"] if mc else [])], 3)
+        if "text_encoder.embeddings.weight" in sd and "fusion.fusion.1.weight" in sd:
+            return Detection(self.name, "v2", ["keys text_encoder.*, fusion.fusion.1.* (refactored BimodalCNN)"], 2)
+        return None
+
+    def configure(self, raw: RawCheckpoint, version: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        notes: list[str] = []
+        sd = raw.state_dict
+        v2 = version == "v2"
+        derived = text_shapes(sd, "text_encoder." if v2 else "text_subnetwork.", raw.path)
+        head = sd.get("fusion.fusion.1.weight" if v2 else "final_merge_network.1.weight")
+        derived["num_classes"] = head.shape[0]
+        if derived["num_classes"] != 2:
+            derived["is_binary"] = False
+        tab = sd.get("tab_encoder.embedding.1.weight" if v2 else "tab_subnetwork.embedding_layer.1.weight")
+        tab_width = tab.shape[1] if tab is not None else 0
+        config = merge_config(_base_config(raw), derived, overrides, raw.path)
+        config = self.finish(raw, version, config, overrides, notes)
+        if tab_width:
+            fields = require(config, "tab_field_list", f"the names of the {tab_width} tabular input fields, in "
+                             "order; v1 checkpoints do not store them", "'[\"f1\",\"f2\",\"f3\"]'")
+            if len(fields) != tab_width:
+                raise UsageError(f"tab_field_list has {len(fields)} names but the tabular weights take "
+                                 f"{tab_width} inputs")
+        elif config.get("tab_field_list"):
+            raise UsageError("tab_field_list is set but the checkpoint has no tabular branch")
+        if not config.get("text_batch_key"):
+            require(config, "text_name", "the name of the text field, which forms the text batch key", "dialogue")
+        if head.shape[1] != config["hidden_common_dim"] + (config["hidden_common_dim"] if tab_width else 0):
+            raise InputError(f"{raw.path}: fusion weight {list(head.shape)} does not fit the encoder widths")
+        config["_notes"] = notes
+        return config
+
+    def expected(self, config: dict[str, Any], version: str) -> Expected:
+        nc, H = config["num_classes"], config["hidden_common_dim"]
+        tab = bool(config.get("tab_field_list"))
+        D = len(config["tab_field_list"]) if tab else 0
+        shapes: OrderedDict[str, tuple] = OrderedDict(class_weights_tensor=(nc,))
+        buffers = {"class_weights_tensor", "loss_op.weight"}
+        if version == "v2":
+            text_expected(config, "text_encoder.", "projection", shapes)
+            if tab:
+                shapes.update([("tab_encoder.embedding.0.weight", (D,)), ("tab_encoder.embedding.0.bias", (D,)),
+                               ("tab_encoder.embedding.1.weight", (H, D)), ("tab_encoder.embedding.1.bias", (H,))])
+            head = "fusion.fusion.1"
+        else:
+            shapes["text_subnetwork.class_weights_tensor"] = (nc,)
+            text_expected(config, "text_subnetwork.", "network", shapes)
+            shapes["text_subnetwork.loss_op.weight"] = (nc,)
+            buffers |= {"text_subnetwork.class_weights_tensor", "text_subnetwork.loss_op.weight"}
+            if tab:
+                p = "tab_subnetwork.embedding_layer."
+                shapes.update([(f"{p}0.weight", (D,)), (f"{p}0.bias", (D,)), (f"{p}1.weight", (H, D)),
+                               (f"{p}1.bias", (H,))])
+            head = "final_merge_network.1"
+        shapes[f"{head}.weight"] = (nc, H + (H if tab else 0))
+        shapes[f"{head}.bias"] = (nc,)
+        shapes["loss_op.weight"] = (nc,)
+        return Expected(shapes, buffers)
+
+    def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
+        if version == "v1":
+            return {k: config[k] for k in V1_BIMODAL_WHITELIST if k in config}
+        return _render_text_model(config, version, state, "text_subnetwork.embeddings.weight")
+

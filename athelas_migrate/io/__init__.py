@@ -1,0 +1,1 @@
+"""Safe reading and atomic writing of checkpoints; tensors stay lazy references."""

@@ -1,0 +1,152 @@
+"""Lazy tensors: where a tensor's bytes are, not the bytes themselves.
+
+A rename never needs tensor values, so the reader describes every tensor by
+its storage record (file, offset, length) plus view geometry, and the writer
+copies those records verbatim. Values are only decoded (with torch) when a
+rule applies an arithmetic operation or a caller asks for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# torch dtype name -> (itemsize, legacy typed-storage class name, safetensors code)
+DTYPES: dict[str, tuple[int, str, str]] = {
+    "float32": (4, "FloatStorage", "F32"),
+    "float64": (8, "DoubleStorage", "F64"),
+    "float16": (2, "HalfStorage", "F16"),
+    "bfloat16": (2, "BFloat16Storage", "BF16"),
+    "int64": (8, "LongStorage", "I64"),
+    "int32": (4, "IntStorage", "I32"),
+    "int16": (2, "ShortStorage", "I16"),
+    "int8": (1, "CharStorage", "I8"),
+    "uint8": (1, "ByteStorage", "U8"),
+    "bool": (1, "BoolStorage", "BOOL"),
+    "complex64": (8, "ComplexFloatStorage", "C64"),
+    "complex128": (16, "ComplexDoubleStorage", "C128"),
+}
+STORAGE_CLASS_TO_DTYPE = {v[1]: k for k, v in DTYPES.items()}
+SAFETENSORS_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
+FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
+
+
+@dataclass(eq=False)
+class StorageRef:
+    """One storage: either a byte range of a source file or bytes held in memory."""
+
+    dtype: str
+    numel: int
+    path: str | None = None  # source file
+    offset: int = 0  # absolute byte offset of the data in `path`
+    key: str | None = None  # record key in the source archive (".../data/<key>")
+    crc32: int | None = None  # CRC of the source zip record, reusable when copied verbatim
+    data: bytes | None = None  # in-memory bytes (results of tensor operations)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPES[self.dtype][0]
+
+    def read(self) -> bytes | memoryview:
+        """The raw bytes (memory-mapped for file-backed storages)."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return _mapped(self.path)[self.offset : self.offset + self.nbytes]
+
+
+_MAPS: dict[str, memoryview] = {}
+
+
+def _mapped(path: str) -> memoryview:
+    """A read-only memory map of `path`, shared per process: file pages, not anonymous memory."""
+    view = _MAPS.get(path)
+    if view is None:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+        view = memoryview(mm)
+        _MAPS[path] = view
+    return view
+
+
+@dataclass(eq=False)
+class TensorRef:
+    """A tensor view on a StorageRef, as torch's `_rebuild_tensor_v2` describes it."""
+
+    storage: StorageRef
+    offset: int  # in elements
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    requires_grad: bool = False
+    is_parameter: bool = False
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def dtype(self) -> str:
+        return self.storage.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPES[self.dtype][0]
+
+    def is_contiguous(self) -> bool:
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def byte_range(self) -> tuple[int, int] | None:
+        """(start, end) in the storage when the view is one contiguous run of bytes."""
+        if not self.is_contiguous():
+            return None
+        item = DTYPES[self.dtype][0]
+        return self.offset * item, (self.offset + self.numel) * item
+
+    def raw_bytes(self) -> bytes | memoryview:
+        """The view's values in row-major order, as bytes (decoded via torch only if strided)."""
+        span = self.byte_range()
+        if span is not None:
+            return self.storage.read()[span[0] : span[1]]
+        return self.to_torch().contiguous().numpy().tobytes()  # pragma: no cover - rare
+
+    def digest(self) -> str:
+        """sha256 of dtype, shape and values: equal digests prove equal tensors."""
+        if self._digest is None:
+            h = hashlib.sha256(f"{self.dtype}{list(self.shape)}".encode())
+            h.update(self.raw_bytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def to_torch(self) -> Any:
+        """Decode into a torch tensor (copies; only for arithmetic and model building)."""
+        import torch
+
+        dtype = getattr(torch, self.dtype)
+        raw = self.storage.read()
+        buf = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if len(raw) else torch.empty(0, dtype=torch.uint8)
+        flat = buf.view(dtype) if len(raw) else torch.empty(0, dtype=dtype)
+        out = torch.as_strided(flat, self.shape, self.stride, self.offset).clone()
+        return out
+
+    @classmethod
+    def from_torch(cls, tensor: Any, is_parameter: bool = False) -> TensorRef:
+        """Wrap a torch tensor's values as an in-memory storage."""
+        t = tensor.detach().contiguous().cpu()
+        dtype = str(t.dtype).removeprefix("torch.")
+        data = t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b""
+        storage = StorageRef(dtype=dtype, numel=t.numel(), data=data)
+        stride = tuple(t.stride()) if t.dim() else ()
+        return cls(storage, 0, tuple(t.shape), stride, bool(tensor.requires_grad), is_parameter)

@@ -1,0 +1,104 @@
+"""Atomic writing of `.ckpt` and `.safetensors` outputs.
+
+Everything goes to a temporary file in the destination directory, is flushed
+and fsynced, then renamed over the destination: readers see the old file or
+the complete new one, never a partial write; a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from .pickle_writer import dumps
+from .tensor_ref import DTYPES, TensorRef
+from .zip_archive import Member, write_members
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str) -> Iterator[Any]:
+    """Yield a binary file handle; on success it replaces `dst` atomically, on failure it vanishes."""
+    dst = os.path.abspath(dst)
+    directory = os.path.dirname(dst)
+    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{os.getpid()}.partial")
+    fh = open(tmp, "wb")
+    try:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        os.replace(tmp, dst)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_torch_zip(dst: str, obj: Any, prefix: str = "archive") -> None:
+    """Write `obj` (plain values and TensorRefs) as a torch zip checkpoint that `torch.load` reads.
+
+    File-backed storages are copied verbatim from their source; the output is deterministic.
+    """
+    pkl, storages = dumps(obj)
+    members = [
+        Member(f"{prefix}/data.pkl", pkl),
+        Member(f"{prefix}/.format_version", b"1"),
+        Member(f"{prefix}/.storage_alignment", b"64"),
+        Member(f"{prefix}/byteorder", b"little"),
+    ]
+    digest = hashlib.sha256(pkl)
+    for key, st in enumerate(storages):
+        name = f"{prefix}/data/{key}"
+        if st.data is not None:
+            members.append(Member(name, data=bytes(st.data)))
+        elif st.crc32 is not None:
+            members.append(Member(name, src_path=st.path, src_offset=st.offset, size=st.nbytes, crc32=st.crc32))
+        else:
+            members.append(Member(name, data=bytes(st.read())))
+        digest.update(f"{key}:{st.crc32 if st.crc32 is not None else members[-1].crc32}".encode())
+    members.append(Member(f"{prefix}/version", b"3\n"))
+    members.append(Member(f"{prefix}/.data/serialization_id", str(int(digest.hexdigest(), 16))[:40].encode()))
+    with atomic_output(dst) as fh:
+        write_members(fh, members)
+
+
+def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[str, str]) -> None:
+    """Write safetensors: a JSON header, then each tensor's bytes (copied from the source where possible)."""
+    from .zip_archive import ZipWriter
+
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, t in tensors.items():
+        header[name] = {"dtype": DTYPES[t.dtype][2], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    meta = dict(metadata)
+    meta["athelas_migrate.key_order"] = json.dumps(list(tensors))
+    header["__metadata__"] = meta
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((-len(raw)) % 8)
+    with atomic_output(dst) as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        copier = ZipWriter(fh)
+        copier.pos = fh.tell()
+        for t in tensors.values():
+            span = t.byte_range()
+            if t.storage.data is None and span is not None:
+                from .zip_archive import Member as _M
+
+                copier._copy(_M("", src_path=t.storage.path, src_offset=t.storage.offset + span[0], size=t.nbytes))
+            else:
+                data = bytes(t.raw_bytes())
+                fh.write(data)
+                copier.pos += len(data)
+        for fd in copier._src.values():
+            os.close(fd)

@@ -1,0 +1,176 @@
+"""Reading and writing torch's zip checkpoint format without decoding tensors.
+
+A torch `.ckpt` is a zip of stored (uncompressed) records: `<prefix>/data.pkl`
+(the object graph) and one `<prefix>/data/<key>` record per storage. Reading
+gives the offset of every storage's bytes; writing emits a fresh pickle and
+copies each storage's bytes from the source file with `copy_file_range`
+(kernel-side, no Python buffers), reusing the CRC32 of the source record, so
+the cost of a rename is the cost of copying the file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+ALIGNMENT = 64  # torch aligns storage data to 64 bytes (mmap loading relies on it)
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+_EOCD = struct.Struct("<IHHHHIIH")
+_EOCD64 = struct.Struct("<IQHHIIQQQQ")
+_LOCATOR64 = struct.Struct("<IIQI")
+_MAX32 = 0xFFFFFFFF
+
+
+@dataclass
+class Record:
+    """One zip member: name, absolute data offset and size in the source file, CRC32."""
+
+    name: str
+    offset: int
+    size: int
+    crc32: int
+
+
+def read_records(path: str, size: int) -> dict[str, Record]:
+    """The members of the archive at `path` with their data offsets; refuses truncated files."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            records = {}
+            with open(path, "rb") as fh:
+                for info in infos:
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        raise InputError(f"not a torch checkpoint: member {info.filename!r} is compressed")
+                    fh.seek(info.header_offset)
+                    header = fh.read(30)
+                    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                        raise InputError("truncated or corrupted checkpoint archive (bad local header)")
+                    name_len, extra_len = struct.unpack("<HH", header[26:30])
+                    offset = info.header_offset + 30 + name_len + extra_len
+                    if offset + info.file_size > size:
+                        raise InputError(f"truncated checkpoint: record {info.filename!r} ends past the file end")
+                    records[info.filename] = Record(info.filename, offset, info.file_size, info.CRC)
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"truncated or corrupted checkpoint archive ({exc})") from exc
+    return records
+
+
+def read_member(path: str, record: Record) -> bytes:
+    """A small member's bytes, CRC-checked."""
+    with open(path, "rb") as fh:
+        fh.seek(record.offset)
+        data = fh.read(record.size)
+    if len(data) != record.size or zlib.crc32(data) != record.crc32:
+        raise InputError(f"corrupted checkpoint: record {record.name!r} fails its CRC check")
+    return data
+
+
+@dataclass
+class Member:
+    """A member to write: in-memory bytes, or a byte range of a source file (copied verbatim)."""
+
+    name: str
+    data: bytes | None = None
+    src_path: str | None = None
+    src_offset: int = 0
+    size: int = 0
+    crc32: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.data is not None:
+            self.size = len(self.data)
+            self.crc32 = zlib.crc32(self.data)
+
+
+class ZipWriter:
+    """Writes stored members with 64-byte aligned data, zip64 when needed, deterministic bytes."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+        self.pos = 0
+        self.central: list[tuple[str, int, int, int]] = []  # name, crc, size, header offset
+        self._src: dict[str, int] = {}
+
+    def _write(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.pos += len(data)
+
+    def add(self, member: Member) -> None:
+        name = member.name.encode("utf-8")
+        zip64 = member.size >= _MAX32
+        extra = struct.pack("<HHQQ", 1, 16, member.size, member.size) if zip64 else b""
+        base = self.pos + 30 + len(name) + len(extra)
+        if base % ALIGNMENT:
+            pad = (-(base + 4)) % ALIGNMENT
+            extra += b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        size32 = _MAX32 if zip64 else member.size
+        header_offset = self.pos
+        self._write(_LOCAL.pack(0x04034B50, 45 if zip64 else 20, 0x800, 0, 0, 0x21, member.crc32,
+                                size32, size32, len(name), len(extra)) + name + extra)
+        if member.data is not None:
+            self._write(member.data)
+        else:
+            self._copy(member)
+        self.central.append((member.name, member.crc32, member.size, header_offset))
+
+    def _copy(self, member: Member) -> None:
+        self.fh.flush()
+        src_fd = self._src.get(member.src_path)
+        if src_fd is None:
+            src_fd = self._src[member.src_path] = os.open(member.src_path, os.O_RDONLY)
+        dst_fd = self.fh.fileno()
+        remaining, src_off = member.size, member.src_offset
+        os.lseek(dst_fd, self.pos, os.SEEK_SET)
+        while remaining:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, remaining, src_off)
+            except OSError:
+                n = 0
+            if n <= 0:  # filesystem without copy_file_range: fall back to a bounded buffer
+                chunk = os.pread(src_fd, min(remaining, 1 << 24), src_off)
+                if not chunk:
+                    raise InputError(f"source changed while copying record {member.name!r}")
+                n = os.write(dst_fd, chunk)
+            remaining -= n
+            src_off += n
+            self.pos += n
+        self.fh.seek(self.pos)
+
+    def close(self) -> None:
+        cd_start = self.pos
+        for name, crc, size, offset in self.central:
+            raw = name.encode("utf-8")
+            fields = []
+            if size >= _MAX32:
+                fields += [size, size]
+            if offset >= _MAX32:
+                fields.append(offset)
+            extra = struct.pack("<HH", 1, 8 * len(fields)) + struct.pack(f"<{len(fields)}Q", *fields) if fields else b""
+            self._write(_CENTRAL.pack(0x02014B50, 45 if fields else 20, 45 if fields else 20, 0x800, 0, 0, 0x21, crc,
+                                      min(size, _MAX32), min(size, _MAX32), len(raw), len(extra), 0, 0, 0, 0,
+                                      min(offset, _MAX32)) + raw + extra)
+        cd_size = self.pos - cd_start
+        count = len(self.central)
+        if count >= 0xFFFF or cd_start >= _MAX32 or cd_size >= _MAX32:
+            eocd64 = self.pos
+            self._write(_EOCD64.pack(0x06064B50, 44, 45, 45, 0, 0, count, count, cd_size, cd_start))
+            self._write(_LOCATOR64.pack(0x07064B50, 0, eocd64, 1))
+        self._write(_EOCD.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF), min(cd_size, _MAX32),
+                               min(cd_start, _MAX32), 0))
+        for fd in self._src.values():
+            os.close(fd)
+        self._src.clear()
+
+
+def write_members(fh, members: Iterable[Member]) -> None:
+    writer = ZipWriter(fh)
+    for m in members:
+        writer.add(m)
+    writer.close()

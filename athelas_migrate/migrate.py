@@ -1,0 +1,260 @@
+"""The migration pipeline: load -> detect -> plan -> apply -> validate -> build output.
+
+Everything here is pure with respect to the input file: nothing is written until
+`write_result`, and then atomically. Tensors stay lazy references throughout, so a
+rename-only chain never decodes or copies a tensor in Python.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .errors import UsageError, ValidationError
+from .families import Detection, Family, detect, get_family
+from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
+from .io.tensor_ref import FLOAT_DTYPES, TensorRef
+from .io.writer import write_safetensors, write_torch_zip
+from .optimizer_state import remap_optimizer_states
+from .rules.apply import KeyEvent, apply_hparam_rules, apply_state_rules
+from .rules.graph import plan_path
+from .rules.schema import RuleFile
+
+
+@dataclass
+class KeyTrace:
+    """The life of one source key through the chain."""
+
+    source: str
+    target: str | None
+    rules: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class MigrationResult:
+    raw: RawCheckpoint
+    detection: Detection
+    family: Family
+    source_version: str
+    target_version: str
+    chain: list[RuleFile]
+    config: dict[str, Any]
+    state: OrderedDict[str, TensorRef]
+    traces: list[KeyTrace]
+    created: list[KeyTrace]
+    hparam_notes: list[str]
+    notes: list[str]
+    warnings: list[str]
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    hyper_parameters: dict[str, Any] = field(default_factory=dict)
+    noop: bool = False
+
+    @property
+    def stamp(self) -> dict[str, Any]:
+        return self.checkpoint.get(STAMP_KEY, {})
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_state(state: dict[str, TensorRef], family: Family, config: dict, version: str, where: str) -> list[str]:
+    """Refuse a state dict that is not exactly the family's layout: missing, extra, shape, dtype."""
+    exp = family.expected(config, version)
+    missing = [k for k in exp.shapes if k not in state]
+    extra = [k for k in state if k not in exp.shapes]
+    wrong = [f"{k} {list(state[k].shape)} (expected {list(s)})" for k, s in exp.shapes.items()
+             if k in state and tuple(state[k].shape) != tuple(s)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:10])}")
+    if extra:
+        problems.append(f"unexpected keys: {', '.join(extra[:10])}")
+    if wrong:
+        problems.append(f"wrong shapes: {', '.join(wrong[:10])}")
+    int_keys = getattr(exp, "int_keys", set())
+    float_types = {t.dtype for k, t in state.items() if k not in int_keys}
+    bad = [f"{k} ({t.dtype})" for k, t in state.items() if k not in int_keys and t.dtype not in FLOAT_DTYPES]
+    if bad:
+        problems.append(f"non-floating tensors where weights belong: {', '.join(bad[:10])}")
+    elif len(float_types) > 1:
+        problems.append(f"mixed dtypes {sorted(float_types)} in one model")
+    if problems:
+        raise ValidationError(f"{where}: not an exact {family.name} {version} layout: " + "; ".join(problems))
+    return list(exp.shapes)
+
+
+def nonfinite_tensors(state: dict[str, TensorRef]) -> list[str]:
+    """Names of floating tensors holding NaN or Inf (scanned in chunks over the memory map)."""
+    import numpy as np
+
+    bad = []
+    for name, t in state.items():
+        if t.dtype not in ("float32", "float64", "float16") or not t.numel:
+            continue
+        raw = t.raw_bytes()
+        arr = np.frombuffer(raw, dtype=np.dtype(t.dtype))
+        step = 1 << 22
+        if not all(np.isfinite(arr[i : i + step]).all() for i in range(0, arr.size, step)):
+            bad.append(name)
+    return bad
+
+
+def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | None = None,
+                   raw: RawCheckpoint | None = None) -> MigrationResult:
+    raw = raw or read_checkpoint(src)
+    det = detect(raw)
+    fam = get_family(det.family)
+    overrides = dict(overrides or {})
+    config = fam.configure(raw, det.version, overrides)
+    notes = list(det.notes) + list(config.pop("_notes", []))
+    check_state(raw.state_dict, fam, config, det.version, raw.path)
+    target = to or fam.latest
+    warnings = []
+    bad = nonfinite_tensors(raw.state_dict)
+    if bad:
+        warnings.append(f"NaN or Inf values in: {', '.join(bad[:10])} (migrated unchanged)")
+    chain = plan_path(fam.name, det.version, target)
+    state = OrderedDict(raw.state_dict)
+    traces = {k: KeyTrace(k, k) for k in state}
+    origin = {k: k for k in state}
+    created: list[KeyTrace] = []
+    hparam_notes: list[str] = []
+    for rf in chain:
+        res = apply_state_rules(rf, state)
+        warnings += res.warnings
+        new_origin: dict[str, str] = {}
+        for ev in res.events:
+            _trace(ev, origin, new_origin, traces, created)
+        origin, state = new_origin, res.state
+        hparam_notes += apply_hparam_rules(rf.hparams, config)
+    config.update(overrides)
+    order = check_state(state, fam, config, target, f"result of {det.version}->{target}")
+    state = OrderedDict((k, state[k]) for k in order)
+    result = MigrationResult(raw, det, fam, det.version, target, chain, config, state, list(traces.values()),
+                             created, hparam_notes, notes, warnings, noop=not chain)
+    _build_checkpoint(result)
+    return result
+
+
+def _trace(ev: KeyEvent, origin: dict, new_origin: dict, traces: dict, created: list) -> None:
+    if ev.op == "restore":
+        created.append(KeyTrace(ev.sources[0], ev.targets[0], [ev.rule], ["restore"], ev.reason))
+        new_origin[ev.targets[0]] = None
+        return
+    for s in ev.sources:
+        o = origin.get(s)
+        tr = traces.get(o) if o is not None else None
+        if tr is None:
+            continue
+        tr.rules.append(ev.rule)
+        tr.ops.append(ev.op)
+        if ev.op == "drop":
+            tr.target, tr.reason = None, ev.reason
+        else:
+            tr.target = ev.targets[0] if len(ev.targets) == 1 else ", ".join(ev.targets)
+    for t in ev.targets:
+        if len(ev.sources) == 1:
+            new_origin[t] = origin.get(ev.sources[0])
+
+
+def _param_rename(result: MigrationResult) -> dict[str, str]:
+    return {tr.source: tr.target for tr in result.traces if tr.target}
+
+
+def _build_checkpoint(result: MigrationResult) -> None:
+    fam, raw, cfg = result.family, result.raw, result.config
+    hp = fam.render_hparams(cfg, result.target_version, result.state)
+    result.hyper_parameters = hp
+    top: dict[str, Any] = dict(raw.top) if raw.kind == "lightning" else {}
+    top["state_dict"] = result.state
+    top["hyper_parameters"] = hp
+    if "pytorch-lightning_version" not in top:
+        top["pytorch-lightning_version"] = _lightning_version()
+    if raw.kind != "lightning":
+        top.setdefault("epoch", 0)
+        top.setdefault("global_step", 0)
+    if top.get("optimizer_states"):
+        src_params = fam.expected(cfg, result.source_version).parameters
+        dst_params = fam.expected(cfg, result.target_version).parameters
+        n = len(top["optimizer_states"][0].get("param_groups", [])) if isinstance(top["optimizer_states"][0], dict) else 1
+        top["optimizer_states"] = remap_optimizer_states(
+            top["optimizer_states"], fam.optimizer_groups(cfg, result.source_version, src_params, n),
+            fam.optimizer_groups(cfg, result.target_version, dst_params, n), _param_rename(result))
+    top[STAMP_KEY] = {"layout": result.target_version, "family": fam.name, "provenance": _provenance(result)}
+    top.pop("hparams_name", None) if raw.kind != "lightning" else None
+    result.checkpoint = top
+
+
+def _lightning_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lightning")
+    except PackageNotFoundError:  # pragma: no cover
+        return "2.0.0"
+
+
+def _provenance(result: MigrationResult) -> dict[str, Any]:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch else _dt.datetime.now(_dt.UTC)
+    previous = (result.raw.stamp or {}).get("provenance")
+    return {
+        "source_file": os.path.basename(result.raw.path),
+        "source_sha256": file_sha256(result.raw.path),
+        "source_layout": result.source_version,
+        "rules": [{"file": rf.name, "edge": f"{rf.source_version}->{rf.target_version}", "sha256": rf.digest}
+                  for rf in result.chain],
+        "tool": f"athelas-migrate {__version__}",
+        "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **({"previous": previous} if previous else {}),
+    }
+
+
+def write_result(result: MigrationResult, dst: str, force: bool = False) -> None:
+    """Write atomically; never over the input, never over an existing file without `force`."""
+    src_abs, dst_abs = os.path.realpath(result.raw.path), os.path.realpath(dst)
+    if src_abs == dst_abs or (os.path.exists(dst) and os.path.samefile(result.raw.path, dst)):
+        raise UsageError("NEW is the same file as OLD; the input is never overwritten")
+    if os.path.isdir(dst):
+        raise UsageError(f"{dst} is a directory; give a file name")
+    if os.path.exists(dst) and not force:
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"{dst} exists; pass --force to replace it")
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise UsageError(f"output directory {parent} does not exist")
+    if dst.endswith(".safetensors"):
+        meta = {STAMP_KEY: json.dumps(result.checkpoint[STAMP_KEY], sort_keys=True),
+                "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters), sort_keys=True),
+                "format": "pt"}
+        write_safetensors(dst, result.state, meta)
+    else:
+        write_torch_zip(dst, result.checkpoint, prefix=_prefix(dst))
+
+
+def _prefix(dst: str) -> str:
+    return "archive"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, TensorRef):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items() if not isinstance(v, TensorRef)}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj

@@ -1,0 +1,1 @@
+"""Declarative key-mapping rules: schema, inverses, the version graph, the applier."""

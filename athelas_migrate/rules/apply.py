@@ -1,0 +1,204 @@
+"""Applying one rule file to a state dict: strict, one rule per key, every target produced once."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RuleError
+from ..io.tensor_ref import TensorRef
+from .schema import HparamRule, RuleFile, StateRule
+
+
+@dataclass
+class KeyEvent:
+    """What one rule did to one key: the audit's unit."""
+
+    rule: str  # "<file>#<id>"
+    op: str
+    sources: list[str]
+    targets: list[str]
+    reason: str = ""
+
+
+@dataclass
+class EdgeResult:
+    state: OrderedDict[str, TensorRef]
+    events: list[KeyEvent] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _list(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef]) -> EdgeResult:
+    """Map every key through exactly one rule; refuse unmatched, ambiguous and colliding keys."""
+    active = [r for r in rf.rules if r.op != "restore"]
+    unmatched, ambiguous = [], []
+    owner: dict[str, StateRule] = {}
+    for key in state:
+        hits = [r for r in active if r.matches(key)]
+        if not hits:
+            unmatched.append(key)
+        elif len(hits) > 1:
+            ambiguous.append(f"{key} ({', '.join(r.id for r in hits)})")
+        else:
+            owner[key] = hits[0]
+    if unmatched:
+        raise RuleError(f"{rf.name}: keys matched by no rule: {_list(unmatched)}")
+    if ambiguous:
+        raise RuleError(f"{rf.name}: keys matched by more than one rule: {_list(ambiguous)}")
+
+    produced: OrderedDict[str, TensorRef] = OrderedDict()
+    events: list[KeyEvent] = []
+    collisions: list[str] = []
+
+    def emit(target: str, tensor: TensorRef) -> None:
+        if target in produced:
+            collisions.append(target)
+        produced[target] = tensor
+
+    concat_groups: dict[tuple[str, tuple], dict[int, str]] = {}
+    for key, tensor in state.items():
+        rule = owner[key]
+        if rule.op == "drop":
+            events.append(KeyEvent(rule.source, "drop", [key], [], rule.reason))
+            continue
+        if rule.op == "concat":
+            idx = next(i for i, p in enumerate(rule.match) if p.fullmatch(key))
+            m = rule.match[idx].fullmatch(key)
+            concat_groups.setdefault((rule.id, m.groups()), {})[idx] = key
+            continue
+        m = rule.match[0].fullmatch(key)
+        targets = [m.expand(t) for t in rule.to]
+        if rule.op == "rename":
+            emit(targets[0], tensor)
+        elif rule.op == "split":
+            for t, part in zip(targets, _split(tensor, rule.params)):
+                emit(t, part)
+        else:
+            emit(targets[0], _tensor_op(rule, tensor))
+        events.append(KeyEvent(rule.source, rule.op, [key], targets))
+    for (rid, _groups), parts in concat_groups.items():
+        rule = next(r for r in active if r.id == rid)
+        if len(parts) != len(rule.match):
+            missing = [p.pattern for i, p in enumerate(rule.match) if i not in parts]
+            raise RuleError(f"{rule.source}: concat is missing parts matching {missing}")
+        keys = [parts[i] for i in range(len(rule.match))]
+        target = rule.match[0].fullmatch(keys[0]).expand(rule.to[0])
+        emit(target, _concat([state[k] for k in keys], rule.params))
+        events.append(KeyEvent(rule.source, "concat", keys, [target]))
+    if collisions:
+        raise RuleError(f"{rf.name}: target keys produced more than once: {_list(sorted(set(collisions)))}")
+
+    warnings: list[str] = []
+    for rule in rf.rules:
+        if rule.op == "restore":
+            _restore(rule, produced, events)
+    for rule in active:
+        if rule.op == "drop" and rule.restore is not None:
+            warnings += _check_restorable(rule, state, produced)
+    return EdgeResult(produced, events, warnings)
+
+
+def _restore_targets(rule: StateRule, keys: list[str]) -> list[tuple[str, str]]:
+    anchor = re.compile(rule.restore["anchor"])
+    out = []
+    for k in keys:
+        m = anchor.fullmatch(k)
+        if m:
+            out.append((k, m.expand(rule.restore["key"])))
+    return out
+
+
+def _restore(rule: StateRule, produced: OrderedDict[str, TensorRef], events: list[KeyEvent]) -> None:
+    """Recreate keys a forward drop removed, as its `restore` clause says."""
+    for anchor_key, target in _restore_targets(rule, list(produced)):
+        if target in produced:
+            raise RuleError(f"{rule.source}: restored key {target} already exists")
+        produced[target] = _restored_value(rule, produced[anchor_key])
+        events.append(KeyEvent(rule.source, "restore", [anchor_key], [target], rule.reason))
+
+
+def _restored_value(rule: StateRule, anchor: TensorRef) -> TensorRef:
+    if rule.restore.get("value", "copy") == "copy":
+        return anchor
+    import torch
+
+    n = anchor.shape[int(rule.restore.get("dim", 0))]
+    shape = [n if s == -1 else s for s in rule.restore.get("shape", [-1])]
+    t = torch.arange(n, dtype=getattr(torch, rule.restore.get("dtype", "int64"))).reshape(shape)
+    return TensorRef.from_torch(t)
+
+
+def _check_restorable(rule: StateRule, before: OrderedDict[str, TensorRef], after: OrderedDict) -> list[str]:
+    """A drop claims its values can be rebuilt on rollback; check that claim on this checkpoint."""
+    dropped = {k for k in before if rule.matches(k)}
+    warnings = []
+    inverse_space = OrderedDict((k, v) for k, v in before.items() if k not in dropped)
+    for anchor_key, target in _restore_targets(rule, list(inverse_space)):
+        if target in dropped:
+            expected = _restored_value(rule, before[anchor_key])
+            got = before[target]
+            if expected.digest() != got.digest():
+                warnings.append(f"{rule.source}: dropped {target} differs from what rollback restores "
+                                f"(from {anchor_key}); a rollback will not reproduce it bitwise")
+            dropped.discard(target)
+    for k in sorted(dropped):
+        warnings.append(f"{rule.source}: dropped {k} has no restore anchor; rollback cannot rebuild it")
+    return warnings
+
+
+def _tensor_op(rule: StateRule, tensor: TensorRef) -> TensorRef:
+    import torch
+
+    t = tensor.to_torch()
+    if rule.op == "transpose":
+        out = t.transpose(*rule.params["dims"]).contiguous()
+    elif rule.op == "reshape":
+        out = t.reshape(rule.params["shape"])
+    elif rule.op == "cast":
+        out = t.to(getattr(torch, rule.params["dtype"]))
+    else:  # pragma: no cover - schema forbids
+        raise RuleError(f"{rule.source}: unsupported op {rule.op}")
+    return TensorRef.from_torch(out, tensor.is_parameter)
+
+
+def _split(tensor: TensorRef, params: dict[str, Any]) -> list[TensorRef]:
+    t = tensor.to_torch()
+    if sum(params["sizes"]) != t.shape[params["dim"]]:
+        raise RuleError(f"split sizes {params['sizes']} do not add up to dim {params['dim']} of shape {list(t.shape)}")
+    return [TensorRef.from_torch(p.contiguous()) for p in t.split(params["sizes"], dim=params["dim"])]
+
+
+def _concat(parts: list[TensorRef], params: dict[str, Any]) -> TensorRef:
+    import torch
+
+    return TensorRef.from_torch(torch.cat([p.to_torch() for p in parts], dim=params["dim"]))
+
+
+def apply_hparam_rules(rules: list[HparamRule], config: dict[str, Any]) -> list[str]:
+    """Edit the canonical config in place; returns one line per change for the report."""
+    notes = []
+    for r in rules:
+        if r.op == "set":
+            if r.if_missing and r.key in config:
+                continue
+            value = r.value.format(**config) if isinstance(r.value, str) and "{" in r.value else r.value
+            if not r.has_value:
+                continue
+            if config.get(r.key) != value:
+                notes.append(f"{r.source}: set {r.key} = {value!r}")
+            config[r.key] = value
+        elif r.op == "rename":
+            if r.key in config:
+                config[r.to] = config.pop(r.key)
+                notes.append(f"{r.source}: rename {r.key} -> {r.to}")
+        elif r.key in config:
+            config.pop(r.key)
+            notes.append(f"{r.source}: drop {r.key} ({r.reason})")
+    return notes
