@@ -56,10 +56,6 @@ class TabularEmbeddingModule(pl.LightningModule):
         self.output_tab_dim = hidden_dim
         self.save_hyperparameters(self.config)
 
-    @property
-    def tab_field_list(self) -> list[str]:
-        return self.config["tab_field_list"]
-
     def combine_tab_data(self, batch: dict) -> torch.Tensor:
         """Stack the tabular fields of ``batch`` into ``[B, input_tab_dim]`` (float32, field order)."""
         features = []

@@ -43,7 +43,9 @@ def build_bert(bert_config: dict) -> nn.Module:
     keyword arguments of ``BertConfig``). Nothing is ever downloaded.
     """
     if not isinstance(bert_config, dict):
-        raise TypeError(f"bert_config must be a dict (BertConfig keyword arguments), got {type(bert_config)!r}")
+        raise TypeError(
+            f"bert_config must be a dict (BertConfig keyword arguments), got {type(bert_config)!r}"
+        )
     from transformers import BertConfig, BertModel
 
     cfg = {k: v for k, v in bert_config.items() if k not in ("architectures", "transformers_version")}
@@ -70,7 +72,9 @@ class BertEncoder(nn.Module):
         self.bert = bert
         self.bert_hidden_size = int(bert.config.hidden_size)
         self.output_dim = int(output_dim)
-        self.projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.bert_hidden_size, self.output_dim))
+        self.projection = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(self.bert_hidden_size, self.output_dim)
+        )
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean ``pooler_output`` over chunks, ``[B, bert_hidden]`` (before the projection)."""
@@ -82,7 +86,9 @@ class BertEncoder(nn.Module):
             b, c = input_ids.shape[0], 1
             flat_ids, flat_mask = input_ids, attention_mask
         else:
-            raise ValueError(f"input_ids must be [B, T] or [B, chunks, T], got shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"input_ids must be [B, T] or [B, chunks, T], got shape {tuple(input_ids.shape)}"
+            )
         if not _exporting():
             if not bool((flat_mask.sum(dim=1) > 0).any()):
                 raise ValueError("All input chunks in batch are empty!")

@@ -73,6 +73,21 @@ def _mapped(path: str) -> memoryview:
     return view
 
 
+_TORCH_FILES: dict[str, Any] = {}
+
+
+def _file_storage(path: str) -> Any:
+    """The whole file as a private (copy-on-write) memory-mapped uint8 tensor, one per process and file."""
+    t = _TORCH_FILES.get(path)
+    if t is None:
+        import torch
+
+        size = os.path.getsize(path)
+        storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)
+        t = _TORCH_FILES[path] = torch.empty(0, dtype=torch.uint8).set_(storage)
+    return t
+
+
 @dataclass(eq=False)
 class TensorRef:
     """A tensor view on a StorageRef, as torch's `_rebuild_tensor_v2` describes it."""
@@ -130,16 +145,26 @@ class TensorRef:
             self._digest = h.hexdigest()
         return self._digest
 
-    def to_torch(self) -> Any:
-        """Decode into a torch tensor (copies; only for arithmetic and model building)."""
+    def to_torch(self, copy: bool = True) -> Any:
+        """Decode into a torch tensor. `copy=False` maps the file copy-on-write instead of reading it:
+        no anonymous memory until something writes to the tensor."""
         import torch
 
         dtype = getattr(torch, self.dtype)
-        raw = self.storage.read()
-        buf = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if len(raw) else torch.empty(0, dtype=torch.uint8)
-        flat = buf.view(dtype) if len(raw) else torch.empty(0, dtype=dtype)
-        out = torch.as_strided(flat, self.shape, self.stride, self.offset).clone()
-        return out
+        if self.storage.data is not None:
+            buf = torch.frombuffer(bytearray(self.storage.data), dtype=torch.uint8) if self.storage.data else \
+                torch.empty(0, dtype=torch.uint8)
+            base = 0
+        else:
+            buf = _file_storage(self.storage.path)
+            base = self.storage.offset
+        item = DTYPES[self.dtype][0]
+        flat = buf[base : base + self.storage.nbytes]
+        if self.storage.nbytes == 0 or base % item:
+            flat = flat.clone()  # unaligned record (not written by torch): copy to realign
+        typed = flat.view(dtype)  # as_strided offsets count from the start of the underlying storage
+        out = torch.as_strided(typed, self.shape, self.stride, typed.storage_offset() + self.offset)
+        return out.clone() if copy else out
 
     @classmethod
     def from_torch(cls, tensor: Any, is_parameter: bool = False) -> TensorRef:

@@ -195,3 +195,35 @@ class AthelasModule(pl.LightningModule):
         stamp = checkpoint.get(STAMP_KEY)
         if isinstance(stamp, Mapping) and stamp.get("provenance") is not None:
             self._provenance = stamp["provenance"]
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, overrides: Mapping[str, Any] | None = None,
+                             **kwargs: Any) -> Any:
+        """Lightning's loader, plus legacy files: a v0/v1 checkpoint is migrated in memory first.
+
+        The migration writes a temporary v2 file (tensor records copied verbatim) and
+        loads that, so Lightning semantics (map_location, strict, hparams) are unchanged.
+        `overrides` supplies hyper-parameters a legacy file lacks (e.g. tab_field_list).
+        """
+        import os
+        import tempfile
+        import warnings
+
+        if not isinstance(checkpoint_path, str | os.PathLike) or not os.path.isfile(checkpoint_path):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        from ..families import detect
+        from ..io.reader import read_checkpoint
+        from ..migrate import plan_and_apply, write_result
+
+        raw = read_checkpoint(checkpoint_path)
+        if detect(raw).version == LAYOUT_VERSION and raw.kind == "lightning":
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        result = plan_and_apply(os.fspath(checkpoint_path), to=LAYOUT_VERSION, overrides=dict(overrides or {}),
+                                raw=raw)
+        warnings.warn(f"{os.fspath(checkpoint_path)} is a {result.source_version} checkpoint; it was migrated in "
+                      f"memory. Run `athelas-migrate ckpt {os.fspath(checkpoint_path)} NEW.ckpt` to migrate the "
+                      "file for good.", DeprecationWarning, stacklevel=2)
+        with tempfile.TemporaryDirectory(prefix="athelas-migrate-") as tmp:
+            path = os.path.join(tmp, "migrated.ckpt")
+            write_result(result, path)
+            return super().load_from_checkpoint(path, *args, **kwargs)

@@ -97,7 +97,11 @@ def resolve_bert_fusion_config(config: Mapping[str, Any], family: str) -> dict[s
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")
     cfg: dict[str, Any] = copy.deepcopy(
-        {k: v for k, v in config.items() if k not in ("bert_config", "primary_bert_config", "secondary_bert_config")}
+        {
+            k: v
+            for k, v in config.items()
+            if k not in ("bert_config", "primary_bert_config", "secondary_bert_config")
+        }
     )
     for key, default in BERT_FUSION_DEFAULTS.items():
         if key not in cfg or (cfg[key] is None and default is not None):
@@ -177,7 +181,9 @@ class _BertFusionModule(AthelasModule):
     def _setup(self) -> None:
         self.tab_field_list: list[str] = list(self.config.get("tab_field_list") or [])
         multiclass = not self.is_binary and self.num_classes > 2
-        self.label_key = f"{self.label_name}_processed" if (multiclass and self.label_name) else self.label_name
+        self.label_key = (
+            f"{self.label_name}_processed" if (multiclass and self.label_name) else self.label_name
+        )
         self.text_attention_mask_key = self.config["text_attention_mask_key"]
         self.text_input_ids_key = self.config["text_input_ids_key"]
 
@@ -220,7 +226,9 @@ class _BertFusionModule(AthelasModule):
         optimizer = torch.optim.AdamW(groups, lr=float(cfg["lr"]), eps=float(cfg["adam_epsilon"]))
         warmup = int(cfg["warmup_steps"])
         if cfg["run_scheduler"]:
-            scheduler = get_linear_schedule_with_warmup(optimizer, warmup, self.trainer.estimated_stepping_batches)
+            scheduler = get_linear_schedule_with_warmup(
+                optimizer, warmup, self.trainer.estimated_stepping_batches
+            )
         else:
             scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

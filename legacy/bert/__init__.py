@@ -10,12 +10,14 @@ from .bimodal_moe import BimodalBertMoE
 from .text_bert import TextBertBase
 from .trimodal_cross_attn import TrimodalCrossAttentionBert
 
+_TRIMODAL = "athelas.models.lightning.trimodal.pl_trimodal_cross_attn.TrimodalCrossAttentionBert"
+
 BERT_LEGACY_CLASS_PATHS = {
     "athelas.models.lightning.text.pl_bert.TextBertBase": TextBertBase,
     "athelas.models.lightning.bimodal.pl_bimodal_cross_attn.BimodalBertCrossAttn": BimodalBertCrossAttn,
     "athelas.models.lightning.bimodal.pl_bimodal_gate_fusion.BimodalBertGateFusion": BimodalBertGateFusion,
     "athelas.models.lightning.bimodal.pl_bimodal_moe.BimodalBertMoE": BimodalBertMoE,
-    "athelas.models.lightning.trimodal.pl_trimodal_cross_attn.TrimodalCrossAttentionBert": TrimodalCrossAttentionBert,
+    _TRIMODAL: TrimodalCrossAttentionBert,
 }
 
 __all__ = [

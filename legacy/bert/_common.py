@@ -62,7 +62,10 @@ def whitelisted_hparams(resolved: dict[str, Any]) -> dict[str, Any]:
 def optimizer_groups(named_parameters, weight_decay: float) -> list[dict[str, Any]]:
     named = list(named_parameters)
     return [
-        {"params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)], "weight_decay": weight_decay},
+        {
+            "params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)],
+            "weight_decay": weight_decay,
+        },
         {"params": [p for n, p in named if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0},
     ]
 
@@ -71,7 +74,9 @@ def build_legacy_optimizers(module) -> dict[str, Any]:
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     optimizer = AdamW(
-        optimizer_groups(module.named_parameters(), module.weight_decay), lr=module.lr, eps=module.adam_epsilon
+        optimizer_groups(module.named_parameters(), module.weight_decay),
+        lr=module.lr,
+        eps=module.adam_epsilon,
     )
     if module.run_scheduler:
         total = module.trainer.estimated_stepping_batches
@@ -126,7 +131,9 @@ class LegacyTaskMixin:
         self.task = "binary" if self.is_binary else "multiclass"
         self.num_classes = task["num_classes"]
         self.label_name_transformed = (
-            f"{self.label_name}_processed" if (not self.is_binary and self.num_classes > 2) else self.label_name
+            f"{self.label_name}_processed"
+            if (not self.is_binary and self.num_classes > 2)
+            else self.label_name
         )
         self.metric_choices = task["metric_choices"]
         self.lr = task["lr"]

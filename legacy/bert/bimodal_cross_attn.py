@@ -53,7 +53,9 @@ class BimodalBertCrossAttn(LegacyTaskMixin, pl.LightningModule):
         tab_dim = hidden if self.tab_subnetwork is not None else 0
         self.text_subnetwork = TextBertBase(config)
         text_dim = self.text_subnetwork.output_text_dim
-        assert text_dim == hidden and tab_dim == hidden, "text and tab widths must both equal hidden_common_dim"
+        assert text_dim == hidden and tab_dim == hidden, (
+            "text and tab widths must both equal hidden_common_dim"
+        )
 
         self.cross_att = CrossAttentionFusion(hidden, self.num_heads)
         self.final_merge_network = nn.Sequential(

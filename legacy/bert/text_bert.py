@@ -103,7 +103,9 @@ class TextBertBase(pl.LightningModule):
 
         self.output_bert_dim = int(self.bert.config.hidden_size)
         self.output_text_dim = cfg["hidden_common_dim"]
-        self.head_layer = nn.Sequential(nn.Dropout(0.1), nn.Linear(self.output_bert_dim, self.output_text_dim))
+        self.head_layer = nn.Sequential(
+            nn.Dropout(0.1), nn.Linear(self.output_bert_dim, self.output_text_dim)
+        )
 
     def _reinit(self) -> None:
         """Only changes initialisation (legacy ``reinit_pooler`` / ``reinit_layers``)."""
