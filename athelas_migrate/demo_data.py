@@ -4,8 +4,8 @@ Each row is a short customer message (``review``), three numeric fields and a
 binary ``label``. The label is drawn first (``P(label=1) = 0.5``); then
 
 * the text mixes neutral words with *signal* words: each word is a signal word
-  with probability ``0.12``; a signal word comes from the label's own list with
-  probability ``0.75`` and from the other label's list otherwise;
+  with probability ``0.2``; a signal word comes from the label's own list with
+  probability ``0.8`` and from the other label's list otherwise;
 * ``spend_score ~ N(+0.5, 1)`` for label 1 and ``N(-0.5, 1)`` for label 0,
   ``complaint_rate ~ N(-0.5, 1)`` / ``N(+0.5, 1)``, ``tenure_years ~ N(0, 1)``
   (pure noise).
@@ -80,8 +80,8 @@ DEMO_CONFIG: dict[str, Any] = {
     "early_stop_patience": 3,
 }
 
-SIGNAL_RATE = 0.12
-SIGNAL_PURITY = 0.75
+SIGNAL_RATE = 0.2
+SIGNAL_PURITY = 0.8
 TAB_SHIFT = 0.5
 
 
