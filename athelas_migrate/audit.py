@@ -43,16 +43,18 @@ class AuditReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
+        files = ", ".join(f"`{r['file']}` ({r['sha256'][:12]})" for r in self.rule_files) or "none"
         lines = [f"# Migration audit: `{self.source}`", "",
-                 f"{self.family} {self.source_layout} -> {self.target_layout}; rule files: "
-                 + (", ".join(f"`{r['file']}` ({r['sha256'][:12]})" for r in self.rule_files) or "none"), "",
-                 "| source key | rule | target key | shape | dtype | sha256 | values |", "|---|---|---|---|---|---|---|"]
+                 f"{self.family} {self.source_layout} -> {self.target_layout}; rule files: {files}", "",
+                 "| source key | rule | target key | shape | dtype | sha256 | values |",
+                 "|---|---|---|---|---|---|---|"]
         for r in self.rows:
             target = f"`{r.target}`" if r.target else f"dropped: {r.reason}"
             values = "unchanged" if r.unchanged else ("-" if r.unchanged is None else "**changed**")
-            lines.append(f"| `{r.source}` | {r.rule} | {target} | {r.shape} | {r.dtype} | `{r.sha256[:16]}` | {values} |")
-        for title, items in (("Restored keys", [f"`{x['target']}` from `{x['anchor']}` ({x['rule']})" for x in
-                                                self.restored]),
+            lines.append(f"| `{r.source}` | {r.rule} | {target} | {r.shape} | {r.dtype} | `{r.sha256[:16]}` "
+                         f"| {values} |")
+        restored = [f"`{x['target']}` from `{x['anchor']}` ({x['rule']})" for x in self.restored]
+        for title, items in (("Restored keys", restored),
                              ("Hyper-parameter edits", self.hparam_edits), ("Notes", self.notes),
                              ("Warnings", self.warnings)):
             if items:

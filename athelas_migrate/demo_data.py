@@ -71,12 +71,12 @@ DEMO_CONFIG: dict[str, Any] = {
     "num_channels": [32, 32],
     "hidden_common_dim": 32,
     "embed_size": 32,
-    "dropout_keep": 0.2,
+    "dropout_keep": 0.5,
     "max_sen_len": 40,
     "optimizer_type": "Adam",
     "lr": 0.005,
     "batch_size": 32,
-    "max_epochs": 8,
+    "max_epochs": 10,
     "early_stop_patience": 3,
 }
 

@@ -189,7 +189,8 @@ def _build_checkpoint(result: MigrationResult) -> None:
     if top.get("optimizer_states"):
         src_params = fam.expected(cfg, result.source_version).parameters
         dst_params = fam.expected(cfg, result.target_version).parameters
-        n = len(top["optimizer_states"][0].get("param_groups", [])) if isinstance(top["optimizer_states"][0], dict) else 1
+        first = top["optimizer_states"][0]
+        n = len(first.get("param_groups", [])) if isinstance(first, dict) else 1
         top["optimizer_states"] = remap_optimizer_states(
             top["optimizer_states"], fam.optimizer_groups(cfg, result.source_version, src_params, n),
             fam.optimizer_groups(cfg, result.target_version, dst_params, n), _param_rename(result))

@@ -614,9 +614,14 @@ def train(opts: TrainOptions) -> TrainResult:
                 return
             row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
             for k, v in trainer.callback_metrics.items():
-                if k.startswith(("val_", "train_loss")):
+                if k.startswith("val_"):
                     row[k] = float(v)
             history.append(row)
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            loss = trainer.callback_metrics.get("train_loss_epoch")
+            if history and history[-1]["epoch"] == trainer.current_epoch + 1 and loss is not None:
+                history[-1]["train_loss"] = float(loss)
 
     monitor = "val_auroc"
     checkpoint_cb = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=monitor, mode="max",
@@ -682,8 +687,7 @@ def render_result(result: TrainResult, console: Any) -> None:
     best_epoch = result.best.get("epoch")
     for row in result.history:
         mark = " *" if row.get("epoch") == best_epoch else ""
-        train_loss = row.get("train_loss_epoch", row.get("train_loss"))
-        table.add_row(f"{row['epoch']}{mark}", fmt(train_loss), *(fmt(row.get(c)) for c in cols))
+        table.add_row(f"{row['epoch']}{mark}", fmt(row.get("train_loss")), *(fmt(row.get(c)) for c in cols))
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")

@@ -79,7 +79,8 @@ def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[st
     header: dict[str, Any] = {}
     offset = 0
     for name, t in tensors.items():
-        header[name] = {"dtype": DTYPES[t.dtype][2], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        header[name] = {"dtype": DTYPES[t.dtype][2], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + t.nbytes]}
         offset += t.nbytes
     meta = dict(metadata)
     meta["athelas_migrate.key_order"] = json.dumps(list(tensors))

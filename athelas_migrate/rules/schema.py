@@ -6,14 +6,15 @@ and `[[hparams]]` (hyper-parameter edits). State rules:
 | op | fields | inverse |
 |---|---|---|
 | `rename` | `match` (regex), `to` (template, `\\1` or `\\g<name>`) | rename back (derived from the regex) |
-| `drop` | `match`, `reason`, optional `restore = {anchor = REGEX, key = TEMPLATE, value = "copy" or "arange", dim, shape, dtype}` | restore, if stated |
+| `drop` | `match`, `reason`, optional `restore = {anchor, key, value = "copy" or "arange", ...}` | restore |
 | `transpose` | `match`, `to`, `dims = [a, b]` | transpose back |
 | `reshape` | `match`, `to`, `shape`, optional `from_shape` | reshape to `from_shape` |
 | `cast` | `match`, `to`, `dtype`, optional `from_dtype` | cast back when lossless |
 | `split` | `match`, `to = [..]`, `dim`, `sizes` | concat |
 | `concat` | `match = [..]` (same groups), `to`, `dim`, `sizes` | split |
 
-Hyper-parameter rules: `set` (`key`, `value`, `if_missing`), `rename` (`key`, `to`), `drop` (`key`, `reason`, optional `value` restored on rollback).
+Hyper-parameter rules: `set` (`key`, `value`, `if_missing`), `rename` (`key`, `to`),
+`drop` (`key`, `reason`, optional `value` restored on rollback).
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def _parse_state_rule(r: dict, where: str, name: str, ids: set[str]) -> StateRul
         rule.reason = _require(r, "reason", where)
         if "restore" in r:
             rule.restore = _require(r, "restore", where, dict)
-            if not {"anchor", "key"} <= set(rule.restore) or rule.restore.get("value", "copy") not in ("copy", "arange"):
+            value = rule.restore.get("value", "copy")
+            if not {"anchor", "key"} <= set(rule.restore) or value not in ("copy", "arange"):
                 raise RuleError(f"{where}: restore needs 'anchor' (regex), 'key' (template) and "
                                 "'value' = \"copy\" or \"arange\"")
             _compile(rule.restore["anchor"], where)
