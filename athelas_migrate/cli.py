@@ -58,16 +58,34 @@ def _console():
     return Console(highlight=False)
 
 
-def _overrides(sets: tuple[str, ...], config_file: str | None) -> dict[str, Any]:
+def _overrides(sets: tuple[str, ...], config_file: str | None, bert_config: str | None = None) -> dict[str, Any]:
     from .overrides import parse_overrides
 
-    return parse_overrides(sets, config_file)
+    overrides = parse_overrides(sets, config_file)
+    if bert_config:
+        overrides["bert_config"] = _read_json_object(bert_config, "--bert-config")
+    return overrides
+
+
+def _read_json_object(path: str, option: str) -> dict[str, Any]:
+    from .errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{option} {path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} {path}: expected a JSON object")
+    return value
 
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                           help="Hyper-parameter the checkpoint lacks (VALUE parsed as JSON when valid JSON).")
 config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                              help="JSON object of hyper-parameters (like --set).")
+bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False), default=None,
+                           help="BERT families: the transformers config.json of the text encoder(s).")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,15 +105,16 @@ def main(debug: bool) -> None:
 @click.option("--to", "to", default=None, help="Target layout version (default: newest; older = rollback).")
 @set_option
 @config_option
+@bert_option
 @click.option("--new-batch-keys", is_flag=True, help="v0 sources: use the v1 text batch key convention.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--force", is_flag=True, help="Replace NEW if it exists (never OLD).")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
-def ckpt_cmd(old, new, to, sets, config_file, new_batch_keys, dry_run, force, json_out) -> None:
+def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_run, force, json_out) -> None:
     """Migrate checkpoint OLD into NEW (.ckpt, or .safetensors for weights plus metadata)."""
     from .api import migrate
 
-    overrides = _overrides(sets, config_file)
+    overrides = _overrides(sets, config_file, bert_config)
     if new_batch_keys:
         overrides["text_batch_key"] = None
     t0 = time.perf_counter()
@@ -162,13 +181,14 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
 @click.option("--to", "to", default=None, help="Target layout version (default: newest).")
 @set_option
 @config_option
+@bert_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the report to a file.")
-def audit_cmd(old, to, sets, config_file, fmt, output) -> None:
+def audit_cmd(old, to, sets, config_file, bert_config, fmt, output) -> None:
     """Report every rename, drop and hyper-parameter edit of migrating OLD, writing no checkpoint."""
     from .api import audit
 
-    report = audit(old, to=to, overrides=_overrides(sets, config_file))
+    report = audit(old, to=to, overrides=_overrides(sets, config_file, bert_config))
     if fmt in ("json", "md"):
         text = report.to_json() if fmt == "json" else report.to_markdown()
         if output:

@@ -133,7 +133,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     created: list[KeyTrace] = []
     hparam_notes: list[str] = []
     for rf in chain:
-        res = apply_state_rules(rf, state)
+        res = apply_state_rules(rf, state, config)
         warnings += res.warnings
         new_origin: dict[str, str] = {}
         for ev in res.events:

@@ -339,6 +339,7 @@ class TrainResult:
     n_train: int
     n_val: int
     notes: list[str]
+    global_zero: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -664,7 +665,8 @@ def train(opts: TrainOptions) -> TrainResult:
     result = TrainResult(model_class, out_dir, best_path, last_path, vocab_path, len(vocab),
                          dict(model.config), initial, history, best_row,
                          train_tensors[text_key].shape[0], val_tensors[text_key].shape[0], notes)
-    if trainer.is_global_zero:
+    result.global_zero = bool(trainer.is_global_zero)
+    if result.global_zero:
         _write_json(os.path.join(out_dir, "metrics.json"), result.to_json())
     return result
 

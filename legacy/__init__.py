@@ -23,8 +23,30 @@ LEGACY_CLASS_PATHS: dict[str, type] = {
     "athelas.models.lightning.bimodal.pl_bimodal_cnn.BimodalCNN": BimodalCNN,
 }
 
+_BERT_NAMES = ("TextBertBase", "BimodalBertCrossAttn", "BimodalBertGateFusion", "BimodalBertMoE",
+               "TrimodalCrossAttentionBert", "BERT_LEGACY_CLASS_PATHS")
+
+
+def __getattr__(name: str):
+    """The BERT families load lazily: they need transformers, the CNN families do not."""
+    if name in _BERT_NAMES:
+        from . import bert
+
+        return getattr(bert, name)
+    raise AttributeError(name)
+
+
+def all_class_paths() -> dict[str, type]:
+    """Every historical class path, CNN and BERT families together."""
+    from .bert import BERT_LEGACY_CLASS_PATHS
+
+    return {**LEGACY_CLASS_PATHS, **BERT_LEGACY_CLASS_PATHS}
+
+
 __all__ = [
     "LEGACY_CLASS_PATHS",
+    "all_class_paths",
+    *_BERT_NAMES,
     "BimodalCNN",
     "MultimodalCNN",
     "TabAE",

@@ -8,7 +8,20 @@ from .cnn_encoder import CNNEncoder
 from .fusion import ConcatenationFusion
 from .tabular import TabularEmbedding, combine_tabular_fields
 
+_BERT = ['BertEncoder', 'CrossAttentionFusion', 'GateFusion', 'MixtureOfExperts', 'MLPBlock', 'BidirectionalCrossAttention']
+
+
+def __getattr__(name: str):
+    """BERT-based classes load lazily (they import transformers)."""
+    if name in _BERT:
+        from . import bert
+
+        return getattr(bert, name)
+    raise AttributeError(name)
+
+
 __all__ = [
+    *_BERT,
     "CNNEncoder",
     "ConcatenationFusion",
     "TabularEmbedding",

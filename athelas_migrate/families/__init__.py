@@ -14,14 +14,11 @@ def register(family: Family) -> None:
     FAMILIES[family.name] = family
 
 
-def _load_optional() -> None:
-    try:
-        from . import bert  # noqa: F401  (registers the BERT fusion families)
-    except ImportError:  # pragma: no cover - the module is optional
-        pass
+def _load_bert_families() -> None:
+    """The BERT fusion families; their rule files work without transformers, their models need it."""
+    from . import bert
 
-
-_load_optional()
+    bert._register()
 
 
 def get_family(name: str) -> Family:
@@ -45,5 +42,7 @@ def detect(raw: RawCheckpoint) -> Detection:
         raise UnknownLayoutError(f"{raw.path}: ambiguous: looks like both {hits[0].family} and {hits[1].family}")
     return hits[0]
 
+
+_load_bert_families()
 
 __all__ = ["Detection", "Expected", "Family", "FAMILIES", "detect", "get_family", "register"]

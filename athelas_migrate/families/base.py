@@ -31,6 +31,7 @@ class Expected:
 
     shapes: OrderedDict[str, tuple[int, ...]]
     buffers: set[str]
+    int_keys: set[str] = field(default_factory=set)  # integer tensors that belong (e.g. BERT position_ids)
 
     @property
     def parameters(self) -> list[str]:

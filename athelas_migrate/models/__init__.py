@@ -10,7 +10,20 @@ from .config import CONFIG_DEFAULTS, resolve_config, text_batch_key
 from .tab_ae import TabAE
 from .text_cnn import TextCNN
 
+_BERT = ['BimodalBertCrossAttn', 'BimodalBertGateFusion', 'BimodalBertMoE', 'TrimodalCrossAttentionBert']
+
+
+def __getattr__(name: str):
+    """BERT-based classes load lazily (they import transformers)."""
+    if name in _BERT:
+        from . import bert_fusion
+
+        return getattr(bert_fusion, name)
+    raise AttributeError(name)
+
+
 __all__ = [
+    *_BERT,
     "AthelasModule",
     "BimodalCNN",
     "CONFIG_DEFAULTS",

@@ -35,7 +35,8 @@ def _list(keys: list[str], limit: int = 12) -> str:
     return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef]) -> EdgeResult:
+def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef],
+                      config: dict[str, Any] | None = None) -> EdgeResult:
     """Map every key through exactly one rule; refuse unmatched, ambiguous and colliding keys."""
     active = [r for r in rf.rules if r.op != "restore"]
     unmatched, ambiguous = [], []
@@ -97,12 +98,18 @@ def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef]) -> EdgeR
 
     warnings: list[str] = []
     for rule in rf.rules:
-        if rule.op == "restore":
+        if rule.op == "restore" and _restore_applies(rule, config):
             _restore(rule, produced, events)
     for rule in active:
         if rule.op == "drop" and rule.restore is not None:
             warnings += _check_restorable(rule, state, produced)
     return EdgeResult(produced, events, warnings)
+
+
+def _restore_applies(rule: StateRule, config: dict[str, Any] | None) -> bool:
+    """A restore with `when = "key"` runs only if the config says the dropped keys existed."""
+    when = rule.restore.get("when")
+    return not when or bool((config or {}).get(when))
 
 
 def _restore_targets(rule: StateRule, keys: list[str]) -> list[tuple[str, str]]:

@@ -143,6 +143,9 @@ def _parse_state_rule(r: dict, where: str, name: str, ids: set[str]) -> StateRul
                 raise RuleError(f"{where}: restore needs 'anchor' (regex), 'key' (template) and "
                                 "'value' = \"copy\" or \"arange\"")
             _compile(rule.restore["anchor"], where)
+            extra = set(rule.restore) - {"anchor", "key", "value", "dim", "shape", "dtype", "when"}
+            if extra:
+                raise RuleError(f"{where}: unknown restore fields {sorted(extra)}")
         return rule
     to = r.get("to")
     rule.to = [to] if isinstance(to, str) else list(to or [])

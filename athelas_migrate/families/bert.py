@@ -1,0 +1,313 @@
+"""The BERT fusion families: cross-attention, gate fusion, mixture of experts, trimodal (v1 -> v2).
+
+Widths come from tensor shapes; the BERT architecture from shapes plus either a
+user-supplied `bert_config` (transformers' config.json) or a table of standard
+model names whose configuration must agree with the shapes. Nothing is downloaded.
+Expected layouts are read off the real classes built on the meta device, so they
+cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
+
+from ..errors import InputError, MissingInformationError, UsageError
+from ..io.reader import RawCheckpoint
+from .base import Detection, Expected, Family, merge_config, require
+
+NO_DECAY = ("bias", "LayerNorm.weight")
+_ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
+              "type_vocab_size")
+# Standard checkpoints: architecture facts, used only when the shapes agree with them.
+STANDARD_BERTS: dict[str, dict[str, Any]] = {
+    "bert-base-uncased": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072),
+    "bert-base-cased": dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                            intermediate_size=3072),
+    "bert-large-uncased": dict(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                               intermediate_size=4096),
+    "bert-large-cased": dict(vocab_size=28996, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                             intermediate_size=4096),
+    "bert-base-multilingual-cased": dict(vocab_size=119547, hidden_size=768, num_hidden_layers=12,
+                                         num_attention_heads=12, intermediate_size=3072),
+    "bert-base-multilingual-uncased": dict(vocab_size=105879, hidden_size=768, num_hidden_layers=12,
+                                           num_attention_heads=12, intermediate_size=3072),
+    "bert-base-chinese": dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072),
+    "prajjwal1/bert-tiny": dict(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=512),
+    "prajjwal1/bert-mini": dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                intermediate_size=1024),
+    "prajjwal1/bert-small": dict(vocab_size=30522, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+                                 intermediate_size=2048),
+    "prajjwal1/bert-medium": dict(vocab_size=30522, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                                  intermediate_size=2048),
+}
+_LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
+
+
+def bert_shapes(sd: dict, prefix: str, where: str) -> dict[str, int]:
+    """BERT architecture facts readable from the weights under `prefix` (e.g. "text_subnetwork.bert.")."""
+    def shape(key: str) -> tuple[int, ...]:
+        t = sd.get(prefix + key)
+        if t is None:
+            raise InputError(f"{where}: missing {prefix}{key}")
+        return tuple(t.shape)
+
+    vocab, hidden = shape("embeddings.word_embeddings.weight")
+    layers = {int(m.group(1)) for k in sd if k.startswith(prefix) and (m := _LAYER.match(k[len(prefix):]))}
+    if not layers or sorted(layers) != list(range(len(layers))):
+        raise InputError(f"{where}: {prefix}encoder.layer.* indices are not 0..n-1")
+    return {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": len(layers),
+            "intermediate_size": shape("encoder.layer.0.intermediate.dense.weight")[0],
+            "max_position_embeddings": shape("embeddings.position_embeddings.weight")[0],
+            "type_vocab_size": shape("embeddings.token_type_embeddings.weight")[0]}
+
+
+def resolve_bert_config(facts: dict[str, int], given: dict | None, tokenizer: str | None, where: str,
+                        notes: list[str]) -> dict[str, Any]:
+    """The full BERT config: the user's (checked against the shapes), else a standard name's, else refuse."""
+    if given:
+        wrong = [f"{k}={given[k]} (weights say {v})" for k, v in facts.items() if k in given and given[k] != v]
+        if wrong:
+            raise UsageError(f"{where}: the supplied BERT config disagrees with the weights: {', '.join(wrong)}")
+        if "num_attention_heads" not in given:
+            raise MissingInformationError(f"{where}: the supplied BERT config lacks num_attention_heads")
+        if facts["hidden_size"] % int(given["num_attention_heads"]):
+            raise UsageError(f"{where}: num_attention_heads={given['num_attention_heads']} does not divide "
+                             f"hidden_size={facts['hidden_size']}")
+        return {**given, **facts}
+    std = STANDARD_BERTS.get(tokenizer or "")
+    if std and all(std[k] == facts[k] for k in std if k in facts):
+        notes.append(f"{where}: BERT architecture of {tokenizer!r} (agrees with the weights): "
+                     f"{std['num_attention_heads']} attention heads")
+        return {**facts, "num_attention_heads": std["num_attention_heads"], "hidden_act": "gelu",
+                "layer_norm_eps": 1e-12, "model_type": "bert"}
+    why = (f"the tokenizer name {tokenizer!r} is a standard model whose configuration disagrees with the "
+           "weights" if std else f"{tokenizer!r} is not a standard BERT name this tool knows")
+    found = ", ".join(f"{k}={v}" for k, v in facts.items())
+    raise MissingInformationError(
+        f"{where}: the BERT's number of attention heads cannot be read from the weights ({found}) and {why}; "
+        "pass its transformers config.json with --bert-config FILE (or --set 'bert_config={...}')")
+
+
+class _FusionFamily(Family):
+    latest = "v2"
+    marker = ""  # key prefix of the fusion block that identifies the family
+    texts: tuple[str, ...] = ("text",)  # "text" or ("primary", "secondary")
+
+    def _text_prefixes(self, version: str) -> dict[str, str]:
+        tail = "encoder" if version == "v2" else "subnetwork"
+        return {side: (f"{side}_text_{tail}." if side != "text" else f"text_{tail}.") for side in self.texts}
+
+    def detect(self, raw: RawCheckpoint) -> Detection | None:
+        keys = raw.state_dict
+        if not any(k.startswith(self.marker) for k in keys):
+            return None
+        for version in ("v1", "v2"):
+            pre = next(iter(self._text_prefixes(version).values()))
+            if f"{pre}bert.embeddings.word_embeddings.weight" in keys:
+                era = "refactored" if version == "v2" else "legacy"
+                return Detection(self.name, version, [f"keys {self.marker}* (the {self.name} fusion block)",
+                                                      f"keys {pre}bert.* ({era} text encoder)"], 3)
+        return None
+
+    # -- configuration -------------------------------------------------------------------------------
+    def configure(self, raw: RawCheckpoint, version: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        notes: list[str] = []
+        sd, where = raw.state_dict, raw.path
+        hp = raw.hyper_parameters or {}
+        base = dict(hp["config"]) if version == "v2" and isinstance(hp.get("config"), dict) else \
+            {k: v for k, v in hp.items() if not hasattr(v, "shape")}
+        given_bert = overrides.pop("bert_config", None) or (hp.get("bert_config") if version == "v2" else None)
+        tab_pre = "tab_encoder.embedding." if version == "v2" else "tab_subnetwork.embedding_layer."
+        tab = sd.get(f"{tab_pre}0.weight")
+        derived: dict[str, Any] = self.widths(sd, version, where)
+        derived["num_classes"] = self.head(sd).shape[0]
+        if derived["num_classes"] != 2:
+            derived["is_binary"] = False
+        config = merge_config(base, derived, overrides, where)
+        config.update(overrides)
+        if tab is not None:
+            fields = require(config, "tab_field_list", f"the names of the {tab.shape[0]} tabular input fields, in "
+                             "order; legacy fusion checkpoints do not store them", "'[\"f1\",\"f2\"]'")
+            if len(fields) != tab.shape[0]:
+                raise UsageError(f"tab_field_list has {len(fields)} names but the tabular weights take "
+                                 f"{tab.shape[0]} inputs")
+        elif config.get("tab_field_list"):
+            raise UsageError("tab_field_list is set but the checkpoint has no tabular branch")
+        self.fill_unrecoverable(config, notes)
+        bert: dict[str, Any] = {}
+        for side, pre in self._text_prefixes(version).items():
+            facts = bert_shapes(sd, f"{pre}bert.", where)
+            given = given_bert.get(side) if isinstance(given_bert, dict) and side in given_bert else given_bert
+            tok = config.get(f"{side}_tokenizer") or config.get("tokenizer")
+            bert[side] = resolve_bert_config(facts, given, tok, f"{pre}bert", notes)
+            if f"{pre}bert.embeddings.position_ids" in sd:
+                config["bert_position_ids_saved"] = True
+        config["_bert_config"] = bert["text"] if len(bert) == 1 else (
+            bert["primary"] if bert["primary"] == bert["secondary"] else bert)
+        try:
+            from ..models.bert_fusion import resolve_bert_fusion_config
+
+            resolved = resolve_bert_fusion_config({k: v for k, v in config.items() if not k.startswith("_")},
+                                                  self.name)
+        except ValueError as exc:
+            raise MissingInformationError(f"{where}: {exc}; pass it with --set") from exc
+        resolved["_bert_config"] = config["_bert_config"]
+        resolved["_notes"] = notes
+        return resolved
+
+    def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
+        pre = self._text_prefixes(version)["text"]
+        head = sd.get(f"{pre}{'projection' if version == 'v2' else 'head_layer'}.1.weight")
+        if head is None:
+            raise InputError(f"{where}: missing the text head of {pre[:-1]}")
+        return {"hidden_common_dim": head.shape[0]}
+
+    def head(self, sd: dict) -> Any:
+        raise NotImplementedError
+
+    def fill_unrecoverable(self, config: dict, notes: list[str]) -> None:
+        pass
+
+    # -- layouts ---------------------------------------------------------------------------------------
+    def _model(self, config: dict[str, Any], version: str) -> Any:
+        import torch
+
+        from .base import load_class
+
+        clean = {k: v for k, v in config.items() if not k.startswith("_")}
+        bert = config.get("_bert_config")
+        with torch.device("meta"):
+            if version == "v2":
+                return load_class(self.v2_class)(clean, bert)
+            hook = dict(clean)
+            if isinstance(bert, dict) and "primary" in bert:
+                hook.update(primary_bert_config=bert["primary"], secondary_bert_config=bert["secondary"])
+            hook["bert_config"] = bert.get("primary", bert) if isinstance(bert, dict) and "primary" in bert else bert
+            return load_class(self.legacy_classes[version])(hook)
+
+    def expected(self, config: dict[str, Any], version: str) -> Expected:
+        model = self._model(config, version)
+        sd = model.state_dict()
+        shapes = OrderedDict((k, tuple(v.shape)) for k, v in sd.items())
+        params = {n for n, _ in model.named_parameters()}
+        int_keys: set[str] = set()
+        if version != "v2" and config.get("bert_position_ids_saved"):
+            for pre in self._text_prefixes(version).values():
+                key = f"{pre}bert.embeddings.position_ids"
+                anchor = shapes[f"{pre}bert.embeddings.position_embeddings.weight"]
+                shapes = _insert_after(shapes, f"{pre}bert.embeddings.word_embeddings.weight", key, (1, anchor[0]))
+                int_keys.add(key)
+        return Expected(shapes, {k for k in shapes if k not in params}, int_keys)
+
+    def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
+        clean = {k: v for k, v in config.items() if not k.startswith("_")}
+        if version == "v2":
+            return {"config": clean, "bert_config": config.get("_bert_config")}
+        from legacy.bert._common import whitelisted_hparams
+
+        return whitelisted_hparams({k: v for k, v in clean.items() if k != "bert_position_ids_saved"})
+
+    def optimizer_groups(self, config: dict[str, Any], version: str, params: list[str],
+                         n_groups: int) -> list[list[str]]:
+        if n_groups != 2:
+            return [params]
+        return [[p for p in params if not any(nd in p for nd in NO_DECAY)],
+                [p for p in params if any(nd in p for nd in NO_DECAY)]]
+
+
+def _insert_after(shapes: OrderedDict, after: str, key: str, shape: tuple) -> OrderedDict:
+    out: OrderedDict = OrderedDict()
+    for k, v in shapes.items():
+        out[k] = v
+        if k == after:
+            out[key] = shape
+    return out
+
+
+def _divisor_heads(width: int, preferred: int) -> int:
+    return preferred if width % preferred == 0 else 1
+
+
+class CrossAttnFamily(_FusionFamily):
+    name = "BimodalBertCrossAttn"
+    marker = "cross_att."
+    v2_class = "athelas_migrate.models.bert_fusion:BimodalBertCrossAttn"
+    legacy_classes = {"v1": "legacy.bert:BimodalBertCrossAttn"}
+
+    def head(self, sd: dict) -> Any:
+        return sd["final_merge_network.2.weight"]
+
+    def fill_unrecoverable(self, config: dict, notes: list[str]) -> None:
+        if config.get("num_heads") is None:
+            config["num_heads"] = _divisor_heads(config["hidden_common_dim"], 4)
+            notes.append(f"num_heads is not recoverable and does not affect outputs (1-token attention); "
+                         f"recorded as {config['num_heads']}")
+
+
+class GateFamily(_FusionFamily):
+    name = "BimodalBertGateFusion"
+    marker = "gate_fusion."
+    v2_class = "athelas_migrate.models.bert_fusion:BimodalBertGateFusion"
+    legacy_classes = {"v1": "legacy.bert:BimodalBertGateFusion"}
+
+    def head(self, sd: dict) -> Any:
+        return sd["final_merge_network.1.weight"]
+
+    def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
+        return {**super().widths(sd, version, where), "fusion_dim": sd["gate_fusion.text_proj.weight"].shape[0]}
+
+
+class MoEFamily(_FusionFamily):
+    name = "BimodalBertMoE"
+    marker = "moe_fusion."
+    v2_class = "athelas_migrate.models.bert_fusion:BimodalBertMoE"
+    legacy_classes = {"v1": "legacy.bert:BimodalBertMoE"}
+
+    def head(self, sd: dict) -> Any:
+        return sd["classifier.1.weight"]
+
+    def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
+        return {**super().widths(sd, version, where), "fusion_dim": sd["classifier.1.weight"].shape[1]}
+
+
+class TrimodalFamily(_FusionFamily):
+    name = "TrimodalCrossAttentionBert"
+    marker = "cross_attention.attn_p2s."
+    texts = ("primary", "secondary")
+    v2_class = "athelas_migrate.models.bert_fusion:TrimodalCrossAttentionBert"
+    legacy_classes = {"v1": "legacy.bert:TrimodalCrossAttentionBert"}
+
+    def head(self, sd: dict) -> Any:
+        return sd["final_merge_network.5.weight"]
+
+    def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
+        head = "projection" if version == "v2" else "head_layer"
+        out = {}
+        for side, pre in self._text_prefixes(version).items():
+            w = sd.get(f"{pre}{head}.1.weight")
+            if w is None:
+                raise InputError(f"{where}: missing the text head of {pre[:-1]}")
+            out[f"{side}_hidden_common_dim"] = w.shape[0]
+        out["fusion_hidden_dim"] = sd["final_merge_network.2.weight"].shape[0]
+        return out
+
+    def fill_unrecoverable(self, config: dict, notes: list[str]) -> None:
+        if config.get("hidden_common_dim") is None:
+            config["hidden_common_dim"] = config["primary_hidden_common_dim"]
+        if config.get("cross_attention_heads") is None:
+            d = max(config["primary_hidden_common_dim"], config["secondary_hidden_common_dim"])
+            config["cross_attention_heads"] = _divisor_heads(d, 8)
+            notes.append("cross_attention_heads is not recoverable and does not affect outputs (1-token "
+                         f"attention); recorded as {config['cross_attention_heads']}")
+
+
+def _register() -> None:
+    from . import register
+
+    for fam in (CrossAttnFamily(), GateFamily(), MoEFamily(), TrimodalFamily()):
+        register(fam)

@@ -1,0 +1,223 @@
+"""Per-family knowledge the equivalence runner needs, as a small registry keyed by family name.
+
+The runner is generic: it reads both checkpoints, rebuilds the models, runs
+batches, pairs modules and parameters through the rename map and compares.
+What differs per family lives in a `VerifyAdapter`:
+
+- how the legacy class is constructed from the canonical config (`construct_old`);
+- what a batch is: generated deterministically from the checkpoint's sizes
+  (`make_batches`), read from a user's file (`from_user`), stretched to another
+  sequence length (`with_length`);
+- how each side is called (`forward`) and what its training loss is (`loss`);
+- which sequence lengths the legacy model is defined for (`length_expectation`);
+- how each side builds its optimizer (`optimizer`, default `configure_optimizers`).
+
+A family module registers its adapter at import time::
+
+    from athelas_migrate.verify.adapters import VerifyAdapter, register_adapter
+
+    class MyFamilyAdapter(VerifyAdapter):
+        family = "MyFamily"
+        ...
+
+    register_adapter(MyFamilyAdapter())
+
+`get_adapter` imports `athelas_migrate.verify.cnn` (TextCNN, TabAE, BimodalCNN)
+and, when present, `athelas_migrate.verify.bert` (the BERT fusion families).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AthelasError, EXIT_REFUSED
+from ..families.base import load_class
+
+
+class CannotVerifyError(AthelasError):
+    """The runner could not compare the two checkpoints (exit code 3)."""
+
+    exit_code = EXIT_REFUSED
+
+
+@dataclass
+class Batch:
+    """One input batch. `data` is whatever the family's adapter feeds its models."""
+
+    name: str
+    data: Any
+    size: int
+    labels: torch.Tensor | None = None
+    description: str = ""
+    length: int | None = None  # text sequence length, where there is one
+
+
+@dataclass
+class Context:
+    """What the runner knows about the pair being compared (filled in as it goes)."""
+
+    old_path: str
+    new_path: str
+    raw_old: Any
+    raw_new: Any
+    family: Any  # families.base.Family
+    old_version: str
+    new_version: str
+    config_old: dict[str, Any]
+    config_new: dict[str, Any]
+    rename: dict[str, str]  # old state key -> new state key (1:1 entries of the rename map)
+    ops: dict[str, list[str]]  # old state key -> rule operations applied to it
+    device: torch.device
+    compute_dtype: torch.dtype
+    seed: int
+    old_model: nn.Module | None = None
+    new_model: nn.Module | None = None
+    new_result: Any = None  # MigrationResult of NEW (planned to v2)
+    notes: list[str] = field(default_factory=list)
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(int(self.seed) * 1000003 + salt)
+
+
+class VerifyAdapter:
+    """Base class; see the module docstring. Subclasses set `family` and fill in the hooks."""
+
+    family: str = ""
+    #: whether the model reads token sequences (enables the sequence-length domain check)
+    has_text: bool = False
+
+    def classifier(self, ctx: Context) -> bool:
+        """True: outputs are logits, compared also as probabilities (softmax); False: one "output"."""
+        return True
+
+    # ------------------------------------------------------------------ build
+    def old_class(self, ctx: Context) -> type:
+        return load_class(ctx.family.legacy_classes[ctx.old_version])
+
+    def construct_old(self, ctx: Context, cls: type, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A fresh legacy model (constructed normally, on the CPU) ready for `load_state_dict`."""
+        return cls(copy.deepcopy(ctx.config_old))
+
+    def build_old(self, ctx: Context, state: dict[str, torch.Tensor]) -> nn.Module:
+        model = self.construct_old(ctx, self.old_class(ctx), state)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model
+
+    # ----------------------------------------------------------------- inputs
+    def make_batches(self, ctx: Context) -> list[Batch]:
+        raise NotImplementedError
+
+    def from_user(self, ctx: Context, obj: Any, index: int) -> Batch:
+        raise NotImplementedError
+
+    def labelled(self, ctx: Context, batch: Batch) -> Batch:
+        """`batch` with labels (generated from the seed where the batch has none)."""
+        if batch.labels is not None:
+            return batch
+        n = int(ctx.config_old.get("num_classes") or 2)
+        labels = torch.randint(0, n, (batch.size,), generator=ctx.generator(77))
+        return Batch(batch.name, batch.data, batch.size, labels, batch.description + " (generated labels)",
+                     batch.length)
+
+    def with_length(self, ctx: Context, length: int) -> Batch | None:
+        """A small batch whose text is `length` tokens long (None: no text branch)."""
+        return None
+
+    def length_expectation(self, ctx: Context, length: int) -> str:
+        """'exact' (legacy defined and equal to v2), 'prefix' (legacy ignores the tail), 'undefined'."""
+        return "exact"
+
+    def max_len(self, ctx: Context) -> int | None:
+        return None
+
+    # ---------------------------------------------------------------- running
+    def forward(self, side: str, model: nn.Module, batch: Batch, ctx: Context) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, side: str, model: nn.Module, batch: Batch, out: torch.Tensor,
+             ctx: Context) -> tuple[torch.Tensor, str]:
+        """Training loss on a labelled batch: the model's weighted cross entropy where it has one,
+        else a fixed random linear probe of the output (so every parameter gets a gradient)."""
+        loss_op = getattr(model, "loss_op", None)
+        labels = batch.labels.to(out.device) if batch.labels is not None else None
+        if loss_op is not None and labels is not None and out.dim() == 2 and \
+                out.shape[1] == int(ctx.config_old.get("num_classes") or 0):
+            return loss_op(out, labels.long()), "cross entropy with the class weights (loss_op)"
+        probe = torch.randn(out.shape, generator=ctx.generator(99)).to(out.device, out.dtype)
+        return (out * probe).sum(), "probe loss sum(output * R) with a fixed random R (no loss of its own)"
+
+    def optimizer(self, side: str, model: nn.Module, ctx: Context) -> torch.optim.Optimizer | None:
+        """The optimizer the side's own `configure_optimizers` builds (None when it builds none)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Lightning warns when a class does not implement it
+                res = model.configure_optimizers()
+        except Exception:  # a model without a usable configure_optimizers
+            return None
+        return first_optimizer(res)
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        return Batch(batch.name, move(batch.data, device), batch.size,
+                     batch.labels.to(device) if batch.labels is not None else None, batch.description,
+                     batch.length)
+
+
+def first_optimizer(res: Any) -> torch.optim.Optimizer | None:
+    if isinstance(res, torch.optim.Optimizer):
+        return res
+    if isinstance(res, dict):
+        return first_optimizer(res.get("optimizer"))
+    if isinstance(res, list | tuple) and res:
+        return first_optimizer(res[0])
+    return None
+
+
+def move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: move(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [move(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(move(v, device) for v in obj)
+    return obj
+
+
+ADAPTERS: dict[str, VerifyAdapter] = {}
+_OPTIONAL = ("athelas_migrate.verify.cnn", "athelas_migrate.verify.bert")
+_loaded = False
+
+
+def register_adapter(adapter: VerifyAdapter) -> None:
+    ADAPTERS[adapter.family] = adapter
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _OPTIONAL:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # the optional module itself is absent
+            if exc.name != mod:
+                raise
+
+
+def get_adapter(family: str) -> VerifyAdapter | None:
+    _load()
+    return ADAPTERS.get(family)
+
+
+def known_families() -> list[str]:
+    _load()
+    return sorted(ADAPTERS)

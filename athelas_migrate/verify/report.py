@@ -1,0 +1,344 @@
+"""The verification report: checks grouped in sections, a verdict, JSON and JUnit forms.
+
+Pure Python (no torch): the CLI and the gate import it to write reports.
+
+Check statuses:
+
+| status | meaning | verdict |
+|---|---|---|
+| `pass` | compared and within tolerance | passes |
+| `expected` | a documented, expected difference (e.g. lengths the legacy model cannot handle) | passes |
+| `skip` | not applicable or not comparable, with the reason | passes |
+| `fail` | compared and different | fails (exit 1) |
+| `error` | the check could not run (an exception) | fails (exit 3 when nothing failed) |
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+PASS, FAIL, ERROR, EXPECTED, SKIP = "pass", "fail", "error", "expected", "skip"
+OK_STATUSES = {PASS, EXPECTED, SKIP}
+
+
+@dataclass
+class Check:
+    """One comparison (or one fact established) with its numbers."""
+
+    name: str
+    status: str
+    detail: str = ""
+    max_abs: float | None = None
+    max_rel: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    duration_s: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status in OK_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean({"name": self.name, "status": self.status, "detail": self.detail, "max_abs": self.max_abs,
+                       "max_rel": self.max_rel, "atol": self.atol, "rtol": self.rtol,
+                       "duration_s": round(self.duration_s, 6), "data": self.data})
+
+
+@dataclass
+class Section:
+    """A group of checks: build, weights, outputs, stored, training, domain."""
+
+    name: str
+    title: str
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, check: Check) -> Check:
+        self.checks.append(check)
+        return check
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.checks if c.status == status)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean({"name": self.name, "title": self.title, "passed": self.passed, "notes": self.notes,
+                       "summary": self.summary, "duration_s": round(self.duration_s, 6),
+                       "checks": [c.to_dict() for c in self.checks]})
+
+
+@dataclass
+class OutputDiff:
+    """Worst difference of one model output over all compared batches."""
+
+    name: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    passed: bool = True
+    batches: int = 0
+
+    def update(self, check: Check) -> None:
+        self.batches += 1
+        self.max_abs = _max(self.max_abs, check.max_abs)
+        self.max_rel = _max(self.max_rel, check.max_rel)
+        self.passed = self.passed and check.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean({"max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed,
+                       "batches": self.batches})
+
+
+@dataclass
+class VerifyReport:
+    """Everything `run_verify` established. `passed` is the verdict."""
+
+    old: str
+    new: str
+    atol: float
+    rtol: float
+    seed: int = 0
+    family: str | None = None
+    old_version: str | None = None
+    new_version: str | None = None
+    old_class: str | None = None
+    new_class: str | None = None
+    device: str = "cpu"
+    device_name: str | None = None
+    weights_dtype: str | None = None
+    compute_dtype: str | None = None
+    effective_atol: float | None = None
+    effective_rtol: float | None = None
+    tolerance_note: str = ""
+    inputs_source: str = "generated"
+    sections: list[Section] = field(default_factory=list)
+    outputs: dict[str, OutputDiff] = field(default_factory=dict)
+    localisation: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    error_code: int | None = None
+    duration_s: float = 0.0
+
+    # ----------------------------------------------------------------- verdict
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.sections) and all(s.passed for s in self.sections)
+
+    @property
+    def failed_checks(self) -> list[tuple[Section, Check]]:
+        return [(s, c) for s in self.sections for c in s.checks if c.status == FAIL]
+
+    @property
+    def errored_checks(self) -> list[tuple[Section, Check]]:
+        return [(s, c) for s in self.sections for c in s.checks if c.status == ERROR]
+
+    @property
+    def exit_code(self) -> int:
+        """0 all passed, 1 something differs, 3 something could not run (and nothing differed)."""
+        if self.error is not None:
+            return self.error_code if self.error_code is not None else 3
+        if self.failed_checks:
+            return 1
+        if self.errored_checks or not self.sections:
+            return 3
+        return 0
+
+    def section(self, name: str) -> Section | None:
+        return next((s for s in self.sections if s.name == name), None)
+
+    def check(self, section: str, name: str) -> Check | None:
+        sec = self.section(section)
+        return next((c for c in sec.checks if c.name == name), None) if sec else None
+
+    def tolerance(self) -> tuple[float, float]:
+        atol = self.effective_atol if self.effective_atol is not None else self.atol
+        rtol = self.effective_rtol if self.effective_rtol is not None else self.rtol
+        return atol, rtol
+
+    # ------------------------------------------------------------------- forms
+    def to_dict(self) -> dict[str, Any]:
+        atol, rtol = self.tolerance()
+        return _clean({
+            "tool": "athelas-migrate verify",
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+            "old": self.old,
+            "new": self.new,
+            "family": self.family,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "old_class": self.old_class,
+            "new_class": self.new_class,
+            "device": self.device,
+            "device_name": self.device_name,
+            "weights_dtype": self.weights_dtype,
+            "compute_dtype": self.compute_dtype,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "effective_atol": atol,
+            "effective_rtol": rtol,
+            "tolerance_note": self.tolerance_note,
+            "seed": self.seed,
+            "inputs": self.inputs_source,
+            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+            "localisation": self.localisation,
+            "notes": self.notes,
+            "error": self.error,
+            "duration_s": round(self.duration_s, 6),
+            "sections": [s.to_dict() for s in self.sections],
+        })
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False)
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        _atomic_write(path, self.to_json() + "\n")
+
+    def junit_suites(self, prefix: str = "") -> list[ET.Element]:
+        """One <testsuite> per section (plus one for a run error), each check a <testcase>."""
+        label = prefix or f"{os.path.basename(self.old)} -> {os.path.basename(self.new)}"
+        suites = []
+        props = {"old": self.old, "new": self.new, "family": self.family or "", "device": self.device,
+                 "weights_dtype": self.weights_dtype or "", "compute_dtype": self.compute_dtype or "",
+                 "atol": repr(self.tolerance()[0]), "rtol": repr(self.tolerance()[1]), "seed": str(self.seed),
+                 "inputs": self.inputs_source}
+        if self.error is not None:
+            suite = _suite(f"{label} / run", [], props)
+            case = ET.SubElement(suite, "testcase", classname=_classname(self.family, "run"), name="run verify",
+                                 time="0")
+            ET.SubElement(case, "error", message=_short(self.error), type="CannotRun").text = self.error
+            _count(suite)
+            suites.append(suite)
+        for sec in self.sections:
+            suite = _suite(f"{label} / {sec.title}", sec.checks, props)
+            for c in sec.checks:
+                case = ET.SubElement(suite, "testcase", classname=_classname(self.family, sec.name), name=c.name,
+                                     time=f"{c.duration_s:.6f}")
+                numbers = _numbers(c)
+                if c.status == FAIL:
+                    msg = c.detail or "values differ"
+                    if self.localisation and sec.name == "outputs":
+                        msg += f"; first divergent module: {self.localisation.get('module')}"
+                    ET.SubElement(case, "failure", message=_short(msg), type="Mismatch").text = \
+                        f"{msg}\n{numbers}".strip()
+                elif c.status == ERROR:
+                    ET.SubElement(case, "error", message=_short(c.detail), type="CheckError").text = c.detail
+                elif c.status == SKIP:
+                    ET.SubElement(case, "skipped", message=_short(c.detail or "skipped"))
+                if c.status in (PASS, EXPECTED) and (c.detail or numbers):
+                    tag = "expected difference: " if c.status == EXPECTED else ""
+                    ET.SubElement(case, "system-out").text = f"{tag}{c.detail}\n{numbers}".strip()
+            _count(suite)
+            suites.append(suite)
+        return suites
+
+    def to_junit(self, prefix: str = "") -> str:
+        return junit_document(self.junit_suites(prefix), name="athelas-migrate verify")
+
+    def write_junit(self, path: str | os.PathLike[str], prefix: str = "") -> None:
+        _atomic_write(path, self.to_junit(prefix))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def junit_document(suites: list[ET.Element], name: str) -> str:
+    root = ET.Element("testsuites", name=name)
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    t = 0.0
+    for s in suites:
+        root.append(s)
+        for k in totals:
+            totals[k] += int(s.get(k, "0"))
+        t += float(s.get("time", "0"))
+    for k, v in totals.items():
+        root.set(k, str(v))
+    root.set("time", f"{t:.6f}")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _suite(name: str, checks: list[Check], props: dict[str, str]) -> ET.Element:
+    suite = ET.Element("testsuite", name=name, time=f"{sum(c.duration_s for c in checks):.6f}")
+    pe = ET.SubElement(suite, "properties")
+    for k, v in props.items():
+        ET.SubElement(pe, "property", name=k, value=str(v))
+    return suite
+
+
+def _count(suite: ET.Element) -> None:
+    cases = suite.findall("testcase")
+    suite.set("tests", str(len(cases)))
+    suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
+    suite.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
+    suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
+
+
+def _classname(family: str | None, section: str) -> str:
+    return f"verify.{family or 'unknown'}.{section}"
+
+
+def _numbers(c: Check) -> str:
+    parts = []
+    if c.max_abs is not None:
+        parts.append(f"max_abs={_fmt(c.max_abs)}")
+    if c.max_rel is not None:
+        parts.append(f"max_rel={_fmt(c.max_rel)}")
+    if c.atol is not None:
+        parts.append(f"atol={c.atol:g} rtol={c.rtol or 0.0:g}")
+    return " ".join(parts)
+
+
+def _fmt(x: float) -> str:
+    return "inf" if math.isinf(x) else ("nan" if math.isnan(x) else f"{x:.3e}")
+
+
+def _short(text: str, n: int = 300) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _max(a: float | None, b: float | None) -> float:
+    vals = [v for v in (a, b) if v is not None]
+    if not vals:
+        return 0.0
+    if any(math.isnan(v) for v in vals):
+        return math.nan
+    return max(vals)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become strings, tuples lists, unknown objects their repr."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return "nan"
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    return repr(obj)
+
+
+def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
