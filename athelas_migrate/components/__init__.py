@@ -8,7 +8,8 @@ from .cnn_encoder import CNNEncoder
 from .fusion import ConcatenationFusion
 from .tabular import TabularEmbedding, combine_tabular_fields
 
-_BERT = ['BertEncoder', 'CrossAttentionFusion', 'GateFusion', 'MixtureOfExperts', 'MLPBlock', 'BidirectionalCrossAttention']
+_BERT = ["BertEncoder", "CrossAttentionFusion", "GateFusion", "MixtureOfExperts", "MLPBlock",
+         "BidirectionalCrossAttention"]
 
 
 def __getattr__(name: str):

@@ -10,7 +10,7 @@ from .config import CONFIG_DEFAULTS, resolve_config, text_batch_key
 from .tab_ae import TabAE
 from .text_cnn import TextCNN
 
-_BERT = ['BimodalBertCrossAttn', 'BimodalBertGateFusion', 'BimodalBertMoE', 'TrimodalCrossAttentionBert']
+_BERT = ["BimodalBertCrossAttn", "BimodalBertGateFusion", "BimodalBertMoE", "TrimodalCrossAttentionBert"]
 
 
 def __getattr__(name: str):
