@@ -1,0 +1,237 @@
+"""Training equivalence: loss, every gradient, the migrated optimizer state and one optimizer step.
+
+Dropout is off (the models stay in eval mode; autograd is on), so both sides
+compute deterministically. Parameters are paired through the rename map.
+Each side builds its optimizer like its own `configure_optimizers` and loads the
+optimizer state of its own file (OLD's into the legacy model, NEW's into the
+refactored one), then both take one step from the same gradients' batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import Batch, Context, VerifyAdapter
+from .compare import compare
+from .report import ERROR, FAIL, PASS, SKIP, Check, Section
+
+
+def _tensors(obj: Any) -> Any:
+    """Optimizer state from a checkpoint (lazy TensorRefs) as torch values, copied (steps write in place)."""
+    from ..io.tensor_ref import TensorRef
+
+    if isinstance(obj, TensorRef):
+        return obj.to_torch(copy=True)
+    if isinstance(obj, dict):
+        return {k: _tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_tensors(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_tensors(v) for v in obj)
+    return obj
+
+
+def saved_optimizer_state(raw) -> dict | None:
+    states = (raw.top or {}).get("optimizer_states") if raw is not None else None
+    if not states or not isinstance(states[0], dict):
+        return None
+    return _tensors(states[0])
+
+
+def _detach_from_file(model: nn.Module) -> None:
+    """Give trainable parameters their own memory: file-backed tensors share one copy-on-write mapping per
+    process, so an in-place optimizer step would otherwise be seen by every later reader of the same file."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.clone()
+
+
+def _aggregate(name: str, rows: list[tuple[str, Any]], atol: float, rtol: float, what: str) -> Check:
+    worst_abs, worst_rel, bad, worst_name = 0.0, 0.0, [], None
+    per: dict[str, Any] = {}
+    for label, d in rows:
+        per[label] = {"max_abs": d.max_abs, "max_rel": d.max_rel, "ok": d.ok}
+        if not d.ok:
+            bad.append(label)
+        if worst_name is None or d.max_abs > worst_abs or math.isnan(d.max_abs):
+            worst_abs, worst_name = d.max_abs, label
+        worst_rel = max(worst_rel, d.max_rel) if not math.isnan(d.max_rel) else d.max_rel
+    if bad:
+        detail = f"{len(bad)} of {len(rows)} {what} differ: {', '.join(bad[:8])}" + (" ..." if len(bad) > 8 else "")
+    else:
+        detail = f"{len(rows)} {what} agree" + (f" (largest difference in {worst_name})" if worst_name else "")
+    return Check(name, FAIL if bad else PASS, detail, worst_abs, worst_rel, atol, rtol, data={"tensors": per})
+
+
+def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Section, atol: float,
+                 rtol: float) -> None:
+    old, new = ctx.old_model, ctx.new_model
+    assert old is not None and new is not None
+    batch = adapter.to_device(adapter.labelled(ctx, batch), ctx.device)
+    section.notes.append(f"labelled batch {batch.name!r} ({batch.description}); dropout off (eval mode), "
+                         "autograd on")
+    for m in (old, new):
+        _detach_from_file(m)
+        m.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ loss
+    t = time.perf_counter()
+    try:
+        with torch.enable_grad():
+            out_o = adapter.forward("old", old, batch, ctx)
+            loss_o, how = adapter.loss("old", old, batch, out_o, ctx)
+            out_n = adapter.forward("new", new, batch, ctx)
+            loss_n, _ = adapter.loss("new", new, batch, out_n, ctx)
+            loss_o.backward()
+            loss_n.backward()
+    except Exception as exc:
+        section.add(Check("loss and gradients", ERROR, f"{type(exc).__name__}: {exc}",
+                          duration_s=time.perf_counter() - t))
+        return
+    d = compare(loss_n.detach().reshape(1), loss_o.detach().reshape(1), atol, rtol)
+    section.add(Check("loss", PASS if d.ok else FAIL,
+                      f"{how}: legacy {float(loss_o):.8g}, refactored {float(loss_n):.8g}", d.max_abs, d.max_rel,
+                      atol, rtol, time.perf_counter() - t))
+
+    # ------------------------------------------------------------- gradients
+    t = time.perf_counter()
+    new_params = dict(new.named_parameters())
+    rows, problems, not_comparable = [], [], []
+    paired_new = set()
+    for name, p in old.named_parameters():
+        target = ctx.rename.get(name)
+        q = new_params.get(target) if target else None
+        if q is None:
+            problems.append(f"{name} has no parameter in the refactored model (rename map: {target})")
+            continue
+        paired_new.add(target)
+        if p.requires_grad != q.requires_grad:
+            problems.append(f"{name} requires_grad={p.requires_grad} but {target} requires_grad={q.requires_grad}")
+            continue
+        if p.grad is None and q.grad is None:
+            continue
+        if (p.grad is None) != (q.grad is None):
+            problems.append(f"{name} / {target}: only one side has a gradient")
+            continue
+        if tuple(p.grad.shape) != tuple(q.grad.shape):
+            if any(op not in ("rename",) for op in ctx.ops.get(name, [])):
+                not_comparable.append(f"{name} ({'/'.join(ctx.ops[name])})")
+                continue
+            problems.append(f"{name} {list(p.grad.shape)} vs {target} {list(q.grad.shape)}")
+            continue
+        rows.append((f"{name} -> {target}", compare(q.grad, p.grad, atol, rtol)))
+    unpaired = [n for n in new_params if n not in paired_new]
+    check = _aggregate("gradients", rows, atol, rtol, "parameter gradients")
+    check.duration_s = time.perf_counter() - t
+    if problems or unpaired:
+        check.status = FAIL
+        extra = problems + [f"{n} (refactored) has no legacy parameter" for n in unpaired]
+        check.detail = "; ".join(extra[:6]) + ("; " + check.detail if rows else "")
+    if not_comparable:
+        section.notes.append("gradients not compared (the rule changes the tensor's shape): "
+                             + ", ".join(not_comparable))
+    section.add(check)
+
+    # ------------------------------------------------------- optimizer state
+    t = time.perf_counter()
+    opt_o = adapter.optimizer("old", old, ctx)
+    opt_n = adapter.optimizer("new", new, ctx)
+    if opt_o is None or opt_n is None:
+        side = "legacy" if opt_o is None else "refactored"
+        section.add(Check("optimizer", SKIP, f"the {side} model builds no optimizer"))
+        return
+    st_o, st_n = saved_optimizer_state(ctx.raw_old), saved_optimizer_state(ctx.raw_new)
+    if st_o is None and st_n is None:
+        section.notes.append("neither file holds optimizer state: both optimizers start fresh")
+    elif st_o is None or st_n is None:
+        missing = "OLD" if st_o is None else "NEW"
+        section.add(Check("optimizer state", FAIL, f"only one file holds optimizer state ({missing} has none)"))
+        return
+    else:
+        try:
+            opt_o.load_state_dict(st_o)
+            opt_n.load_state_dict(st_n)
+        except Exception as exc:
+            section.add(Check("optimizer state", ERROR, f"loading the saved optimizer state failed: "
+                              f"{type(exc).__name__}: {exc}", duration_s=time.perf_counter() - t))
+            return
+    section.add(_optimizer_settings(opt_o, opt_n, atol, rtol))
+    if st_o is not None:
+        section.add(_state_check(old, new, opt_o, opt_n, ctx, atol, rtol, time.perf_counter() - t))
+
+    # ---------------------------------------------------------- one step
+    t = time.perf_counter()
+    try:
+        opt_o.step()
+        opt_n.step()
+    except Exception as exc:
+        section.add(Check("one optimizer step", ERROR, f"{type(exc).__name__}: {exc}"))
+        return
+    rows = []
+    for name, p in old.named_parameters():
+        q = new_params.get(ctx.rename.get(name, ""))
+        if q is not None and tuple(p.shape) == tuple(q.shape):
+            rows.append((f"{name} -> {ctx.rename[name]}", compare(q.detach(), p.detach(), atol, rtol)))
+    check = _aggregate("one optimizer step", rows, atol, rtol, "parameters after the step")
+    check.duration_s = time.perf_counter() - t
+    section.add(check)
+
+
+def _optimizer_settings(opt_o, opt_n, atol: float, rtol: float) -> Check:
+    to, tn = type(opt_o).__name__, type(opt_n).__name__
+    diffs = []
+    if to != tn:
+        diffs.append(f"legacy {to} vs refactored {tn}")
+    go, gn = opt_o.param_groups, opt_n.param_groups
+    if len(go) != len(gn):
+        diffs.append(f"{len(go)} vs {len(gn)} parameter groups")
+    for i, (a, b) in enumerate(zip(go, gn)):
+        for k in sorted(set(a) | set(b)):
+            if k == "params":
+                if len(a[k]) != len(b[k]):
+                    diffs.append(f"group {i}: {len(a[k])} vs {len(b[k])} parameters")
+                continue
+            va, vb = a.get(k), b.get(k)
+            if isinstance(va, float | int) and isinstance(vb, float | int) and not isinstance(va, bool):
+                if not math.isclose(float(va), float(vb), rel_tol=1e-12, abs_tol=0.0):
+                    diffs.append(f"group {i} {k}: {va} vs {vb}")
+            elif va != vb and not (isinstance(va, tuple | list) and list(va) == list(vb or [])):
+                diffs.append(f"group {i} {k}: {va!r} vs {vb!r}")
+    g = go[0] if go else {}
+    summary = f"{to}(lr={g.get('lr')}" + (f", momentum={g['momentum']}" if "momentum" in g else "") + \
+        (f", weight_decay={g.get('weight_decay')}" if "weight_decay" in g else "") + ")"
+    return Check("optimizer", FAIL if diffs else PASS, "; ".join(diffs) if diffs else f"both {summary}")
+
+
+def _state_check(old: nn.Module, new: nn.Module, opt_o, opt_n, ctx: Context, atol: float, rtol: float,
+                 dt: float) -> Check:
+    new_params = dict(new.named_parameters())
+    rows, problems = [], []
+    for name, p in old.named_parameters():
+        q = new_params.get(ctx.rename.get(name, ""))
+        so, sn = opt_o.state.get(p, {}), opt_n.state.get(q, {}) if q is not None else {}
+        if not so and not sn:
+            continue
+        if set(so) != set(sn):
+            problems.append(f"{name}: state keys {sorted(so)} vs {sorted(sn)}")
+            continue
+        for k in so:
+            a, b = so[k], sn[k]
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                if tuple(a.shape) != tuple(b.shape):
+                    problems.append(f"{name}.{k}: shape {list(a.shape)} vs {list(b.shape)}")
+                else:
+                    rows.append((f"{name}.{k}", compare(b, a, atol, rtol)))
+            elif a != b:
+                problems.append(f"{name}.{k}: {a!r} vs {b!r}")
+    check = _aggregate("optimizer state", rows, atol, rtol, "optimizer buffers")
+    check.duration_s = dt
+    if problems:
+        check.status = FAIL
+        check.detail = "; ".join(problems[:6]) + "; " + check.detail
+    return check
