@@ -163,7 +163,8 @@ def test_cli_ckpt_with_bert_config_file(tmp_path):
     entry = next(e for e in MANIFEST if e["file"] == "fusion_moe_v1.ckpt")
     (tmp_path / "bert.json").write_text(json.dumps(entry["bert_config"]))
     (tmp_path / "cfg.json").write_text(json.dumps(entry["overrides"]))
-    res = CliRunner().invoke(main, ["ckpt", str(ROOT / "fixtures" / entry["file"]), str(tmp_path / "o.ckpt"),
-                                    "--bert-config", str(tmp_path / "bert.json"), "--config", str(tmp_path / "cfg.json")])
+    args = ["ckpt", str(ROOT / "fixtures" / entry["file"]), str(tmp_path / "o.ckpt"),
+            "--bert-config", str(tmp_path / "bert.json"), "--config", str(tmp_path / "cfg.json")]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "BimodalBertMoE v1 -> v2" in res.output
