@@ -430,6 +430,11 @@ def _split(table: Table, fraction: float, seed: int) -> tuple[Table, Table]:
     return table.take(sorted(order[n_val:])), table.take(sorted(order[:n_val]))
 
 
+def _is_child_rank() -> bool:
+    """True in the extra processes that Lightning's DDP launcher starts (they re-run this command)."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
 def _devices(value: Any) -> Any:
     """``"auto"``, ``"3"`` -> 3, ``"-1"`` -> -1, ``"0,1"`` -> [0, 1] (what Lightning expects)."""
     if isinstance(value, int) or value is None:
@@ -532,11 +537,14 @@ def train(opts: TrainOptions) -> TrainResult:
     if n_labels > num_classes:
         raise InputError(f"labels go up to {n_labels - 1}, but the model has {num_classes} classes "
                          "(set --set num_classes=N --set is_binary=false)")
-    if model_class == "TextCNN":
-        if "hidden_common_dim" in set_cfg or "hidden_common_dim" in file_cfg:
-            if int(config["hidden_common_dim"]) != num_classes:
-                raise UsageError(f"a TextCNN trained on its own outputs its logits from the text head, so "
-                                 f"hidden_common_dim must equal num_classes ({num_classes})")
+    if model_class == "TextCNN" and int(config["hidden_common_dim"]) != num_classes:
+        # A TextCNN trained on its own uses its text head's output as logits (as the legacy code did).
+        if "hidden_common_dim" in set_cfg:
+            raise UsageError(f"a TextCNN trained on its own outputs its logits from the text head, so "
+                             f"hidden_common_dim must equal num_classes ({num_classes})")
+        if "hidden_common_dim" in file_cfg:
+            notes.append(f"TextCNN: hidden_common_dim {config['hidden_common_dim']} from the config file "
+                         f"replaced by num_classes ({num_classes}): the text head gives the logits")
         config["hidden_common_dim"] = num_classes
     str_opt = str(config["optimizer_type"]).lower()
     if str_opt not in ("sgd", "adam", "adamw"):
@@ -565,11 +573,19 @@ def train(opts: TrainOptions) -> TrainResult:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--out {out_dir} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
-    _clean_out_dir(out_dir, opts.force)
+    if not _is_child_rank():  # DDP re-runs the command in each extra process: only the first one cleans
+        _clean_out_dir(out_dir, opts.force)
+
+    import warnings
 
     import lightning.pytorch as pl
     import torch
 
+    # Noise that says nothing about the user's run: in-process loading (num_workers=0) is
+    # deliberate for these small tensors, and the LeafSpec note is internal to Lightning.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     pl.seed_everything(seed, workers=True, verbose=False)
     matrix = None
     embed_size = pick("embed_size", opts.embed_size, DEFAULTS["embed_size"])

@@ -8,6 +8,7 @@ with a one-line message; no byte of the file is executed.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import stat
 import struct
@@ -61,20 +62,44 @@ def _check_path(path: str) -> int:
     return st.st_size
 
 
+_MAGIC = [
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"), (b"\x1f\x8b", "gzip data"), (b"\x7fELF", "an executable"),
+    (b"\x89HDF", "an HDF5 file"), (b"\x93NUMPY", "a numpy .npy file"), (b"BZh", "bzip2 data"),
+    (b"\xfd7zXZ", "xz data"), (b"7z\xbc\xaf", "a 7-zip archive"),
+]
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     """Read `path` safely; tensors come back as lazy TensorRefs into the file."""
     path = os.path.abspath(os.fspath(path))
     size = _check_path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if head[:4] == b"PK\x03\x04":
-        return _read_zip(path, size)
-    if len(head) >= 9 and head[8:9] == b"{":
-        return _read_safetensors(path, size)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except PermissionError as exc:
+        raise InputError(f"{path}: permission denied") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        if head[:4] == b"PK\x03\x04":
+            return _read_zip(path, size)
+        if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 1 << 32:
+            return _read_safetensors(path, size)
+    except InputError as exc:
+        if not str(exc).startswith(path):
+            exc.args = (f"{path}: {exc}",)
+        raise
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if head[:1] == b"\x80" and len(head) > 1 and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise InputError(f"{path}: legacy (pre-zip) torch serialization is not supported; re-save it with "
                          "torch>=1.6 (torch.save with the default zip format) in a trusted environment")
-    kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
+    if head[:4] in (b"PK\x05\x06", b"PK\x01\x02"):
+        raise InputError(f"{path}: truncated or corrupted checkpoint archive (no local file header at the start)")
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
     raise InputError(f"{path}: not a checkpoint (looks like {kind}; expected a torch zip archive or safetensors)")
 
 
@@ -94,37 +119,48 @@ def _read_zip(path: str, size: int) -> RawCheckpoint:
         if ref is None:
             rec: Record | None = records.get(f"{prefix}/data/{key}")
             if rec is None:
-                raise InputError(f"{path}: corrupted checkpoint: storage record {key!r} is missing")
-            ref = StorageRef(dtype=dtype, numel=numel, path=path, offset=rec.offset, key=key, crc32=rec.crc32)
+                raise InputError(f"{path}: corrupted checkpoint: storage record {key[:40]!r} is missing")
+            ref = StorageRef(dtype=dtype, numel=numel, path=path, offset=rec.offset, key=key, crc32=rec.crc32,
+                             record=(rec.size, rec.crc32))
             if ref.nbytes > rec.size:
                 raise InputError(f"{path}: corrupted checkpoint: storage {key!r} is shorter than its tensor")
             if ref.nbytes != rec.size:
                 ref.crc32 = None  # not the whole record: cannot reuse its CRC
             storages[key] = ref
+        elif ref.dtype != dtype or ref.numel != numel:
+            raise InputError(f"{path}: corrupted checkpoint: storage {key[:40]!r} is declared twice with different "
+                             "types or sizes")
         return ref
 
-    obj = unpickle(read_member(path, records[pkl_names[0]]), storage_for)
-    _check_views(obj, path)
+    obj = unpickle(read_member(path, records[pkl_names[0]]), storage_for)  # checks every tensor view
     raw = _interpret(obj, path, size)
     raw.prefix = prefix
     return raw
 
 
 def _check_views(obj: Any, path: str) -> None:
-    """Every tensor view must lie inside its storage (a crafted file could point elsewhere)."""
-    stack = [obj]
+    """Every tensor view must lie inside its storage (a crafted file could point elsewhere).
+
+    `unpickle` already checks each view as it creates it; this walk is for callers holding
+    TensorRefs from elsewhere."""
+    stack, seen = [obj], set()
     while stack:
         cur = stack.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
         if isinstance(cur, TensorRef):
-            if any(s < 0 for s in cur.shape) or any(s < 0 for s in cur.stride) or cur.offset < 0:
-                raise InputError(f"{path}: corrupted checkpoint: a tensor has a negative size or stride")
+            if len(cur.shape) != len(cur.stride) or any(s < 0 for s in cur.shape) or \
+                    any(s < 0 for s in cur.stride) or cur.offset < 0:
+                raise InputError(f"{path}: corrupted checkpoint: a tensor has a negative or inconsistent size "
+                                 "or stride")
             if cur.numel:
                 last = cur.offset + sum((n - 1) * s for n, s in zip(cur.shape, cur.stride))
                 if last >= cur.storage.numel:
                     raise InputError(f"{path}: corrupted checkpoint: a tensor view lies outside its storage")
         elif isinstance(cur, dict):
             stack.extend(cur.values())
-        elif isinstance(cur, list | tuple):
+        elif isinstance(cur, list | tuple | set):
             stack.extend(cur)
         elif isinstance(cur, Stub) and cur.state is not None:
             stack.append(cur.state)
@@ -143,6 +179,7 @@ def _interpret(obj: Any, path: str, size: int) -> RawCheckpoint:
                              hyper_parameters=hp if isinstance(hp, dict) else None,
                              stamp=obj.get(STAMP_KEY) if isinstance(obj.get(STAMP_KEY), dict) else None)
     if obj and all(isinstance(v, TensorRef) for v in obj.values()):
+        _require_tensors(obj, path)
         return RawCheckpoint(path, size, "state_dict", OrderedDict(obj))
     raise InputError(f"{path}: not a checkpoint: a dict without 'state_dict' whose values are not all tensors")
 
@@ -150,29 +187,47 @@ def _interpret(obj: Any, path: str, size: int) -> RawCheckpoint:
 def _require_tensors(sd: dict, path: str) -> None:
     bad = [k for k, v in sd.items() if not isinstance(v, TensorRef)]
     if bad:
-        raise InputError(f"{path}: state_dict entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+        raise InputError(f"{path}: state_dict entries that are not tensors: {', '.join(str(b)[:60] for b in bad[:5])}")
+    keys = [k for k in sd if not isinstance(k, str)]
+    if keys:
+        raise InputError(f"{path}: state_dict keys that are not strings: {', '.join(repr(k)[:60] for k in keys[:5])}")
 
 
 def _from_module(root: Stub, path: str, size: int) -> RawCheckpoint:
     """A whole pickled module: collect its state dict the way `Module.state_dict()` orders it."""
     sd: OrderedDict[str, TensorRef] = OrderedDict()
     classes: dict[str, str] = {}
+    seen: set[int] = set()
 
-    def walk(mod: Stub, prefix: str) -> None:
+    def table(state: dict, name: str) -> dict:
+        value = state.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise InputError(f"{path}: not a torch module: its {name} is not a dict keyed by names")
+        return value
+
+    def walk(mod: Stub, prefix: str, depth: int) -> None:
+        if id(mod) in seen or depth > 64:
+            raise InputError(f"{path}: not a torch module tree: submodule {prefix.rstrip('.')!r} repeats or nests "
+                             "too deeply")
+        seen.add(id(mod))
         state = mod.state if isinstance(mod.state, dict) else {}
         classes[prefix.rstrip(".")] = mod.classpath
         non_persistent = state.get("_non_persistent_buffers_set") or set()
-        for name, t in (state.get("_parameters") or {}).items():
+        if not isinstance(non_persistent, set | list | tuple | dict):
+            raise InputError(f"{path}: not a torch module: malformed _non_persistent_buffers_set")
+        for name, t in table(state, "_parameters").items():
             if isinstance(t, TensorRef):
                 sd[prefix + name] = t
-        for name, t in (state.get("_buffers") or {}).items():
+        for name, t in table(state, "_buffers").items():
             if isinstance(t, TensorRef) and name not in non_persistent:
                 sd[prefix + name] = t
-        for name, child in (state.get("_modules") or {}).items():
+        for name, child in table(state, "_modules").items():
             if isinstance(child, Stub):
-                walk(child, f"{prefix}{name}.")
+                walk(child, f"{prefix}{name}.", depth + 1)
 
-    walk(root, "")
+    walk(root, "", 0)
     state = root.state if isinstance(root.state, dict) else {}
     hp = state.get("_hparams")
     return RawCheckpoint(path, size, "pickled_module", sd, hyper_parameters=dict(hp) if isinstance(hp, dict) else None,
@@ -186,21 +241,29 @@ def _read_safetensors(path: str, size: int) -> RawCheckpoint:
             raise InputError(f"{path}: truncated or corrupted safetensors file (header length {n})")
         try:
             header = json.loads(fh.read(n))
-        except ValueError as exc:
-            raise InputError(f"{path}: corrupted safetensors header ({exc})") from exc
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"{path}: corrupted safetensors header ({str(exc)[:100]})") from exc
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupted safetensors header")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise InputError(f"{path}: corrupted safetensors metadata (not a map of strings)")
     base = 8 + n
     sd: OrderedDict[str, TensorRef] = OrderedDict()
     entries = []
     for name, info in header.items():
+        if isinstance(info, dict) and isinstance(info.get("dtype"), str) and info["dtype"] not in SAFETENSORS_TO_DTYPE:
+            raise InputError(f"{path}: unsupported safetensors dtype {info['dtype'][:20]!r} for {name[:80]!r}")
         try:
             dtype = SAFETENSORS_TO_DTYPE[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            start, end = (int(x) for x in info["data_offsets"])
+            if not isinstance(info["shape"], list) or len(info["shape"]) > 64:
+                raise TypeError("shape")
+            shape = tuple(operator.index(s) for s in info["shape"])
+            start, end = (operator.index(x) for x in info["data_offsets"])
+            if any(s < 0 for s in shape):
+                raise ValueError("negative size")
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path}: corrupted safetensors entry {name!r}") from exc
+            raise InputError(f"{path}: corrupted safetensors entry {name[:80]!r}") from exc
         entries.append((start, name, dtype, shape, end))
     for start, name, dtype, shape, end in sorted(entries):
         numel = 1
@@ -218,14 +281,16 @@ def _read_safetensors(path: str, size: int) -> RawCheckpoint:
     if order:
         try:
             keys = json.loads(order)
-            if sorted(keys) == sorted(sd):
+            if isinstance(keys, list) and all(isinstance(k, str) for k in keys) and sorted(keys) == sorted(sd):
                 sd = OrderedDict((k, sd[k]) for k in keys)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     stamp = hp = None
     try:
         stamp = json.loads(meta[STAMP_KEY]) if STAMP_KEY in meta else None
         hp = json.loads(meta["hyper_parameters"]) if "hyper_parameters" in meta else None
-    except ValueError as exc:
-        raise InputError(f"{path}: corrupted safetensors metadata ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: corrupted safetensors metadata ({str(exc)[:100]})") from exc
+    if not isinstance(stamp, dict | None) or not isinstance(hp, dict | None):
+        raise InputError(f"{path}: corrupted safetensors metadata (stamp or hyper-parameters are not objects)")
     return RawCheckpoint(path, size, "safetensors", sd, hyper_parameters=hp, stamp=stamp)

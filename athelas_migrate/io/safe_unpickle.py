@@ -1,25 +1,78 @@
 """A pickle reader that never calls foreign code.
 
 `find_class` never returns a callable from outside this module: torch's tensor
-rebuild functions become constructors of lazy TensorRefs, a short reviewed
+rebuild functions become constructors of lazy tensor records, a short reviewed
 allowlist of harmless classes becomes converters to plain values, whole legacy
 modules become inert `Stub` records, and every other global becomes a
 `RefusedStub` that the caller reports with the key path where it sat. So a
 malicious pickle can at most build inert records; it cannot run anything.
+
+Beyond "no foreign code", the reader also refuses to be abused by the pickle
+machinery itself (see docs/safety.md):
+
+- every object `find_class` or `persistent_load` hands to the pickle VM is
+  immutable to it (`BUILD` on a converter, a storage or a tensor record fails), so
+  a pickle cannot re-point a storage at another file or patch a converter;
+- memo indexes are bounded by a pre-scan (`LONG_BINPUT 0x7fffffff` would make the C
+  unpickler allocate and clear a 16 GiB memo table);
+- the work the converters and stubs do is charged to a budget proportional to the
+  pickle's size (memo references make "billion laughs" expansions cheap to write);
+- the conversion to plain values keeps shared references shared (linear time on
+  DAGs), refuses reference cycles and nesting deeper than `MAX_DEPTH`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import io
 import ntpath
+import operator
 import pickle
+import pickletools
 import posixpath
 import re
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
-from ..errors import InputError, UnsafeCheckpointError
-from .tensor_ref import STORAGE_CLASS_TO_DTYPE, StorageRef, TensorRef
+from ..errors import AthelasError, InputError, UnsafeCheckpointError
+from .tensor_ref import DTYPES, STORAGE_CLASS_TO_DTYPE, StorageRef, TensorRef
+
+MAX_DEPTH = 100  # nesting of containers/records; real checkpoints stay below 30
+MAX_NDIM = 64
+MAX_TEXT = 1 << 16  # a path or device string longer than this is not a path
+MAX_ARRAY = 1 << 24  # numpy arrays inside hyper-parameters, in elements
+MAX_BROADCAST = 1 << 24  # elements a stride-0 (expanded) view may show beyond its storage
+_BUDGET_PER_BYTE = 16
+_BUDGET_BASE = 1 << 20
+
+
+class _LoadContext:
+    def __init__(self, size: int) -> None:
+        self.budget = _BUDGET_PER_BYTE * size + _BUDGET_BASE
+
+
+_CTX: contextvars.ContextVar[_LoadContext | None] = contextvars.ContextVar("athelas_unpickle", default=None)
+
+
+def _charge(n: int) -> None:
+    ctx = _CTX.get()
+    if ctx is not None:
+        ctx.budget -= n
+        if ctx.budget < 0:
+            raise InputError("refused: the pickle expands far beyond its own size (a memory bomb?)")
+
+
+_SIZED = frozenset({str, bytes, bytearray, list, tuple, dict, set, frozenset, OrderedDict})
+
+
+def _cost(args: tuple) -> int:
+    """Work a call may do: its arguments, and the length of each container among them (a memo'd list
+    passed a million times costs a million copies)."""
+    n = 1 + len(args)
+    for a in args:
+        if type(a) in _SIZED:
+            n += len(a)
+    return n
 
 
 class Stub:
@@ -29,6 +82,7 @@ class Stub:
     kind = "module"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Stub:
+        _charge(_cost(args))
         obj = object.__new__(cls)
         obj.args, obj.state, obj.items, obj.list = args, None, {}, []
         return obj
@@ -40,12 +94,16 @@ class Stub:
         self.state = state
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        _charge(1)
         self.items[key] = value
 
     def append(self, value: Any) -> None:
+        _charge(1)
         self.list.append(value)
 
     def extend(self, values: Any) -> None:
+        values = list(values)
+        _charge(1 + len(values))
         self.list.extend(values)
 
     def __repr__(self) -> str:
@@ -70,72 +128,202 @@ def _stub_class(classpath: str, kind: str) -> type:
 class DtypeName(str):
     """A torch dtype or storage class named in the pickle (`torch.float32`, `torch.FloatStorage`)."""
 
-
-# --- torch's rebuild functions, reimplemented as TensorRef constructors -------------------------
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None) -> TensorRef:
-    if not isinstance(storage, StorageRef):
-        raise InputError("malformed checkpoint: a tensor does not reference a storage record")
-    return TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride),
-                     bool(requires_grad))
+    __slots__ = ()  # no __dict__: BUILD cannot shadow its methods
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
-                       metadata=None) -> TensorRef:
-    return _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad)
+class _Sealed:
+    """Base of what the pickle VM may hold but must not modify: BUILD (`__setstate__`) is refused."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise InputError("refused: the pickle tries to modify an internal object of the reader (BUILD)")
 
 
-def _rebuild_parameter(data, requires_grad, backward_hooks, state=None) -> TensorRef:
-    if not isinstance(data, TensorRef):
-        raise InputError("malformed checkpoint: a parameter does not wrap a tensor")
-    data.requires_grad = bool(requires_grad)
-    data.is_parameter = True
-    return data
+class _Callable(_Sealed):
+    """An allowlisted converter as the pickle sees it: callable, immutable, its work charged to the budget."""
+
+    __slots__ = ("classpath", "_fn")
+
+    def __init__(self, classpath: str, fn: Any) -> None:
+        object.__setattr__(self, "classpath", classpath)
+        object.__setattr__(self, "_fn", fn)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(name)
+
+    def __call__(self, *args: Any) -> Any:
+        _charge(_cost(args))
+        return self._fn(*args)
+
+    def __repr__(self) -> str:
+        return f"<converter {self.classpath}>"
 
 
-def _rebuild_from_type_v2(func, new_type, args, state) -> Any:
-    if new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE):
-        return _stub_class(f"tensor subclass {new_type!r}", "refused")()
-    out = func(*args)
-    if new_type is _PARAMETER_TYPE and isinstance(out, TensorRef):
-        out.is_parameter = True
-    return out
+class _StorageRec(NamedTuple):
+    """A storage as the pickle VM sees it (a tuple: no __dict__, so BUILD cannot re-point it)."""
+
+    ref: StorageRef
+
+
+class _TensorRec(NamedTuple):
+    """A tensor as the pickle VM sees it; becomes a TensorRef once the whole pickle is checked."""
+
+    storage: StorageRef
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    requires_grad: bool
+    is_parameter: bool
+    ignored: tuple = ()  # hooks, metadata, state: ignored, but a refused global hidden there is still reported
 
 
 _TENSOR_TYPE = object()
 _PARAMETER_TYPE = object()
 
+
+# --- torch's rebuild functions, reimplemented as tensor-record constructors ---------------------
+
+
+def _ints(seq: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(seq, tuple | list) or len(seq) > MAX_NDIM:
+        raise InputError(f"malformed checkpoint: a tensor {what} is not a tuple of at most {MAX_NDIM} integers")
+    try:
+        return tuple(map(operator.index, seq))
+    except TypeError:
+        raise InputError(f"malformed checkpoint: a tensor {what} holds a non-integer") from None
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                       metadata=None) -> _TensorRec:
+    if not isinstance(storage, _StorageRec):
+        raise InputError("malformed checkpoint: a tensor does not reference a storage record")
+    shape, strides = _ints(size, "size"), _ints(stride, "stride")
+    if len(shape) != len(strides):
+        raise InputError("malformed checkpoint: a tensor's size and stride differ in length")
+    return _TensorRec(storage.ref, operator.index(storage_offset), shape, strides, bool(requires_grad), False,
+                      (backward_hooks, metadata))
+
+
+_DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+                  "short": "int16"}
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
+                       metadata=None) -> _TensorRec:
+    """torch writes v3 for dtypes without a legacy storage class: the storage is untyped (numel in bytes)."""
+    rec = _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata)
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, DtypeName) else None
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        what = getattr(dtype, "classpath", dtype)
+        raise InputError(f"unsupported tensor dtype {what!s:.60} (supported: {', '.join(sorted(DTYPES))})")
+    ref = rec.storage
+    if ref.dtype != name:
+        item = DTYPES[name][0]
+        if ref.nbytes % item:
+            raise InputError(f"malformed checkpoint: an untyped storage does not hold whole {name} elements")
+        ref = StorageRef(dtype=name, numel=ref.nbytes // item, path=ref.path, offset=ref.offset, key=ref.key,
+                         crc32=ref.crc32, data=ref.data, record=ref.record)
+    return rec._replace(storage=ref)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks, state=None) -> _TensorRec:
+    if not isinstance(data, _TensorRec):
+        raise InputError("malformed checkpoint: a parameter does not wrap a tensor")
+    return data._replace(requires_grad=bool(requires_grad), is_parameter=True,
+                         ignored=(*data.ignored, backward_hooks, state))
+
+
+def _rebuild_from_type_v2(func, new_type, args, state) -> Any:
+    if new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE):
+        name = getattr(new_type, "classpath", None) or f"{new_type!r:.60}"
+        return _stub_class(f"tensor subclass {name}", "refused")()
+    if not isinstance(func, _Callable) or not isinstance(args, tuple):
+        raise InputError("malformed checkpoint: a tensor is rebuilt by an unexpected function")
+    out = func(*args)
+    if not isinstance(out, _TensorRec):
+        raise InputError("malformed checkpoint: a tensor is rebuilt as something else")
+    return out._replace(is_parameter=out.is_parameter or new_type is _PARAMETER_TYPE, ignored=(*out.ignored, state))
+
+
 # --- reviewed converters for classes real Lightning checkpoints contain ----------------------------
 
 
+def _texts(parts: tuple) -> list[str]:
+    texts = [p if isinstance(p, str) else str(p) for p in parts if isinstance(p, str | int)]
+    if len(texts) != len(parts) or sum(map(len, texts)) > MAX_TEXT:
+        raise InputError("malformed checkpoint: a path or device is not a short sequence of strings")
+    return texts
+
+
 def _path(*parts: Any) -> str:
-    return posixpath.join(*[str(p) for p in parts]) if parts else "."
+    return posixpath.join(*_texts(parts)) if parts else "."
 
 
 def _win_path(*parts: Any) -> str:
-    return ntpath.join(*[str(p) for p in parts]) if parts else "."
+    return ntpath.join(*_texts(parts)) if parts else "."
+
+
+def _device(*parts: Any) -> str:
+    return ":".join(_texts(parts))
+
+
+def _size(*args: Any) -> tuple:
+    return tuple(args[0]) if args else ()
 
 
 def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
-    if encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-        raise InputError(f"refused: unexpected text encoding {encoding!r} in pickle")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise InputError(f"refused: unexpected text encoding {encoding!r:.40} in pickle")
     return text.encode(encoding)
+
+
+def _bytearray(*args: Any) -> bytearray:
+    """Only what pickle writes (bytes, or text plus encoding): never `bytearray(n)`, which allocates n bytes."""
+    if not args:
+        return bytearray()
+    if isinstance(args[0], bytes | bytearray) and len(args) == 1:
+        return bytearray(args[0])
+    if isinstance(args[0], str) and len(args) == 2 and args[1] in ("latin1", "latin-1", "utf-8", "utf8"):
+        return bytearray(args[0], args[1])
+    raise InputError("malformed checkpoint: unexpected bytearray arguments")
+
+
+def _complex(*args: Any) -> complex:
+    if len(args) > 2 or not all(isinstance(a, int | float) for a in args):
+        raise InputError("malformed checkpoint: unexpected complex arguments")
+    return complex(*args)
+
+
+def _set(*args: Any) -> set:
+    return set(*args)
+
+
+def _frozenset(*args: Any) -> frozenset:
+    return frozenset(*args)
+
+
+def _ordered_dict(*args: Any) -> OrderedDict:
+    if args and not isinstance(args[0], list | tuple | dict):
+        raise InputError("malformed checkpoint: unexpected OrderedDict arguments")
+    return OrderedDict(*args[:1])
 
 
 _NUMPY_CODE = re.compile(r"^[<>=|]?[biufc?]\d{0,2}$")
 
 
-def _numpy_dtype(stub: Stub) -> Any:
+def _numpy_dtype(stub: Any) -> Any:
     import numpy as np
 
-    code = stub.args[0] if stub.args else None
+    code = stub.args[0] if isinstance(stub, Stub) and stub.kind == "numpy" and stub.args else None
     if not isinstance(code, str) or not _NUMPY_CODE.match(code):
-        raise UnsafeCheckpointError(f"numpy.dtype({code!r})", "?")
+        raise UnsafeCheckpointError(f"numpy.dtype({code!r:.40})", "?")
     dt = np.dtype(code)
     order = stub.state[1] if isinstance(stub.state, tuple) and len(stub.state) > 1 else "="
-    return dt.newbyteorder(order) if order in "<>" else dt
+    if order in ("<", ">"):
+        return dt.newbyteorder(order)
+    return dt
 
 
 def _numpy_scalar(dtype_stub: Any, data: Any = None) -> Any:
@@ -143,16 +331,28 @@ def _numpy_scalar(dtype_stub: Any, data: Any = None) -> Any:
 
     if not isinstance(dtype_stub, Stub) or not isinstance(data, bytes | bytearray):
         raise UnsafeCheckpointError("numpy scalar of a non-numeric dtype", "?")
-    return np.frombuffer(bytes(data), dtype=_numpy_dtype(dtype_stub))[0].item()
+    dt = _numpy_dtype(dtype_stub)
+    if len(data) != dt.itemsize:
+        raise InputError("malformed checkpoint: a numpy scalar has the wrong number of bytes")
+    return np.frombuffer(bytes(data), dtype=dt)[0].item()
+
+
+def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
+    """Protocol 0/1 objects: `copyreg._reconstructor(cls, base, state)`; state is a dict base's contents."""
+    if isinstance(cls, type) and issubclass(cls, Stub):
+        obj = cls()
+        if isinstance(state, dict):
+            _charge(len(state))
+            obj.items.update(state)
+        return obj
+    return _stub_class(f"copyreg._reconstructor({cls!r:.60})", "refused")()
 
 
 _MODULE_PREFIXES = ("torch.nn.modules.", "athelas.models.")
-# Inert Lightning/torch internals that a pickled LightningModule's __dict__ holds.
-_MODULE_INTERNALS = {
-    "torch.nn.parameter.Parameter",
-    "lightning.pytorch.core.module.LightningModule",
-    "torch._C._nn",
-}
+# Inert internals a pickled LightningModule's __dict__ holds (measured: docs/safety.md). Everything
+# else it holds is a plain value, a tensor, an OrderedDict, a set, a torch.device or dtype, or an
+# AttributeDict (`_hparams`), which have converters of their own.
+_MODULE_INTERNALS: set[str] = set()
 _ATTRIBUTE_DICTS = {
     "lightning.fabric.utilities.data.AttributeDict",
     "lightning_fabric.utilities.data.AttributeDict",
@@ -168,35 +368,36 @@ _FUNCTIONS: dict[str, Any] = {
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
-    "torch._tensor.Tensor": _TENSOR_TYPE,
-    "torch.Tensor": _TENSOR_TYPE,
-    "torch.nn.parameter.Parameter": _PARAMETER_TYPE,
-    "collections.OrderedDict": OrderedDict,
-    "builtins.set": set,
-    "builtins.frozenset": frozenset,
-    "builtins.complex": complex,
-    "builtins.slice": slice,
-    "builtins.bytearray": bytearray,
-    "__builtin__.set": set,
+    "collections.OrderedDict": _ordered_dict,
+    "builtins.set": _set,
+    "builtins.frozenset": _frozenset,
+    "builtins.complex": _complex,
+    "builtins.bytearray": _bytearray,
+    "__builtin__.set": _set,
+    "__builtin__.frozenset": _frozenset,
     "_codecs.encode": _codecs_encode,
-    "torch.Size": lambda *a: tuple(a[0]) if a else (),
-    "torch.device": lambda *a: ":".join(str(x) for x in a),
+    "copyreg._reconstructor": _reconstructor,
+    "torch.Size": _size,
+    "torch.device": _device,
     "numpy.core.multiarray.scalar": _numpy_scalar,
     "numpy._core.multiarray.scalar": _numpy_scalar,
     **{p: _path for p in _PATHS},
     **{p: _win_path for p in _WIN_PATHS},
 }
+_CALLABLES: dict[str, Any] = {k: _Callable(k, v) for k, v in _FUNCTIONS.items()}
+_CALLABLES.update({"torch._tensor.Tensor": _TENSOR_TYPE, "torch.Tensor": _TENSOR_TYPE,
+                   "torch.nn.parameter.Parameter": _PARAMETER_TYPE})
 _TORCH_DTYPES = {
     "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32",
     "int", "int16", "short", "int8", "uint8", "bool", "complex64", "complex128",
 }
 
 
-def resolve_global(module: str, name: str, allow_modules: bool) -> Any:
-    """What the pickle's GLOBAL `module.name` becomes: a converter, a marker or an inert stub."""
+def resolve_global(module: str, name: str, allow_modules: bool = True) -> Any:
+    """What the pickle's GLOBAL `module.name` becomes: a sealed converter, a marker or an inert stub class."""
     classpath = f"{module}.{name}"
-    if classpath in _FUNCTIONS:
-        return _FUNCTIONS[classpath]
+    if classpath in _CALLABLES:
+        return _CALLABLES[classpath]
     if module == "torch" and name in STORAGE_CLASS_TO_DTYPE:
         return DtypeName(STORAGE_CLASS_TO_DTYPE[name])
     if module in ("torch", "torch.storage") and name == "UntypedStorage":
@@ -210,17 +411,67 @@ def resolve_global(module: str, name: str, allow_modules: bool) -> Any:
     if classpath in ("numpy.dtype", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
                      "numpy.ndarray") or (module == "numpy.dtypes" and name.endswith("DType")):
         return _stub_class(classpath, "numpy")
-    if classpath == "copyreg._reconstructor":
-        return _reconstructor
     if classpath.startswith(_MODULE_PREFIXES) or classpath in _MODULE_INTERNALS:
         return _stub_class(classpath, "module")
     return _stub_class(classpath, "refused")
 
 
-def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
-    if isinstance(cls, type) and issubclass(cls, Stub):
-        return cls()
-    return _stub_class(f"copyreg._reconstructor({cls!r})", "refused")()
+def _opcode_table() -> list[int | None]:
+    """Argument length per opcode byte: >= 0 fixed; -2/-3/-4/-5 counted (1, 4 signed, 4, 8 bytes);
+    -1 one line, -6 two lines (GLOBAL, INST)."""
+    table: list[int | None] = [None] * 256
+    for op in pickletools.opcodes:
+        n = op.arg.n if op.arg is not None else 0
+        table[ord(op.code)] = -6 if op.name in ("GLOBAL", "INST") else n
+    return table
+
+
+_OPCODES = _opcode_table()
+_LONG_BINPUT, _PUT, _STOP = ord("r"), ord("p"), ord(".")
+
+
+def _prescan(data: bytes) -> None:
+    """Walk the opcodes without executing them: refuse memo indexes no real pickle uses (the C
+    unpickler grows its memo table to twice the index and clears it: `LONG_BINPUT 0xffffffff` is a
+    64 GiB allocation). A tight loop rather than `pickletools.genops`, which is 3x slower."""
+    table, end, i, ops = _OPCODES, len(data), 0, 0
+    from_bytes = int.from_bytes
+    try:
+        while i < end:
+            op = data[i]
+            i += 1
+            ops += 1
+            n = table[op]
+            if n is None:
+                raise ValueError(f"unknown opcode {op:#04x} at byte {i - 1}")
+            if n >= 0:
+                if op == _LONG_BINPUT and from_bytes(data[i : i + 4], "little") > ops:
+                    raise InputError(f"malformed checkpoint: pickle memo index "
+                                     f"{from_bytes(data[i : i + 4], 'little')} out of range")
+                i += n
+            elif n == -2:
+                i += 1 + data[i]
+            elif n in (-3, -4):
+                length = from_bytes(data[i : i + 4], "little", signed=n == -3)
+                if length < 0:
+                    raise ValueError("negative length")
+                i += 4 + length
+            elif n == -5:
+                i += 8 + from_bytes(data[i : i + 8], "little")
+            else:
+                j = data.index(b"\n", i)
+                if op == _PUT and not 0 <= int(data[i:j]) <= ops:
+                    raise InputError(f"malformed checkpoint: pickle memo index {data[i:j][:20]!r} out of range")
+                if n == -6:
+                    j = data.index(b"\n", j + 1)
+                i = j + 1
+            if op == _STOP:
+                return
+        raise ValueError("the pickle ends without STOP")
+    except AthelasError:
+        raise
+    except (ValueError, IndexError) as exc:  # truncated argument, unknown opcode
+        raise InputError(f"not a readable checkpoint: corrupted pickle ({exc})"[:300]) from exc
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -232,7 +483,7 @@ class SafeUnpickler(pickle.Unpickler):
         self._allow_modules = allow_modules
 
     def find_class(self, module: str, name: str) -> Any:
-        return resolve_global(module, name, self._allow_modules)
+        return resolve_global(str(module), str(name), self._allow_modules)
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -240,60 +491,202 @@ class SafeUnpickler(pickle.Unpickler):
         _, dtype, key, _location, numel = pid
         if not isinstance(dtype, DtypeName) or dtype.startswith("torch."):
             raise InputError(f"malformed checkpoint: unknown storage type {dtype!r:.80}")
-        return self._storage_for(str(key), str(dtype), int(numel))
+        if not isinstance(key, str | int) or not isinstance(numel, int) or numel < 0:
+            raise InputError(f"malformed checkpoint: bad storage record {pid!r:.80}")
+        ref = self._storage_for(str(key), str(dtype), numel)
+        return ref if isinstance(ref, _StorageRec) else _StorageRec(ref)
 
 
 def unpickle(data: bytes, storage_for: Any) -> Any:
     """Load a pickle safely and convert every record into plain Python values and TensorRefs.
 
-    Raises UnsafeCheckpointError naming the class and key path of the first refused global.
+    Raises UnsafeCheckpointError naming the class and key path of the first refused global, and
+    InputError (one line) for anything malformed.
     """
+    _prescan(data)
+    ctx = _LoadContext(len(data))
+    token = _CTX.set(ctx)
     try:
         raw = SafeUnpickler(data, storage_for).load()
-    except (InputError, UnsafeCheckpointError):
+    except AthelasError:
         raise
     except RecursionError as exc:
         raise InputError("not a checkpoint: the pickle nests too deeply") from exc
+    except MemoryError as exc:
+        raise InputError("refused: the pickle needs more memory than its size justifies") from exc
     except Exception as exc:  # any malformed pickle: EOF, bad opcodes, wrong arities
         raise InputError(f"not a readable checkpoint: corrupted pickle ({type(exc).__name__}: {exc})"[:300]) from exc
-    return to_plain(raw, "<root>", allow_modules=isinstance(raw, Stub) and raw.kind == "module")
+    finally:
+        _CTX.reset(token)
+    allow = isinstance(raw, Stub) and raw.kind == "module"
+    try:
+        out = to_plain(raw, "<root>", allow_modules=allow)
+    except AthelasError:
+        raise
+    except RecursionError as exc:
+        raise InputError("not a checkpoint: the pickle nests too deeply") from exc
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, AttributeError) as exc:
+        raise InputError(f"malformed checkpoint: {type(exc).__name__}: {exc}"[:300]) from exc
+    return out
 
 
 def to_plain(obj: Any, path: str, allow_modules: bool) -> Any:
     """Replace converter stubs by plain values; refuse anything not allowlisted, naming where it sits."""
-    if isinstance(obj, TensorRef | str | int | float | bool | bytes | type(None) | StorageRef):
-        return obj
-    if isinstance(obj, DtypeName):
-        return str(obj)
-    if isinstance(obj, dict):
-        out = OrderedDict() if isinstance(obj, OrderedDict) else {}
-        for k, v in obj.items():
-            out[to_plain(k, path, allow_modules)] = to_plain(v, f"{path}[{k!r}]", allow_modules)
+    return _Converter(allow_modules).convert(obj, path, 0)
+
+
+# Key paths are built lazily, as (parent, step) chains, and rendered only for a message.
+class _Raw(str):
+    """A path step rendered as is (`.__dict__`), not as `[key]`."""
+
+
+def render(path: Any) -> str:
+    steps = []
+    while isinstance(path, tuple):
+        path, step = path
+        steps.append(step)
+    out = [str(path)]
+    for step in reversed(steps):
+        if isinstance(step, _Raw):
+            out.append(step)
+        else:
+            r = repr(step)
+            out.append(f"[{r if len(r) <= 60 else r[:57] + '...'}]")
+    text = "".join(out)
+    return text if len(text) <= 400 else text[:200] + " ... " + text[-195:]
+
+
+_DICT_STEP, _REDUCE_STEP, _SET_STEP, _IGNORED_STEP = _Raw(".__dict__"), _Raw(".__reduce__"), _Raw("{}"), _Raw("")
+_ATOMIC = frozenset({str, int, float, bool, bytes, complex, bytearray, type(None), TensorRef, StorageRef})
+
+
+class _Converter:
+    """One conversion: memoized by identity (shared stays shared, linear time), cycles refused."""
+
+    def __init__(self, allow_modules: bool) -> None:
+        self.allow_modules = allow_modules
+        self.done: dict[int, Any] = {}
+        self.active: set[int] = set()
+        self.keep: list[Any] = []  # keeps converted inputs alive so their ids stay unique
+
+    def convert(self, obj: Any, path: Any, depth: int) -> Any:
+        t = type(obj)
+        if t in _ATOMIC:
+            return obj
+        if t is DtypeName:
+            return str(obj)
+        if t is _StorageRec:
+            return obj.ref
+        oid = id(obj)
+        done = self.done.get(oid, self)
+        if done is not self:
+            return done
+        if oid in self.active:
+            raise InputError(f"malformed checkpoint: a reference cycle at {render(path)}")
+        if depth > MAX_DEPTH:
+            raise InputError(f"not a checkpoint: the pickle nests deeper than {MAX_DEPTH} levels (at "
+                             f"{render(path)[:80]}...)")
+        self.active.add(oid)
+        try:
+            out = self._convert(t, obj, path, depth + 1)
+        finally:
+            self.active.discard(oid)
+        self.done[oid] = out
+        self.keep.append(obj)
         return out
-    if isinstance(obj, list | tuple | set | frozenset):
-        items = [to_plain(v, f"{path}[{i}]", allow_modules) for i, v in enumerate(obj)]
-        return type(obj)(items) if not isinstance(obj, list) else items
-    if isinstance(obj, complex | slice | bytearray):
-        return obj
-    if isinstance(obj, Stub):
+
+    def _convert(self, t: type, obj: Any, path: Any, depth: int) -> Any:
+        convert = self.convert
+        if t is _TensorRec:
+            return _tensor(obj, path)
+        if t is dict or t is OrderedDict:
+            out = OrderedDict() if t is OrderedDict else {}
+            for k, v in (OrderedDict.items(obj) if t is OrderedDict else dict.items(obj)):
+                out[convert(k, path, depth)] = convert(v, (path, k), depth)
+            return out
+        if t is list or t is tuple:
+            items = [convert(v, (path, i), depth) for i, v in enumerate(obj)]
+            return items if t is list else tuple(items)
+        if t is set or t is frozenset:  # frozenset becomes set: torch's weights_only loader knows only set
+            return {convert(v, (path, _SET_STEP), depth) for v in obj}
+        if isinstance(obj, Stub):
+            return self._stub(obj, path, depth)
+        if isinstance(obj, type) and issubclass(obj, Stub):
+            raise UnsafeCheckpointError(obj.classpath, render(path))
+        if t is _Callable:
+            raise UnsafeCheckpointError(obj.classpath, render(path))
+        if obj is _TENSOR_TYPE or obj is _PARAMETER_TYPE:
+            raise UnsafeCheckpointError("torch.Tensor (the class itself)", render(path))
+        raise UnsafeCheckpointError(f"{t.__module__}.{t.__qualname__}", render(path))
+
+    def _stub(self, obj: Stub, path: Any, depth: int) -> Any:
         if obj.kind == "refused":
-            raise UnsafeCheckpointError(obj.classpath, path)
+            raise UnsafeCheckpointError(obj.classpath, render(path))
+        _assert_inert((obj.args, obj.list), (path, _REDUCE_STEP))
         if obj.kind == "attrdict":
             merged = dict(obj.items)
             if isinstance(obj.state, dict):
                 merged.update(obj.state)
-            return to_plain(merged, path, allow_modules)
+            elif obj.state is not None:
+                _assert_inert(obj.state, path)
+            return self.convert(merged, path, depth)
         if obj.kind == "namespace":
             state = obj.state if isinstance(obj.state, dict) else {}
-            return to_plain(dict(state), path, allow_modules)
+            _assert_inert(obj.items, path)
+            return self.convert(dict(state), path, depth)
         if obj.kind == "numpy":
-            return _numpy_value(obj, path)
+            _assert_inert(obj.items, path)
+            return _numpy_value(obj, render(path))
         if obj.kind == "module":
-            if not allow_modules:
-                raise UnsafeCheckpointError(obj.classpath, path)
-            obj.state = to_plain(obj.state, f"{path}.__dict__", allow_modules)
+            if not self.allow_modules:
+                raise UnsafeCheckpointError(obj.classpath, render(path))
+            _assert_inert(obj.items, path)
+            obj.state = self.convert(obj.state, (path, _DICT_STEP), depth)
             return obj
-    raise UnsafeCheckpointError(type(obj).__name__, path)
+        raise UnsafeCheckpointError(obj.classpath, render(path))  # pragma: no cover - every kind is handled
+
+
+def _tensor(rec: _TensorRec, path: Any) -> TensorRef:
+    """A TensorRef, once its view is known to lie inside its storage."""
+    shape, stride, offset, ref = rec.shape, rec.stride, rec.offset, rec.storage
+    if any(rec.ignored):
+        _assert_inert(rec.ignored, (path, _IGNORED_STEP))
+    if offset < 0 or (shape and (min(shape) < 0 or min(stride) < 0)):
+        raise InputError(f"corrupted checkpoint: the tensor at {render(path)} has a negative size, stride or offset")
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel:
+        last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
+        if last >= ref.numel:
+            raise InputError(f"corrupted checkpoint: the tensor at {render(path)} lies outside its storage")
+        if numel > ref.numel and numel > MAX_BROADCAST:
+            raise InputError(f"corrupted checkpoint: the tensor at {render(path)} repeats its storage "
+                             "implausibly often")
+    return TensorRef(ref, offset, shape, stride, rec.requires_grad, rec.is_parameter)
+
+
+def _assert_inert(obj: Any, path: Any) -> None:
+    """Refuse a refused global anywhere inside a value the reader otherwise ignores."""
+    stack, seen = [(obj, path, 0)], set()
+    while stack:
+        cur, where, depth = stack.pop()
+        if type(cur) in _ATOMIC:
+            continue
+        if isinstance(cur, RefusedStub) or (isinstance(cur, type) and issubclass(cur, RefusedStub)):
+            raise UnsafeCheckpointError(cur.classpath, render(where))
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if depth > MAX_DEPTH:
+            raise InputError(f"not a checkpoint: the pickle nests deeper than {MAX_DEPTH} levels")
+        if isinstance(cur, dict):
+            stack.extend((v, (where, k), depth + 1) for k, v in dict.items(cur))
+            stack.extend((k, where, depth + 1) for k in cur)
+        elif isinstance(cur, list | tuple | set | frozenset):
+            stack.extend((v, (where, i), depth + 1) for i, v in enumerate(cur))
+        elif isinstance(cur, Stub):
+            stack.extend((v, where, depth + 1) for v in (cur.args, cur.state, cur.items, cur.list))
 
 
 def _numpy_value(stub: Stub, path: str) -> Any:
@@ -306,6 +699,12 @@ def _numpy_value(stub: Stub, path: str) -> Any:
         _, shape, dtype_stub, fortran, raw = state
         if not isinstance(raw, bytes | bytearray):
             raise UnsafeCheckpointError("numpy.ndarray of Python objects", path)
-        arr = np.frombuffer(bytes(raw), dtype=_numpy_dtype(dtype_stub))
+        dt = _numpy_dtype(dtype_stub)
+        shape = _ints(shape, "numpy array shape")
+        if len(raw) // max(dt.itemsize, 1) > MAX_ARRAY:
+            raise InputError(f"refused: the numpy array at {path} is too large for a hyper-parameter")
+        arr = np.frombuffer(bytes(raw), dtype=dt)
         return arr.reshape(shape, order="F" if fortran else "C").tolist()
+    if stub.classpath.endswith(".ndarray"):
+        raise UnsafeCheckpointError("numpy.ndarray (constructed directly)", path)
     return str(_numpy_dtype(stub))

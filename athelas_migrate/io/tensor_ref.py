@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,46 +46,84 @@ class StorageRef:
     key: str | None = None  # record key in the source archive (".../data/<key>")
     crc32: int | None = None  # CRC of the source zip record, reusable when copied verbatim
     data: bytes | None = None  # in-memory bytes (results of tensor operations)
+    record: tuple[int, int] | None = None  # (size, CRC32) of the whole source zip record, checked before use
 
     @property
     def nbytes(self) -> int:
         return self.numel * DTYPES[self.dtype][0]
 
     def read(self) -> bytes | memoryview:
-        """The raw bytes (memory-mapped for file-backed storages)."""
+        """The raw bytes (memory-mapped for file-backed storages), CRC-checked on first use."""
         if self.data is not None:
             return self.data
         assert self.path is not None
+        self.verify()
         return _mapped(self.path)[self.offset : self.offset + self.nbytes]
 
+    def verify(self) -> None:
+        """Check the source record's CRC32 once per process, so corrupted tensor bytes are never
+        decoded or copied into an output (torch itself does not check them)."""
+        if self.data is not None or self.path is None or self.record is None:
+            return
+        size, crc = self.record
+        view = _mapped(self.path)
+        key = (self.path, _identity(self.path), self.offset, size, crc)
+        if key in _VERIFIED:
+            return
+        from ..errors import InputError
 
-_MAPS: dict[str, memoryview] = {}
+        if self.offset + size > len(view) or zlib.crc32(view[self.offset : self.offset + size]) != crc:
+            raise InputError(f"{self.path}: corrupted checkpoint: storage record {self.key!r} fails its CRC "
+                             "check (the tensor bytes were changed after torch wrote them)")
+        _VERIFIED.add(key)
+
+
+_VERIFIED: set[tuple] = set()
+# path -> (file identity, view). Keyed by identity too: a file replaced or rewritten under the same
+# name (a newer checkpoint, a test) must never be read through a stale map of the old one.
+_MAPS: dict[str, tuple[tuple[int, ...], memoryview]] = {}
+_MAX_MAPS = 64
+
+
+def _identity(path: str) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _mapped(path: str) -> memoryview:
     """A read-only memory map of `path`, shared per process: file pages, not anonymous memory."""
-    view = _MAPS.get(path)
-    if view is None:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) if size else b""
-        view = memoryview(mm)
-        _MAPS[path] = view
+    ident = _identity(path)
+    hit = _MAPS.get(path)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    view = memoryview(mm)
+    _MAPS.pop(path, None)
+    while len(_MAPS) >= _MAX_MAPS:  # views handed out keep their map alive; this only drops the cache entry
+        _MAPS.pop(next(iter(_MAPS)))
+    _MAPS[path] = (ident, view)
     return view
 
 
-_TORCH_FILES: dict[str, Any] = {}
+_TORCH_FILES: dict[str, tuple[tuple[int, ...], Any]] = {}
 
 
 def _file_storage(path: str) -> Any:
     """The whole file as a private (copy-on-write) memory-mapped uint8 tensor, one per process and file."""
-    t = _TORCH_FILES.get(path)
-    if t is None:
-        import torch
+    ident = _identity(path)
+    hit = _TORCH_FILES.get(path)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    import torch
 
-        size = os.path.getsize(path)
-        storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)
-        t = _TORCH_FILES[path] = torch.empty(0, dtype=torch.uint8).set_(storage)
+    storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=ident[2])
+    t = torch.empty(0, dtype=torch.uint8).set_(storage)
+    _TORCH_FILES.pop(path, None)
+    while len(_TORCH_FILES) >= _MAX_MAPS:
+        _TORCH_FILES.pop(next(iter(_TORCH_FILES)))
+    _TORCH_FILES[path] = (ident, t)
     return t
 
 
@@ -156,6 +195,7 @@ class TensorRef:
                 torch.empty(0, dtype=torch.uint8)
             base = 0
         else:
+            self.storage.verify()
             buf = _file_storage(self.storage.path)
             base = self.storage.offset
         item = DTYPES[self.dtype][0]

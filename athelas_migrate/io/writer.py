@@ -3,6 +3,12 @@
 Everything goes to a temporary file in the destination directory, is flushed
 and fsynced, then renamed over the destination: readers see the old file or
 the complete new one, never a partial write; a failure leaves nothing behind.
+
+A process killed outright (SIGKILL, power loss) cannot clean up: it leaves its
+temporary file, named `.<NAME>.<HOST>.<PID>.<RANDOM>.partial` beside NEW (and never
+NEW itself). The next write to the same NEW removes such leftovers of processes on
+this host that no longer exist (`clean_stale_partials`); files of live processes and
+of other hosts (a shared file system) are left alone.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,14 +27,57 @@ from .pickle_writer import dumps
 from .tensor_ref import DTYPES, TensorRef
 from .zip_archive import Member, write_members
 
+PARTIAL_SUFFIX = ".partial"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+
+
+def partial_name(dst: str) -> str:
+    """The temporary file atomic_output writes for `dst` (recognisable: host, PID, random token)."""
+    dst = os.path.abspath(dst)
+    return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.{_host()}.{os.getpid()}."
+                                              f"{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_partials(dst: str) -> list[str]:
+    """Remove temporary files of earlier writes to `dst` whose process (on this host) is gone."""
+    dst = os.path.abspath(dst)
+    directory, base = os.path.split(dst)
+    pattern = re.compile(rf"^\.{re.escape(base)}\.{re.escape(_host())}\.(\d+)\.[0-9a-f]+{re.escape(PARTIAL_SUFFIX)}$")
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_output(dst: str) -> Iterator[Any]:
     """Yield a binary file handle; on success it replaces `dst` atomically, on failure it vanishes."""
     dst = os.path.abspath(dst)
     directory = os.path.dirname(dst)
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{os.getpid()}.partial")
-    fh = open(tmp, "wb")
+    clean_stale_partials(dst)
+    tmp = partial_name(dst)
+    fh = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
     try:
         yield fh
         fh.flush()
@@ -62,6 +114,7 @@ def write_torch_zip(dst: str, obj: Any, prefix: str = "archive") -> None:
         if st.data is not None:
             members.append(Member(name, data=bytes(st.data)))
         elif st.crc32 is not None:
+            st.verify()  # never copy corrupted bytes under their original CRC
             members.append(Member(name, src_path=st.path, src_offset=st.offset, size=st.nbytes, crc32=st.crc32))
         else:
             members.append(Member(name, data=bytes(st.read())))
@@ -96,6 +149,7 @@ def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[st
             if t.storage.data is None and span is not None:
                 from .zip_archive import Member as _M
 
+                t.storage.verify()
                 copier._copy(_M("", src_path=t.storage.path, src_offset=t.storage.offset + span[0], size=t.nbytes))
             else:
                 data = bytes(t.raw_bytes())

@@ -39,7 +39,8 @@ class Record:
 
 
 def read_records(path: str, size: int) -> dict[str, Record]:
-    """The members of the archive at `path` with their data offsets; refuses truncated files."""
+    """The members of the archive at `path` with their data offsets; refuses truncated or crafted files
+    (compressed members, duplicate names, inconsistent sizes, records past the end of the file)."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -47,7 +48,12 @@ def read_records(path: str, size: int) -> dict[str, Record]:
             with open(path, "rb") as fh:
                 for info in infos:
                     if info.compress_type != zipfile.ZIP_STORED:
-                        raise InputError(f"not a torch checkpoint: member {info.filename!r} is compressed")
+                        raise InputError(f"not a torch checkpoint: member {info.filename[:80]!r} is compressed")
+                    if info.filename in records:
+                        raise InputError(f"corrupted checkpoint archive: member {info.filename[:80]!r} appears twice")
+                    if info.compress_size != info.file_size or not 0 <= info.header_offset < size:
+                        raise InputError(f"corrupted checkpoint archive: member {info.filename[:80]!r} has "
+                                         "inconsistent sizes or offsets")
                     fh.seek(info.header_offset)
                     header = fh.read(30)
                     if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -55,10 +61,14 @@ def read_records(path: str, size: int) -> dict[str, Record]:
                     name_len, extra_len = struct.unpack("<HH", header[26:30])
                     offset = info.header_offset + 30 + name_len + extra_len
                     if offset + info.file_size > size:
-                        raise InputError(f"truncated checkpoint: record {info.filename!r} ends past the file end")
+                        raise InputError(f"truncated checkpoint: record {info.filename[:80]!r} ends past the file end")
                     records[info.filename] = Record(info.filename, offset, info.file_size, info.CRC)
     except zipfile.BadZipFile as exc:
         raise InputError(f"truncated or corrupted checkpoint archive ({exc})") from exc
+    except (zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError, struct.error, OverflowError,
+            OSError) as exc:
+        # UnicodeDecodeError (a member name flagged UTF-8 that is not) is a ValueError
+        raise InputError(f"truncated or corrupted checkpoint archive ({type(exc).__name__}: {exc})"[:300]) from exc
     return records
 
 

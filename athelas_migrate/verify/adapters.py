@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AthelasError, EXIT_REFUSED
+from ..errors import EXIT_REFUSED, AthelasError
 from ..families.base import load_class
 
 

@@ -124,10 +124,10 @@ class _CNNAdapter(VerifyAdapter):
             return None
         gen = ctx.generator(1000 + length)
         vocab = int(ctx.config_old["vocab_size"])
-        data: dict[str, Any] = {"ids": torch.randint(0, vocab, (2, length), generator=gen)}
+        data: dict[str, Any] = {"ids": torch.randint(0, vocab, (4, length), generator=gen)}
         if self.tab_width(ctx):
-            data["tab"] = torch.randn(2, self.tab_width(ctx), generator=gen)
-        return Batch(f"length-{length}", data, 2, None, f"B=2, L={length}", length)
+            data["tab"] = torch.randn(4, self.tab_width(ctx), generator=gen)
+        return Batch(f"length-{length}", data, 4, None, f"B=4, L={length}", length)
 
     def length_expectation(self, ctx: Context, length: int) -> str:
         cfg = ctx.config_old

@@ -95,7 +95,7 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
         return
     d = compare(loss_n.detach().reshape(1), loss_o.detach().reshape(1), atol, rtol)
     section.add(Check("loss", PASS if d.ok else FAIL,
-                      f"{how}: legacy {float(loss_o):.8g}, refactored {float(loss_n):.8g}", d.max_abs, d.max_rel,
+                      f"{how}: legacy {float(loss_o.detach()):.8g}, refactored {float(loss_n.detach()):.8g}", d.max_abs, d.max_rel,
                       atol, rtol, time.perf_counter() - t))
 
     # ------------------------------------------------------------- gradients

@@ -1,0 +1,64 @@
+"""`--set KEY=VALUE` and `--config FILE.json`: hyper-parameters supplied on the command line.
+
+Pure Python (no torch), shared by the commands that accept overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import UsageError
+
+__all__ = ["parse_overrides", "parse_value"]
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: parsed as JSON when it is valid JSON (numbers, true/false/null, lists, objects,
+    quoted strings), else taken as the literal string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Overrides from `--config FILE` (a JSON object) and `--set KEY=VALUE` items (which win over the file).
+
+    Raises UsageError for a malformed item, an unreadable or non-object config file, and for the same key
+    given twice with different values ("conflicting --set values for KEY").
+    """
+    result: dict[str, Any] = {}
+    if config_file is not None:
+        path = os.fspath(config_file)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise UsageError(f"--config {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--config {path}: cannot be read ({exc})") from None
+        except ValueError as exc:
+            raise UsageError(f"--config {path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"--config {path}: must hold a JSON object of hyper-parameters, "
+                             f"not a {type(data).__name__}")
+        result.update(data)
+    given: dict[str, Any] = {}
+    for item in sets or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        value = parse_value(text)
+        if key in given and not _same(given[key], value):
+            raise UsageError(f"conflicting --set values for {key}")
+        given[key] = value
+    result.update(given)
+    return result
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b

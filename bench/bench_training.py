@@ -1,0 +1,148 @@
+"""Training-step throughput: legacy BimodalCNN (v1) vs the refactored v2 BimodalCNN.
+
+Both models get the same config, the same weights (the legacy state dict mapped
+onto the v2 keys with the v1 -> v2 key map of target-layout.md) and identical
+batches. One "training step" is what a Lightning ``training_step`` does for
+these models plus the optimizer: forward on the batch dict, cross-entropy with
+the model's ``loss_op``, ``backward``, ``SGD(momentum=0.9).step()``,
+``zero_grad``. Steps are timed outside Lightning so that only the model code
+differs.
+
+Each repetition times ``--steps`` steps of each model (the order alternates
+between repetitions to cancel drift); samples/s of a repetition is
+``steps * batch / seconds``. Reported: the median over ``--reps`` repetitions
+for each model and the ratio v2 / legacy of the medians (and the median of
+per-repetition ratios). A sanity check first asserts that both models compute
+the same loss on the first batch.
+
+    .venv/bin/python bench/bench_training.py            # defaults below
+    .venv/bin/python bench/bench_training.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from athelas_migrate.models import BimodalCNN  # noqa: E402
+from legacy import BimodalCNN as LegacyBimodalCNN  # noqa: E402
+
+FIELDS = ["f_a", "f_b", "f_c"]
+
+
+def v1_to_v2(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        if key.startswith("text_subnetwork.") and key.endswith(("class_weights_tensor", "loss_op.weight")):
+            continue  # the nested module's own loss weights: dropped (v2 has no nested loss)
+        new = key.replace("text_subnetwork.network.1.", "text_encoder.projection.1.")
+        new = new.replace("text_subnetwork.", "text_encoder.")
+        new = new.replace("tab_subnetwork.embedding_layer.", "tab_encoder.embedding.")
+        new = new.replace("final_merge_network.1.", "fusion.fusion.1.")
+        out[new] = value
+    return out
+
+
+def make_batches(n: int, batch: int, seq: int, vocab: int, seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        b = {"doc_input_ids": torch.randint(0, vocab, (batch, seq), generator=gen),
+             "label": torch.randint(0, 2, (batch,), generator=gen)}
+        for f in FIELDS:
+            b[f] = torch.randn(batch, generator=gen)
+        batches.append(b)
+    return batches
+
+
+def step(model, opt, batch) -> float:
+    logits = model(batch)
+    loss = model.loss_op(logits, batch["label"])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def timed(model, opt, batches) -> float:
+    t0 = time.perf_counter()
+    for b in batches:
+        step(model, opt, b)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128, help="max_sen_len and batch sequence length")
+    ap.add_argument("--vocab", type=int, default=20000)
+    ap.add_argument("--embed", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=10, help="steps per repetition")
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    args = ap.parse_args()
+
+    config = {"text_name": "doc", "label_name": "label", "tab_field_list": FIELDS,
+              "kernel_size": [3, 5, 7], "num_channels": [100, 100], "num_layers": 2,
+              "hidden_common_dim": 100, "max_sen_len": args.seq, "dropout_keep": 0.0,
+              "optimizer_type": "SGD", "lr": 0.02, "momentum": 0.9}
+    torch.manual_seed(0)
+    embeddings = torch.randn(args.vocab, args.embed) * 0.1
+    legacy = LegacyBimodalCNN(dict(config), args.vocab, embeddings.clone())
+    v2 = BimodalCNN(dict(config), vocab_size=args.vocab, embed_size=args.embed)
+    v2.load_state_dict(v1_to_v2(legacy.state_dict()), strict=True)
+    legacy.train()
+    v2.train()
+    opts = {
+        "legacy": torch.optim.SGD(legacy.parameters(), lr=0.02, momentum=0.9),
+        "v2": torch.optim.SGD(v2.parameters(), lr=0.02, momentum=0.9),
+    }
+    models = {"legacy": legacy, "v2": v2}
+
+    batches = make_batches(args.steps, args.batch, args.seq, args.vocab, seed=1)
+    with torch.no_grad():  # same arithmetic on the same batch (dropout 0)
+        a = legacy.loss_op(legacy(batches[0]), batches[0]["label"])
+        b = v2.loss_op(v2(batches[0]), batches[0]["label"])
+    assert torch.allclose(a, b, atol=1e-5), (float(a), float(b))
+
+    for name in models:
+        for b in batches[: args.warmup]:
+            step(models[name], opts[name], b)
+    rates: dict[str, list[float]] = {"legacy": [], "v2": []}
+    for rep in range(args.reps):
+        order = ["legacy", "v2"] if rep % 2 == 0 else ["v2", "legacy"]
+        for name in order:
+            secs = timed(models[name], opts[name], batches)
+            rates[name].append(args.steps * args.batch / secs)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = med["v2"] / med["legacy"]
+    per_rep = statistics.median(v / l for v, l in zip(rates["v2"], rates["legacy"]))
+
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
+              f"{torch.get_num_threads()} threads"
+    print(f"machine: {machine}")
+    print(f"BimodalCNN training step: batch {args.batch}, seq {args.seq}, vocab {args.vocab}x{args.embed}, "
+          f"kernels [3,5,7] x 100 channels x 2 layers, 3 tabular fields; {args.steps} steps x {args.reps} reps")
+    print("| model | median samples/s | min | max |")
+    print("|---|---:|---:|---:|")
+    for name in ("legacy", "v2"):
+        print(f"| {name} | {med[name]:.1f} | {min(rates[name]):.1f} | {max(rates[name]):.1f} |")
+    print(f"ratio v2/legacy (medians): {ratio:.3f}; median of per-repetition ratios: {per_rep:.3f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine, "args": vars(args), "samples_per_s": rates, "median": med,
+                       "ratio": ratio, "ratio_per_rep_median": per_rep}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Shared test fixtures: paths, the fixture manifest, copies of fixtures, an in-process CLI runner,
+and a session-wide counter of fuzzed inputs (summed over xdist workers into out/fuzz-count.txt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+OUT = ROOT / "out"
+
+
+def manifest_entries(fusion: bool = False) -> list[dict]:
+    """`fixtures/manifest.json` (and `fusion_manifest.json` with fusion=True); overrides are complete."""
+    entries = json.loads((FIXTURES / "manifest.json").read_text())
+    if fusion and (FIXTURES / "fusion_manifest.json").exists():
+        for e in json.loads((FIXTURES / "fusion_manifest.json").read_text()):
+            overrides = dict(e.get("overrides") or {})
+            if "bert_config" in e:
+                overrides["bert_config"] = e["bert_config"]
+            entries.append({**e, "overrides": overrides})
+    return entries
+
+
+@pytest.fixture
+def fixture_copy(tmp_path):
+    """`fixture_copy("bimodal_cnn_v1.ckpt")` -> a private copy under tmp_path (tests may corrupt it)."""
+
+    def copy(name: str, dst_name: str | None = None) -> Path:
+        dst = tmp_path / (dst_name or name)
+        shutil.copyfile(FIXTURES / name, dst)
+        return dst
+
+    return copy
+
+
+@pytest.fixture
+def cli():
+    """Run `athelas-migrate ARGS...` in-process: returns (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from athelas_migrate.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # an exception the CLI did not handle is a test failure, not exit 1
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
+
+
+# --- fuzz counter ----------------------------------------------------------------------------------
+
+_RUN = "ATHELAS_FUZZ_RUN"
+
+
+def pytest_configure(config):
+    os.environ.setdefault(_RUN, uuid.uuid4().hex[:12])  # set before xdist workers start: they inherit it
+
+
+def _count_dir() -> Path:
+    return OUT / ".fuzz-count" / os.environ[_RUN]
+
+
+@pytest.fixture(scope="session")
+def fuzz_counter():
+    """A Counter of corrupted inputs tried, per kind; each process writes its share at the end."""
+    counts: Counter = Counter()
+    yield counts
+    if counts:
+        d = _count_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.json").write_text(json.dumps(counts))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller sums
+    d = _count_dir()
+    if not d.is_dir():
+        return
+    total: Counter = Counter()
+    for f in d.glob("*.json"):
+        total.update(json.loads(f.read_text()))
+    shutil.rmtree(d, ignore_errors=True)
+    lines = [f"total {sum(total.values())}"] + [f"{k} {v}" for k, v in sorted(total.items())]
+    (OUT / "fuzz-count.txt").write_text("\n".join(lines) + "\n")
+    session.config._athelas_fuzz = lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = getattr(config, "_athelas_fuzz", None)
+    if lines:
+        terminalreporter.write_line("corrupted inputs tried: " + ", ".join(lines) + " (out/fuzz-count.txt)")
