@@ -1,34 +1,33 @@
 """Refactored (v2) Lightning models.
 
-One module per family; add new families (e.g. ``bert_*.py``) as separate
-files and re-export them below. Importing this package only defines classes.
+Exports load lazily: `athelas_migrate.models.config` (pure Python, used by the
+migration engine) must not drag in torch and Lightning.
 """
 
-from .base import AthelasModule
-from .bimodal_cnn import BimodalCNN
-from .config import CONFIG_DEFAULTS, resolve_config, text_batch_key
-from .tab_ae import TabAE
-from .text_cnn import TextCNN
+from __future__ import annotations
 
-_BERT = ["BimodalBertCrossAttn", "BimodalBertGateFusion", "BimodalBertMoE", "TrimodalCrossAttentionBert"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AthelasModule": "base",
+    "BimodalCNN": "bimodal_cnn",
+    "TabAE": "tab_ae",
+    "TextCNN": "text_cnn",
+    "CONFIG_DEFAULTS": "config",
+    "resolve_config": "config",
+    "text_batch_key": "config",
+    "BimodalBertCrossAttn": "bert_fusion",
+    "BimodalBertGateFusion": "bert_fusion",
+    "BimodalBertMoE": "bert_fusion",
+    "TrimodalCrossAttentionBert": "bert_fusion",
+}
 
 
-def __getattr__(name: str):
-    """BERT-based classes load lazily (they import transformers)."""
-    if name in _BERT:
-        from . import bert_fusion
-
-        return getattr(bert_fusion, name)
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(name)
 
 
-__all__ = [
-    *_BERT,
-    "AthelasModule",
-    "BimodalCNN",
-    "CONFIG_DEFAULTS",
-    "TabAE",
-    "TextCNN",
-    "resolve_config",
-    "text_batch_key",
-]
+__all__ = list(_EXPORTS)
