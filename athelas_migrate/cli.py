@@ -48,8 +48,9 @@ class _Group(click.Group):
 
 def _err(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape  # messages quote file contents: '[/]' in a key must not be markup
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
 def _console():
@@ -100,7 +101,7 @@ def main(debug: bool) -> None:
 
 
 @main.command("ckpt")
-@click.argument("old", type=click.Path())
+@click.argument("old", type=click.Path(readable=False))  # the reader refuses unreadable files in one line
 @click.argument("new", type=click.Path())
 @click.option("--to", "to", default=None, help="Target layout version (default: newest; older = rollback).")
 @set_option
@@ -177,7 +178,7 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
 
 
 @main.command("audit")
-@click.argument("old", type=click.Path())
+@click.argument("old", type=click.Path(readable=False))
 @click.option("--to", "to", default=None, help="Target layout version (default: newest).")
 @set_option
 @config_option
@@ -220,7 +221,7 @@ def audit_cmd(old, to, sets, config_file, bert_config, fmt, output) -> None:
 
 
 @main.command("inspect")
-@click.argument("path", type=click.Path())
+@click.argument("path", type=click.Path(readable=False))
 @click.option("--json", "json_out", is_flag=True)
 def inspect_cmd(path, json_out) -> None:
     """What a checkpoint is: family, layout version (with evidence), sizes, hyper-parameters, optimizer state."""

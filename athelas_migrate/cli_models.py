@@ -11,7 +11,6 @@ the main group turns them into one-line messages.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
@@ -19,40 +18,16 @@ import click
 __all__ = ["demo_data_cmd", "export_cmd", "parse_overrides", "predict_cmd", "train_cmd"]
 
 
-def _parse_value(text: str) -> Any:
-    """``--set`` values: JSON when they parse (numbers, true/false/null, lists, quoted strings),
-    else a comma-separated list when they contain a comma, else the plain string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    if "," in text:
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return text
-
-
 def parse_overrides(sets: tuple[str, ...] | list[str], config_file: str | None = None) -> dict[str, Any]:
-    """Merge ``--config FILE.json`` (an object) and ``--set KEY=VALUE`` pairs (later wins)."""
-    from .errors import InputError, UsageError
+    """``--config FILE.json`` and ``--set KEY=VALUE`` (VALUE parsed as JSON when it is valid JSON),
+    as for every other command (``athelas_migrate.overrides``); in addition a ``tab_field_list``
+    given as a plain string is split at commas (``--set tab_field_list=a,b,c``)."""
+    from .overrides import parse_overrides as parse
 
-    out: dict[str, Any] = {}
-    if config_file:
-        try:
-            with open(config_file, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise InputError(f"{config_file}: config file not found") from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{config_file}: not a JSON config file ({exc})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{config_file}: a config file holds one JSON object")
-        out.update(data)
-    for item in sets:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        out[key] = _parse_value(value)
+    out = parse(sets, config_file)
+    fields = out.get("tab_field_list")
+    if isinstance(fields, str):
+        out["tab_field_list"] = [f.strip() for f in fields.split(",") if f.strip()]
     return out
 
 
@@ -67,8 +42,7 @@ def _console():
     return Console(highlight=False)
 
 
-_SET_HELP = ("Hyper-parameter override KEY=VALUE (repeatable); VALUE is JSON when it parses, "
-             "a list when it has commas, else a string.")
+_SET_HELP = "VALUE is parsed as JSON when it is valid JSON; repeatable."
 
 
 # ==================================================================== train
@@ -86,7 +60,8 @@ _SET_HELP = ("Hyper-parameter override KEY=VALUE (repeatable); VALUE is JSON whe
 @click.option("--text-col", help="Column holding the text.")
 @click.option("--num-cols", multiple=True, help="Numeric column(s), comma separated or repeated.")
 @click.option("--label-col", help="Column holding the integer class label (0, 1, ...).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Model hyper-parameter or training setting (e.g. kernel_size=[3,5]). " + _SET_HELP)
 @click.option("--max-epochs", type=int, help="Maximum epochs [10].")
 @click.option("--batch-size", type=int, help="Training batch size [32].")
 @click.option("--lr", type=float, help="Learning rate [config lr, legacy default 0.02].")

@@ -161,6 +161,12 @@ def write_demo_data(out_dir: str | os.PathLike[str], n_rows: int = 1000, seed: i
         raise UsageError(f"unknown format {fmt!r} (use csv or parquet)")
     if not (0.0 < val_fraction < 1.0) or not (0.0 <= test_fraction < 1.0) or val_fraction + test_fraction >= 1.0:
         raise UsageError("val and test fractions must be in (0, 1) with val + test < 1")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError("writing Parquet needs the 'pyarrow' package (pip install pyarrow); "
+                             "use --format csv otherwise") from None
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"{out_dir} exists and is not a directory")

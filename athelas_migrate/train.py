@@ -584,6 +584,7 @@ def train(opts: TrainOptions) -> TrainResult:
     # Noise that says nothing about the user's run: in-process loading (num_workers=0) is
     # deliberate for these small tensors, and the LeafSpec note is internal to Lightning.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     pl.seed_everything(seed, workers=True, verbose=False)

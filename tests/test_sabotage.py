@@ -106,7 +106,8 @@ def test_swapped_conv_branches_fail_the_gate_and_are_localised(sabotage, tmp_pat
 def test_transposed_square_weight_fails_and_is_localised(sabotage, tmp_path):
     # convs.0.3.weight is [8, 8, 3]: transposing dims 0 and 1 keeps its shape
     def edit(text: str) -> str:
-        text = text.replace(CONVS_RULE, "match = '^text_subnetwork\\.(embeddings\\.weight|convs\\.(?!0\\.3\\.weight$).*)$'")
+        keep = "match = '^text_subnetwork\\.(embeddings\\.weight|convs\\.(?!0\\.3\\.weight$).*)$'"
+        text = text.replace(CONVS_RULE, keep)
         return text + """
 [[rules]]
 id = "sabotage-transpose"

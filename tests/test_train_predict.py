@@ -347,3 +347,23 @@ def test_export_of_trained_models_matches_predict(run, name):
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_parquet_files(tmp_path):
+    """Parquet goes through pyarrow when it is installed, and is refused clearly when it is not."""
+    from athelas_migrate.train import read_table
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (tmp_path / "d.parquet").write_bytes(b"PAR1")
+        r = cli("train", tmp_path / "d.parquet", "--text-col", "t", "--label-col", "y", "--out", tmp_path / "o")
+        assert r.exit_code == 2 and "pyarrow" in r.output
+        r = cli("demo-data", tmp_path / "pq", "--format", "parquet")
+        assert r.exit_code == 2 and "pyarrow" in r.output and not (tmp_path / "pq").exists()
+        return
+    paths = write_demo_data(tmp_path / "pq", n_rows=60, seed=1, fmt="parquet")
+    csv_paths = write_demo_data(tmp_path / "csv", n_rows=60, seed=1)
+    pq_table, csv_table = read_table(paths["train"]), read_table(csv_paths["train"])
+    assert pq_table.columns["review"] == csv_table.columns["review"]
+    assert [float(v) for v in pq_table.columns["spend_score"]] == [float(v) for v in csv_table.columns["spend_score"]]

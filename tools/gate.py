@@ -104,10 +104,10 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
         report = run_verify(src, dst, atol=atol, rtol=rtol, overrides=overrides, device=device,
                             reference=io if io is not None and io.is_file() else None)
         row["report"] = report
-        row["status"] = "passed" if report.passed else ("failed" if report.failed_checks else "error")
+        row["status"] = "passed" if report.passed else ("failed" if report.failed_checks() else "error")
         if not report.passed:
             loc = report.localisation or {}
-            bad = report.failed_checks + report.errored_checks
+            bad = report.failed_checks() + report.errored_checks()
             row["reason"] = "; ".join(f"{s.name}/{c.name}: {c.detail}" for s, c in bad[:3])
             if loc.get("module"):
                 row["reason"] = f"first divergent module {loc['module']} ({loc.get('kind')}); " + row["reason"]

@@ -188,9 +188,18 @@ def _require_tensors(sd: dict, path: str) -> None:
     bad = [k for k, v in sd.items() if not isinstance(v, TensorRef)]
     if bad:
         raise InputError(f"{path}: state_dict entries that are not tensors: {', '.join(str(b)[:60] for b in bad[:5])}")
+    _check_keys(sd, path)
+
+
+def _check_keys(sd: dict, path: str) -> None:
+    """Keys must be printable strings: they end up in messages on users' terminals (no escape sequences)."""
     keys = [k for k in sd if not isinstance(k, str)]
     if keys:
         raise InputError(f"{path}: state_dict keys that are not strings: {', '.join(repr(k)[:60] for k in keys[:5])}")
+    keys = [k for k in sd if not k.isprintable()]
+    if keys:
+        raise InputError(f"{path}: state_dict keys with control characters: "
+                         f"{', '.join(repr(k)[:60] for k in keys[:5])}")
 
 
 def _from_module(root: Stub, path: str, size: int) -> RawCheckpoint:
@@ -228,6 +237,7 @@ def _from_module(root: Stub, path: str, size: int) -> RawCheckpoint:
                 walk(child, f"{prefix}{name}.", depth + 1)
 
     walk(root, "", 0)
+    _check_keys(sd, path)
     state = root.state if isinstance(root.state, dict) else {}
     hp = state.get("_hparams")
     return RawCheckpoint(path, size, "pickled_module", sd, hyper_parameters=dict(hp) if isinstance(hp, dict) else None,
@@ -277,6 +287,7 @@ def _read_safetensors(path: str, size: int) -> RawCheckpoint:
             stride.append(acc)
             acc *= s
         sd[name] = TensorRef(ref, 0, shape, tuple(reversed(stride)))
+    _check_keys(sd, path)
     order = meta.get("athelas_migrate.key_order")
     if order:
         try:

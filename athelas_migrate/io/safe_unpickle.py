@@ -23,6 +23,7 @@ machinery itself (see docs/safety.md):
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextvars
 import io
 import ntpath
@@ -313,12 +314,15 @@ def _ordered_dict(*args: Any) -> OrderedDict:
 _NUMPY_CODE = re.compile(r"^[<>=|]?[biufc?]\d{0,2}$")
 
 
-def _numpy_dtype(stub: Any) -> Any:
+def _numpy_dtype(stub: Any, path: str | None = None) -> Any:
+    """A numeric numpy dtype from its stub; object, string and structured dtypes are refused."""
     import numpy as np
 
     code = stub.args[0] if isinstance(stub, Stub) and stub.kind == "numpy" and stub.args else None
     if not isinstance(code, str) or not _NUMPY_CODE.match(code):
-        raise UnsafeCheckpointError(f"numpy.dtype({code!r:.40})", "?")
+        if path is None:  # while loading: the key path is not known yet
+            raise InputError(f"refused: a numpy value of dtype {code!r:.40} (only numeric dtypes are accepted)")
+        raise UnsafeCheckpointError(f"numpy.dtype({code!r:.40})", path)
     dt = np.dtype(code)
     order = stub.state[1] if isinstance(stub.state, tuple) and len(stub.state) > 1 else "="
     if order in ("<", ">"):
@@ -330,11 +334,30 @@ def _numpy_scalar(dtype_stub: Any, data: Any = None) -> Any:
     import numpy as np
 
     if not isinstance(dtype_stub, Stub) or not isinstance(data, bytes | bytearray):
-        raise UnsafeCheckpointError("numpy scalar of a non-numeric dtype", "?")
+        raise InputError("malformed checkpoint: a numpy scalar without a dtype and bytes")
     dt = _numpy_dtype(dtype_stub)
     if len(data) != dt.itemsize:
         raise InputError("malformed checkpoint: a numpy scalar has the wrong number of bytes")
     return np.frombuffer(bytes(data), dtype=dt)[0].item()
+
+
+def modern_name(module: str, name: str) -> tuple[str, str]:
+    """What pickle's own find_class does for protocols < 3 (torch.save writes protocol 2, in which
+    Python 3 writes Python 2 names: `__builtin__.set`, `copy_reg._reconstructor`, `commands.Popen`)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def classify(module: str, name: str) -> str:
+    """How the reader treats the global `module.name`: 'converter', 'dtype', 'tensor-type', or the stub
+    kind ('module', 'attrdict', 'namespace', 'numpy', 'refused')."""
+    obj = resolve_global(*modern_name(module, name))
+    if isinstance(obj, _Callable):
+        return "converter"
+    if isinstance(obj, DtypeName):
+        return "dtype"
+    return getattr(obj, "kind", "tensor-type")
 
 
 def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
@@ -373,8 +396,6 @@ _FUNCTIONS: dict[str, Any] = {
     "builtins.frozenset": _frozenset,
     "builtins.complex": _complex,
     "builtins.bytearray": _bytearray,
-    "__builtin__.set": _set,
-    "__builtin__.frozenset": _frozenset,
     "_codecs.encode": _codecs_encode,
     "copyreg._reconstructor": _reconstructor,
     "torch.Size": _size,
@@ -483,7 +504,7 @@ class SafeUnpickler(pickle.Unpickler):
         self._allow_modules = allow_modules
 
     def find_class(self, module: str, name: str) -> Any:
-        return resolve_global(str(module), str(name), self._allow_modules)
+        return resolve_global(*modern_name(str(module), str(name)), self._allow_modules)
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -699,7 +720,7 @@ def _numpy_value(stub: Stub, path: str) -> Any:
         _, shape, dtype_stub, fortran, raw = state
         if not isinstance(raw, bytes | bytearray):
             raise UnsafeCheckpointError("numpy.ndarray of Python objects", path)
-        dt = _numpy_dtype(dtype_stub)
+        dt = _numpy_dtype(dtype_stub, path)
         shape = _ints(shape, "numpy array shape")
         if len(raw) // max(dt.itemsize, 1) > MAX_ARRAY:
             raise InputError(f"refused: the numpy array at {path} is too large for a hyper-parameter")
@@ -707,4 +728,4 @@ def _numpy_value(stub: Stub, path: str) -> Any:
         return arr.reshape(shape, order="F" if fortran else "C").tolist()
     if stub.classpath.endswith(".ndarray"):
         raise UnsafeCheckpointError("numpy.ndarray (constructed directly)", path)
-    return str(_numpy_dtype(stub))
+    return str(_numpy_dtype(stub, path))

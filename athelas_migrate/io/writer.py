@@ -109,20 +109,37 @@ def write_torch_zip(dst: str, obj: Any, prefix: str = "archive") -> None:
         Member(f"{prefix}/byteorder", b"little"),
     ]
     digest = hashlib.sha256(pkl)
+    checks = []
     for key, st in enumerate(storages):
         name = f"{prefix}/data/{key}"
         if st.data is not None:
             members.append(Member(name, data=bytes(st.data)))
         elif st.crc32 is not None:
-            st.verify()  # never copy corrupted bytes under their original CRC
+            checks.append(st)  # never publish corrupted bytes under their original CRC: checked during the copy
             members.append(Member(name, src_path=st.path, src_offset=st.offset, size=st.nbytes, crc32=st.crc32))
         else:
             members.append(Member(name, data=bytes(st.read())))
         digest.update(f"{key}:{st.crc32 if st.crc32 is not None else members[-1].crc32}".encode())
     members.append(Member(f"{prefix}/version", b"3\n"))
     members.append(Member(f"{prefix}/.data/serialization_id", str(int(digest.hexdigest(), 16))[:40].encode()))
-    with atomic_output(dst) as fh:
+    with atomic_output(dst) as fh, _verifying(checks) as verified:
         write_members(fh, members)
+        verified()  # raises for a corrupted source record; the temporary file is then removed
+
+
+@contextlib.contextmanager
+def _verifying(storages: list) -> Iterator[Any]:
+    """CRC-check source records in a thread while the main thread copies them (the CRC code releases the
+    GIL), so a rename costs max(copy, check) rather than their sum. Yields `wait()`, which returns when
+    all passed and raises the first failure; the output must not be published before it returns."""
+    if not storages:
+        yield lambda: None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="athelas-crc") as pool:
+        future = pool.submit(lambda: [st.verify() for st in storages])
+        yield future.result
 
 
 def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[str, str]) -> None:
@@ -140,7 +157,9 @@ def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[st
     header["__metadata__"] = meta
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * ((-len(raw)) % 8)
-    with atomic_output(dst) as fh:
+    copied = {id(t.storage): t.storage for t in tensors.values()
+              if t.storage.data is None and t.byte_range() is not None}
+    with atomic_output(dst) as fh, _verifying(list(copied.values())) as verified:
         fh.write(len(raw).to_bytes(8, "little") + raw)
         copier = ZipWriter(fh)
         copier.pos = fh.tell()
@@ -149,7 +168,7 @@ def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[st
             if t.storage.data is None and span is not None:
                 from .zip_archive import Member as _M
 
-                t.storage.verify()
+                # CRC-checked by `_verifying` while this copies
                 copier._copy(_M("", src_path=t.storage.path, src_offset=t.storage.offset + span[0], size=t.nbytes))
             else:
                 data = bytes(t.raw_bytes())
@@ -157,3 +176,4 @@ def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[st
                 copier.pos += len(data)
         for fd in copier._src.values():
             os.close(fd)
+        verified()  # raises for a corrupted source record; the temporary file is then removed

@@ -163,6 +163,24 @@ class VerifyAdapter:
             return None
         return first_optimizer(res)
 
+    def select_rows(self, batch: Batch, rows: list[int]) -> Batch:
+        """The batch restricted to `rows` (every tensor or list whose first dimension is the batch size)."""
+        index = torch.tensor(rows, dtype=torch.long)
+
+        def pick(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor) and obj.dim() and obj.shape[0] == batch.size:
+                return obj.index_select(0, index.to(obj.device))
+            if isinstance(obj, dict):
+                return {k: pick(v) for k, v in obj.items()}
+            if isinstance(obj, list) and len(obj) == batch.size:
+                return [obj[i] for i in rows]
+            if isinstance(obj, tuple):
+                return tuple(pick(v) for v in obj)
+            return obj
+
+        labels = pick(batch.labels) if batch.labels is not None else None
+        return Batch(f"{batch.name}{rows}", pick(batch.data), len(rows), labels, batch.description, batch.length)
+
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         return Batch(batch.name, move(batch.data, device), batch.size,
                      batch.labels.to(device) if batch.labels is not None else None, batch.description,

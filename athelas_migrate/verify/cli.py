@@ -78,7 +78,7 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
         ctx.exit(EXIT_CANNOT_RUN)
         return
     if quiet:
-        state = "PASS" if report.passed else ("FAIL" if report.failed_checks else "ERROR")
+        state = "PASS" if report.passed else ("FAIL" if report.failed_checks() else "ERROR")
         out.print(f"{state} {old} -> {new}", highlight=False)
     else:
         from .terminal import render

@@ -93,8 +93,12 @@ class _CNNAdapter(VerifyAdapter):
 
     def construct_old(self, ctx: Context, cls: type, state: dict[str, torch.Tensor]) -> nn.Module:
         emb = state[f"{self.text_prefix}embeddings.weight"]
-        # the file-backed tensor itself: the legacy class wraps it in a Parameter (no second copy)
-        return cls(copy.deepcopy(ctx.config_old), int(emb.shape[0]), emb)
+        # The legacy classes keep `word_embeddings` in their hyper-parameters and Lightning deep-copies
+        # those: given the real matrix, the legacy model would hold a second full copy of it. A
+        # zero-strided placeholder of the right shape costs one row; `load_state_dict(assign=True)`
+        # then installs the file-backed matrix itself as the parameter.
+        placeholder = torch.zeros(1, emb.shape[1], dtype=emb.dtype).expand(emb.shape[0], emb.shape[1])
+        return cls(copy.deepcopy(ctx.config_old), int(emb.shape[0]), placeholder)
 
     # ---------------------------------------------------------------- inputs
     def make_batches(self, ctx: Context) -> list[Batch]:

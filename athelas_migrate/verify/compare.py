@@ -17,43 +17,64 @@ class Diff:
     detail: str = ""
     mismatched: int = 0
     numel: int = 0
+    worst: list[int] | None = None  # index of the worst out-of-tolerance element
+
+
+CHUNK = 1 << 20  # elements compared at a time (float64 temporaries stay small for big tensors)
 
 
 def compare(new: torch.Tensor, old: torch.Tensor, atol: float, rtol: float) -> Diff:
     """`|new - old| <= atol + rtol * |old|` elementwise (old is the reference), in float64.
 
-    NaN in the same places on both sides counts as equal (and is said in the detail).
-    max_rel is max |new - old| / |old| over elements with old != 0 (inf where old == 0 != new).
+    NaN in the same places on both sides counts as equal (and is said in the detail); infinities of the
+    same sign are equal. max_rel is max |new - old| / |old| over elements with old != 0 (inf where
+    old == 0 != new). Big tensors are compared in chunks, so memory stays bounded.
     """
     if tuple(new.shape) != tuple(old.shape):
         return Diff(False, math.inf, math.inf, f"shape {list(new.shape)} vs legacy {list(old.shape)}")
-    n = new.detach().to("cpu", torch.float64)
-    o = old.detach().to("cpu", torch.float64)
-    if n.numel() == 0:
+    numel = old.numel()
+    if numel == 0:
         return Diff(True, 0.0, 0.0, "empty", 0, 0)
-    nan_n, nan_o = torch.isnan(n), torch.isnan(o)
-    detail = ""
-    if not torch.equal(nan_n, nan_o):
-        return Diff(False, math.nan, math.nan, f"NaN in {int(nan_n.sum())} new vs {int(nan_o.sum())} legacy "
-                    "elements, not in the same places", int((nan_n ^ nan_o).sum()), n.numel())
-    if nan_o.any():
-        detail = f"NaN in the same {int(nan_o.sum())} places on both sides"
-        n, o = n.masked_fill(nan_n, 0.0), o.masked_fill(nan_o, 0.0)
-    both_inf = torch.isinf(n) & torch.isinf(o) & (torch.sign(n) == torch.sign(o))
-    d = (n - o).abs().masked_fill(both_inf, 0.0)
-    ref = o.abs()
-    bad = d > atol + rtol * ref
-    max_abs = float(d.max())
-    nz = ref > 0
-    rel = torch.where(nz, d / torch.where(nz, ref, torch.ones_like(ref)), torch.where(d > 0, math.inf, 0.0))
-    max_rel = float(rel.max())
-    mism = int(bad.sum())
-    if mism:
-        idx = int(torch.argmax(torch.where(bad, d, torch.zeros_like(d))))
-        where = list(_unravel(idx, tuple(o.shape)))
-        detail = (f"{mism} of {o.numel()} elements differ; worst at {where}: {float(n.flatten()[idx]):.8g} vs "
-                  f"legacy {float(o.flatten()[idx]):.8g}" + (f"; {detail}" if detail else ""))
-    return Diff(mism == 0, max_abs, max_rel, detail, mism, o.numel())
+    if new.dtype == old.dtype and new.device == old.device and torch.equal(new, old):
+        return Diff(True, 0.0, 0.0, "", 0, numel)
+    nf, of = new.detach().reshape(-1), old.detach().reshape(-1)
+    max_abs = max_rel = 0.0
+    mism = nan_same = nan_diff = 0
+    worst: tuple[float, int, float, float] | None = None  # (diff, index, new, old) of the worst bad element
+    for start in range(0, numel, CHUNK):
+        n = nf[start : start + CHUNK].to("cpu", torch.float64)
+        o = of[start : start + CHUNK].to("cpu", torch.float64)
+        nan_n, nan_o = torch.isnan(n), torch.isnan(o)
+        nan_diff += int((nan_n ^ nan_o).sum())
+        both = nan_n & nan_o
+        nan_same += int(both.sum())
+        n, o = n.masked_fill(both, 0.0), o.masked_fill(both, 0.0)
+        same_inf = torch.isinf(n) & torch.isinf(o) & (torch.sign(n) == torch.sign(o))
+        d = (n - o).abs().masked_fill(same_inf, 0.0)
+        d = d.masked_fill(nan_n ^ nan_o, math.inf)
+        ref = o.abs()
+        bad = d > atol + rtol * ref
+        bad |= torch.isnan(d)
+        max_abs = max(max_abs, float(d.max()))
+        nz = ref > 0
+        rel = torch.where(nz, d / torch.where(nz, ref, torch.ones_like(ref)),
+                          torch.where(d > 0, torch.full_like(d, math.inf), torch.zeros_like(d)))
+        max_rel = max(max_rel, float(rel.max()))
+        k = int(bad.sum())
+        if k:
+            mism += k
+            idx = int(torch.argmax(torch.where(bad, d, torch.full_like(d, -1.0))))
+            if worst is None or float(d[idx]) > worst[0]:
+                worst = (float(d[idx]), start + idx, float(nf[start + idx]), float(of[start + idx]))
+    if nan_diff:
+        return Diff(False, math.nan, math.nan, f"NaN in {nan_diff} elements on one side only", nan_diff, numel)
+    detail = f"NaN in the same {nan_same} places on both sides" if nan_same else ""
+    where = None
+    if mism and worst is not None:
+        where = list(_unravel(worst[1], tuple(old.shape)))
+        detail = (f"{mism} of {numel} elements differ; worst at {where}: {worst[2]:.8g} vs legacy {worst[3]:.8g}"
+                  + (f"; {detail}" if detail else ""))
+    return Diff(mism == 0, max_abs, max_rel, detail, mism, numel, where)
 
 
 def _unravel(idx: int, shape: tuple[int, ...]) -> tuple[int, ...]:

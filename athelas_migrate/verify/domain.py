@@ -8,11 +8,14 @@ length is classified:
 | category | meaning | status |
 |---|---|---|
 | `agrees` | both defined, outputs equal | pass |
-| `differs-expected` | legacy pools over a prefix (ignores the tail), v2 over the whole sequence: a difference is expected (`observed_difference` says whether this batch showed one) | expected |
+| `differs-expected` | legacy pools over a prefix (ignores the tail), v2 over the whole sequence | expected |
 | `legacy-raises` | legacy undefined (raises), v2 defined | expected |
 | `both-raise` | neither model accepts this length | skip |
 | `differs-unexpected` | both pool the whole sequence yet the outputs differ | fail |
 | `v2-raises` | legacy defined, v2 raises | fail |
+
+`differs-expected` is decided by the pooling arithmetic, not by the values: each
+check's `observed_difference` says whether this batch actually showed one.
 """
 
 from __future__ import annotations

@@ -134,11 +134,9 @@ class VerifyReport:
     def passed(self) -> bool:
         return self.error is None and bool(self.sections) and all(s.passed for s in self.sections)
 
-    @property
     def failed_checks(self) -> list[tuple[Section, Check]]:
         return [(s, c) for s in self.sections for c in s.checks if c.status == FAIL]
 
-    @property
     def errored_checks(self) -> list[tuple[Section, Check]]:
         return [(s, c) for s in self.sections for c in s.checks if c.status == ERROR]
 
@@ -147,9 +145,9 @@ class VerifyReport:
         """0 all passed, 1 something differs, 3 something could not run (and nothing differed)."""
         if self.error is not None:
             return self.error_code if self.error_code is not None else 3
-        if self.failed_checks:
+        if self.failed_checks():
             return 1
-        if self.errored_checks or not self.sections:
+        if self.errored_checks() or not self.sections:
             return 3
         return 0
 

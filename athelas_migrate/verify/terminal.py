@@ -81,7 +81,7 @@ def render(report: VerifyReport, console: Console | None = None, verbose: bool =
                           _num(c.max_rel), c.detail)
             console.print(d)
 
-    bad = report.failed_checks + report.errored_checks
+    bad = report.failed_checks() + report.errored_checks()
     if bad:
         f = Table(title="Failures", title_justify="left")
         for col in ("section", "check", "status", "max abs", "detail"):
@@ -118,8 +118,8 @@ def render(report: VerifyReport, console: Console | None = None, verbose: bool =
         verdict.append("PASS", style="bold green")
         verdict.append(" the refactored model computes what the legacy model did")
     else:
-        verdict.append("FAIL" if report.failed_checks else "ERROR", style="bold red")
-        verdict.append(f" {len(report.failed_checks)} check(s) differ, {len(report.errored_checks)} could not run")
+        verdict.append("FAIL" if report.failed_checks() else "ERROR", style="bold red")
+        verdict.append(f" {len(report.failed_checks())} check(s) differ, {len(report.errored_checks())} could not run")
     verdict.append(f"  ({report.duration_s:.2f}s)", style="dim")
     console.print(verdict)
 

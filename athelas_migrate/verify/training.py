@@ -64,7 +64,8 @@ def _aggregate(name: str, rows: list[tuple[str, Any]], atol: float, rtol: float,
     if bad:
         detail = f"{len(bad)} of {len(rows)} {what} differ: {', '.join(bad[:8])}" + (" ..." if len(bad) > 8 else "")
     else:
-        detail = f"{len(rows)} {what} agree" + (f" (largest difference in {worst_name})" if worst_name else "")
+        detail = f"{len(rows)} {what} agree" + (f" (largest difference in {worst_name})" if worst_abs else
+                                                 " (all bitwise equal)" if rows else "")
     return Check(name, FAIL if bad else PASS, detail, worst_abs, worst_rel, atol, rtol, data={"tensors": per})
 
 
@@ -94,9 +95,9 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
                           duration_s=time.perf_counter() - t))
         return
     d = compare(loss_n.detach().reshape(1), loss_o.detach().reshape(1), atol, rtol)
-    section.add(Check("loss", PASS if d.ok else FAIL,
-                      f"{how}: legacy {float(loss_o.detach()):.8g}, refactored {float(loss_n.detach()):.8g}", d.max_abs, d.max_rel,
-                      atol, rtol, time.perf_counter() - t))
+    lo, ln = float(loss_o.detach()), float(loss_n.detach())
+    section.add(Check("loss", PASS if d.ok else FAIL, f"{how}: legacy {lo:.8g}, refactored {ln:.8g}", d.max_abs,
+                      d.max_rel, atol, rtol, time.perf_counter() - t))
 
     # ------------------------------------------------------------- gradients
     t = time.perf_counter()
@@ -148,6 +149,10 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
     st_o, st_n = saved_optimizer_state(ctx.raw_old), saved_optimizer_state(ctx.raw_new)
     if st_o is None and st_n is None:
         section.notes.append("neither file holds optimizer state: both optimizers start fresh")
+    elif st_n is None and getattr(ctx.raw_new, "kind", "") == "safetensors":
+        section.add(Check("optimizer state", SKIP, "NEW is a safetensors file (weights only): its optimizer "
+                          "state cannot be compared; both optimizers start fresh for the step"))
+        st_o = None
     elif st_o is None or st_n is None:
         missing = "OLD" if st_o is None else "NEW"
         section.add(Check("optimizer state", FAIL, f"only one file holds optimizer state ({missing} has none)"))
