@@ -59,6 +59,13 @@ def _console():
     return Console(highlight=False)
 
 
+def _text(value: Any) -> str:
+    """Checkpoint-derived text printed literally: a key like '[/]' is data, not rich markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def _overrides(sets: tuple[str, ...], config_file: str | None, bert_config: str | None = None) -> dict[str, Any]:
     from .overrides import parse_overrides
 
@@ -147,8 +154,8 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
 
     con = _console()
     s = _result_summary(result, new, dry_run, elapsed)
-    con.print(f"[bold]{s['family']}[/] {s['from']} -> {s['to']}  ({os.path.basename(s['source'])})")
-    con.print("  detected by: " + "; ".join(s["evidence"]))
+    con.print(f"[bold]{s['family']}[/] {s['from']} -> {s['to']}  ({_text(os.path.basename(s['source']))})")
+    con.print("  detected by: " + _text("; ".join(s["evidence"])))
     if result.noop:
         con.print(f"[yellow]already at layout {s['to']}: nothing to do, nothing written[/]")
         return
@@ -161,20 +168,20 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
     con.print(f"  tensors: {s['renamed']} renamed, {s['kept']} kept, {len(s['dropped'])} dropped, "
               f"{len(s['restored'])} restored")
     for d in s["dropped"]:
-        con.print(f"  [dim]dropped[/] {d['key']}: {d['reason']}")
+        con.print(f"  [dim]dropped[/] {_text(d['key'])}: {_text(d['reason'])}")
     for r in s["restored"]:
-        con.print(f"  [dim]restored[/] {r}")
+        con.print(f"  [dim]restored[/] {_text(r)}")
     for h in s["hparam_edits"]:
-        con.print(f"  [dim]hparam[/] {h}")
+        con.print(f"  [dim]hparam[/] {_text(h)}")
     for n in s["notes"]:
-        con.print(f"  [cyan]note[/] {n}")
+        con.print(f"  [cyan]note[/] {_text(n)}")
     for w in s["warnings"]:
-        con.print(f"  [yellow]warning[/] {w}")
+        con.print(f"  [yellow]warning[/] {_text(w)}")
     if dry_run:
         con.print("[yellow]dry run: nothing written[/]")
     else:
         size = os.path.getsize(new)
-        con.print(f"[green]wrote[/] {new} ({size:,} bytes) in {elapsed:.2f} s")
+        con.print(f"[green]wrote[/] {_text(new)} ({size:,} bytes) in {elapsed:.2f} s")
 
 
 @main.command("audit")
@@ -209,15 +216,16 @@ def audit_cmd(old, to, sets, config_file, bert_config, fmt, output) -> None:
         table.add_column(col, overflow="fold")
     for r in report.rows:
         values = "unchanged" if r.unchanged else ("-" if r.unchanged is None else "CHANGED")
-        table.add_row(r.source, r.rule.split(" > ")[-1], r.target or f"[dim]dropped: {r.reason}[/]",
+        table.add_row(_text(r.source), _text(r.rule.split(" > ")[-1]),
+                      _text(r.target) if r.target else f"[dim]dropped: {_text(r.reason)}[/]",
                       "x".join(map(str, r.shape)), r.dtype, r.sha256[:12], values)
     con.print(table)
     for x in report.restored:
-        con.print(f"restored {x['target']} from {x['anchor']} ({x['rule']})")
+        con.print(_text(f"restored {x['target']} from {x['anchor']} ({x['rule']})"))
     for h in report.hparam_edits:
-        con.print(f"[dim]hparam[/] {h}")
+        con.print(f"[dim]hparam[/] {_text(h)}")
     for w in report.warnings:
-        con.print(f"[yellow]warning[/] {w}")
+        con.print(f"[yellow]warning[/] {_text(w)}")
 
 
 @main.command("inspect")
@@ -233,15 +241,15 @@ def inspect_cmd(path, json_out) -> None:
         return
     from rich.table import Table
 
-    table = Table(show_header=False, title=os.path.basename(path))
+    table = Table(show_header=False, title=_text(os.path.basename(path)))
     for key in ("family", "layout", "format", "file_bytes", "tensors", "parameters", "tensor_bytes", "dtypes",
                 "epoch", "global_step", "optimizer_states", "lr_schedulers", "pickled_class"):
-        table.add_row(key, str(info[key]))
-    table.add_row("evidence", "\n".join(info["evidence"]))
+        table.add_row(key, _text(info[key]))
+    table.add_row("evidence", _text("\n".join(info["evidence"])))
     if info["notes"]:
-        table.add_row("notes", "\n".join(info["notes"]))
+        table.add_row("notes", _text("\n".join(info["notes"])))
     hp = info["hyper_parameters"] or {}
-    table.add_row("hyper_parameters", json.dumps(hp, default=str, indent=1)[:2000])
+    table.add_row("hyper_parameters", _text(json.dumps(hp, default=str, indent=1)[:2000]))
     _console().print(table)
 
 

@@ -75,6 +75,11 @@ def step(model, opt, batch) -> float:
     return float(loss.detach())
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -85,6 +90,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
     args = ap.parse_args()
 
     config = {"text_name": "doc", "label_name": "label", "tab_field_list": FIELDS,
@@ -96,15 +102,17 @@ def main() -> None:
     legacy = LegacyBimodalCNN(dict(config), args.vocab, embeddings.clone())
     v2 = BimodalCNN(dict(config), vocab_size=args.vocab, embed_size=args.embed)
     v2.load_state_dict(v1_to_v2(legacy.state_dict()), strict=True)
-    legacy.train()
-    v2.train()
+    device = torch.device(args.device)
+    legacy.to(device).train()
+    v2.to(device).train()
     opts = {
         "legacy": torch.optim.SGD(legacy.parameters(), lr=0.02, momentum=0.9),
         "v2": torch.optim.SGD(v2.parameters(), lr=0.02, momentum=0.9),
     }
     models = {"legacy": legacy, "v2": v2}
 
-    batches = make_batches(args.steps, args.batch, args.seq, args.vocab, seed=1)
+    batches = [{k: v.to(device) for k, v in b.items()}
+               for b in make_batches(args.steps, args.batch, args.seq, args.vocab, seed=1)]
     with torch.no_grad():  # same arithmetic on the same batch (dropout 0)
         a = legacy.loss_op(legacy(batches[0]), batches[0]["label"])
         b = v2.loss_op(v2(batches[0]), batches[0]["label"])
@@ -122,8 +130,10 @@ def main() -> None:
             order = ["legacy", "v2"] if (rep + i) % 2 == 0 else ["v2", "legacy"]
             secs = {}
             for name in order:
+                _sync(device)
                 t0 = time.perf_counter()
                 step(models[name], opts[name], b)
+                _sync(device)
                 secs[name] = time.perf_counter() - t0
                 rates[name].append(args.batch / secs[name])
             pair_ratios.append(secs["legacy"] / secs["v2"])
@@ -133,6 +143,8 @@ def main() -> None:
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
     print(f"machine: {machine}")
     print(f"BimodalCNN training step: batch {args.batch}, seq {args.seq}, vocab {args.vocab}x{args.embed}, "
           f"kernels [3,5,7] x 100 channels x 2 layers, 3 tabular fields; {args.steps} steps x {args.reps} reps")

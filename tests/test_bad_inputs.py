@@ -268,8 +268,6 @@ def test_docs_table_is_current(tmp_path, cli, monkeypatch):
                               f"{sys.executable} -m pytest tests/test_bad_inputs.py -k docs_table")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py renders checkpoint strings (evidence, notes, inspect cells) as rich "
-                                       "markup: a hyper-parameter '[/]' ends in 'internal error: MarkupError', exit 70")
 def test_markup_in_hyper_parameters_is_printed_as_text(tmp_path, cli):
     ckpt = copy.deepcopy(_V1_CKPT())
     ckpt["hyper_parameters"]["model_class"] = "[/]"
