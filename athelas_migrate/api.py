@@ -7,7 +7,7 @@ import warnings
 from typing import Any
 
 from .errors import UsageError
-from .migrate import MigrationResult, plan_and_apply, write_result
+from .pipeline import MigrationResult, plan_and_apply, write_result
 
 
 def migrate(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = None, to: str | None = None,
@@ -27,7 +27,7 @@ def migrate(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = No
 
 def audit(src: str | os.PathLike[str], to: str | None = None, overrides: dict[str, Any] | None = None):
     """The rename report of migrating `src`, without writing anything."""
-    from .audit import build_audit
+    from .audit_report import build_audit
 
     return build_audit(plan_and_apply(os.fspath(src), to=to, overrides=overrides))
 

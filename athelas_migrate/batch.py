@@ -99,7 +99,7 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
     src, dst = task["src"], task["dst"]
     try:
         from .errors import AthelasError
-        from .migrate import plan_and_apply, write_result
+        from .pipeline import plan_and_apply, write_result
 
         try:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -177,11 +177,21 @@ def _copy_verbatim(src: str, dst: str, force: bool) -> None:
             off += n
 
 
-def _worker_init() -> None:  # pragma: no cover - runs in worker processes
-    """Workers ignore SIGINT: the parent handles Ctrl-C and shuts the pool down."""
+def _worker_init(verify: bool = False) -> None:  # pragma: no cover - runs in worker processes
+    """Workers ignore SIGINT (the parent handles Ctrl-C and shuts the pool down) and import what every file
+    needs once, at start, while the parent is still listing the inputs."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import numpy  # noqa: F401  (class weights are read with it)
+
+        from . import pipeline  # noqa: F401
+    if verify:
+        with contextlib.suppress(ImportError):
+            from .verify import runner  # noqa: F401  (imports torch, once per worker)
 
 
 # ----------------------------------------------------------------------------- running
@@ -207,79 +217,94 @@ def run_batch(src: str, dst: str, to: str | None = None, overrides: dict[str, An
             from .verify import run_verify  # noqa: F401  (checked here, imported again in the workers)
         except ImportError as exc:
             raise UsageError(f"--verify needs the equivalence runner (athelas_migrate.verify): {exc}") from exc
-    every = discover(src_abs, exclude=dst_abs)
-    if not every:
-        raise UsageError(f"no checkpoints ({' '.join(SUFFIXES)}) under {src}")
-    mine = [r for r in every if shard is None or shard_of(r, shard[1]) == shard[0]]
-    base = src_abs if os.path.isdir(src_abs) else os.path.dirname(src_abs)
-    tasks, seen, records = [], {}, []
-    for rel in mine:
-        out_rel = output_name(rel, fmt)
-        if out_rel in seen:  # a.pt and a.safetensors with --format safetensors
-            records.append({"path": rel, "output": out_rel, "status": "failed", "seconds": 0.0,
-                            "error": f"output {out_rel} would also be written from {seen[out_rel]}"})
-            continue
-        seen[out_rel] = rel
-        tasks.append({"rel": rel, "out_rel": out_rel, "src": os.path.join(base, rel),
-                      "dst": os.path.join(dst_abs, out_rel), "to": to, "overrides": dict(overrides or {}),
-                      "verify": verify, "force": force})
-    os.makedirs(dst_abs, exist_ok=True)
     parent_had_torch = "torch" in sys.modules
+    # workers first: they import the engine while this process lists the inputs
+    pool, warm = _start_pool(jobs, verify) if jobs > 1 else (None, [])
+    try:
+        every = discover(src_abs, exclude=dst_abs)
+        if not every:
+            raise UsageError(f"no checkpoints ({' '.join(SUFFIXES)}) under {src}")
+        mine = [r for r in every if shard is None or shard_of(r, shard[1]) == shard[0]]
+        base = src_abs if os.path.isdir(src_abs) else os.path.dirname(src_abs)
+        tasks, seen, records = [], {}, []
+        for rel in mine:
+            out_rel = output_name(rel, fmt)
+            if out_rel in seen:  # a.pt and a.safetensors with --format safetensors
+                records.append({"path": rel, "output": out_rel, "status": "failed", "seconds": 0.0,
+                                "error": f"output {out_rel} would also be written from {seen[out_rel]}"})
+                continue
+            seen[out_rel] = rel
+            tasks.append({"rel": rel, "out_rel": out_rel, "src": os.path.join(base, rel),
+                          "dst": os.path.join(dst_abs, out_rel), "to": to, "overrides": dict(overrides or {}),
+                          "verify": verify, "force": force})
+        os.makedirs(dst_abs, exist_ok=True)
 
-    def start() -> None:
-        if on_start:
-            on_start(len(tasks) + len(records))
-        for rec in records:
-            if progress:
-                progress(rec)
+        def start() -> None:
+            if on_start:
+                on_start(len(tasks) + len(records))
+            for rec in records:
+                if progress:
+                    progress(rec)
 
-    if jobs == 1 or len(tasks) <= 1:
-        start()
-        for task in tasks:
-            rec = migrate_one(task)
-            records.append(rec)
-            if progress:
-                progress(rec)
-        workers = 0
-    else:
-        records += _run_pool(tasks, jobs, progress, start)
-        workers = min(jobs, len(tasks))
+        if pool is None:
+            start()
+            for task in tasks:
+                rec = migrate_one(task)
+                records.append(rec)
+                if progress:
+                    progress(rec)
+            workers: set[int] = set()
+        else:
+            records += _run_pool(pool, tasks, progress, start)
+            workers = {w.result()[0] for w in warm} | {r["pid"] for r in records if "pid" in r}
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     records.sort(key=lambda r: r["path"])
-    torch_pids = sorted({r["pid"] for r in records if r.get("torch_loaded")})
-    torch_imports = len([p for p in torch_pids if p != os.getpid()]) + \
-        (1 if os.getpid() in torch_pids and not parent_had_torch else 0)
+    torch_pids = {r["pid"] for r in records if r.get("torch_loaded")} | {p for p, t in (w.result() for w in warm) if t}
+    torch_imports = len(torch_pids - {os.getpid()}) + (1 if os.getpid() in torch_pids and not parent_had_torch else 0)
     return _summary(src_abs, dst_abs, to, overrides, fmt, verify, shard, len(every), records,
-                    time.perf_counter() - t0, jobs, workers, torch_imports)
+                    time.perf_counter() - t0, jobs, len(workers), torch_imports)
 
 
-def _run_pool(tasks: list[dict], jobs: int, progress: Any, start: Any) -> list[dict]:
-    """One persistent pool of `jobs` processes for all files (fork where available: workers start with
-    only what this process imported, which is click and rich; each imports the engine once)."""
+def _start_pool(jobs: int, verify: bool) -> tuple[Any, list]:
+    """One persistent pool of `jobs` processes for all files, started now (fork where available: workers
+    start with only what this process imported, click; each imports the engine once, at start)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(verify,))
+    # with fork, the first submit starts every worker, before this process starts any thread of its own
+    return pool, [pool.submit(_worker_ready) for _ in range(jobs)]
+
+
+def _worker_ready() -> tuple[int, bool]:
+    return os.getpid(), "torch" in sys.modules
+
+
+def _run_pool(pool: Any, tasks: list[dict], progress: Any, start: Any) -> list[dict]:
+    from concurrent.futures import as_completed
+
     out = []
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx, initializer=_worker_init) as pool:
-        # all submitted (and, with fork, all workers started) before any progress thread runs
-        futures = {pool.submit(migrate_one, t): t for t in tasks}
-        start()
-        try:
-            for fut in as_completed(futures):
-                try:
-                    rec = fut.result()
-                except Exception as exc:  # the worker died (killed, out of memory): that file failed
-                    t = futures[fut]
-                    rec = {"path": t["rel"], "output": t["out_rel"], "status": "failed", "seconds": 0.0,
-                           "error": f"worker process failed: {type(exc).__name__}: {_one_line(exc)}"}
-                out.append(rec)
-                if progress:
-                    progress(rec)
-        except KeyboardInterrupt:
-            for f in futures:
-                f.cancel()
-            raise
+    futures = {pool.submit(migrate_one, t): t for t in tasks}
+    start()
+    try:
+        for fut in as_completed(futures):
+            try:
+                rec = fut.result()
+            except Exception as exc:  # the worker died (killed, out of memory): that file failed
+                t = futures[fut]
+                rec = {"path": t["rel"], "output": t["out_rel"], "status": "failed", "seconds": 0.0,
+                       "error": f"worker process failed: {type(exc).__name__}: {_one_line(exc)}"}
+            out.append(rec)
+            if progress:
+                progress(rec)
+    except KeyboardInterrupt:
+        for f in futures:
+            f.cancel()
+        raise
     return out
 
 
@@ -458,38 +483,40 @@ def batch_cmd(src, dst, to, sets, config_file, fmt, jobs, verify, shard, summary
     Checkpoints are files ending in .ckpt .pt .pth .bin .safetensors (recursively). Exit code 0 when all
     migrated (or were already at the target and were copied), 1 when any failed; the others go on.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from .overrides import parse_overrides
 
     overrides = parse_overrides(sets, config_file)
-    err = Console(stderr=True, highlight=False)
-    bar = Progress(TextColumn("[bold]migrating"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=err)
-    state: dict[str, Any] = {"task": None, "failed": 0}
+    state: dict[str, Any] = {"bar": None, "task": None, "failed": 0}
 
-    def on_start(total: int) -> None:  # workers are running by now: the bar's refresh thread may start
+    def on_start(total: int) -> None:
+        # rich is imported here, after the workers started: they do not inherit it, and the bar's
+        # refresh thread starts only after the last fork
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = state["bar"] = Progress(TextColumn("[bold]migrating"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+                                      TimeRemainingColumn(), console=Console(stderr=True, highlight=False))
         bar.start()
         state["task"] = bar.add_task("migrate", total=total, failed=0)
 
     def progress(rec: dict) -> None:
         state["failed"] += rec["status"] not in OK_STATUSES
-        bar.update(state["task"], advance=1, failed=state["failed"])
+        state["bar"].update(state["task"], advance=1, failed=state["failed"])
 
     try:
         summary = run_batch(src, dst, to=to, overrides=overrides, fmt=fmt, jobs=jobs, verify=verify,
                             shard=parse_shard(shard), force=force, progress=progress, on_start=on_start)
     finally:
-        bar.stop()
+        if state["bar"] is not None:
+            state["bar"].stop()
     if summary_json:
         _write_json(summary_json, summary)
     render_summary(summary)

@@ -58,6 +58,10 @@ class ValidationError(AthelasError):
     exit_code = EXIT_CHECK_FAILED
 
 
+class MalformedSourceError(InputError):
+    """The input belongs to a known family but is not an exact layout of it (missing/extra keys, shapes)."""
+
+
 class NotInvertibleError(RuleError):
     """A rollback was asked for across a rule that cannot be undone."""
 

@@ -58,7 +58,7 @@ def _fallback_load(path: str, overrides: dict[str, Any]):
     from .families import FAMILIES
     from .families.base import load_class
     from .io.reader import read_checkpoint
-    from .migrate import plan_and_apply, write_result
+    from .pipeline import plan_and_apply, write_result
 
     raw = read_checkpoint(path)
     stamp = raw.stamp or {}

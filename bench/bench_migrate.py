@@ -208,7 +208,7 @@ from collections import OrderedDict
 sys.path.insert(0, {root!r})
 from athelas_migrate.io.reader import read_checkpoint
 from athelas_migrate.io.tensor_ref import TensorRef
-from athelas_migrate.migrate import plan_and_apply
+from athelas_migrate.pipeline import plan_and_apply
 src, dst, mmap = sys.argv[1], sys.argv[2], sys.argv[3] == "mmap"
 loaded = torch.load(src, mmap=mmap, weights_only=True, map_location="cpu")
 raw = read_checkpoint(src)
@@ -249,11 +249,20 @@ def tool_cmd(src: Path, dst: Path) -> list[str]:
     return [CLI, "ckpt", str(src), str(dst), "--force", *SETS]
 
 
-def nofsync_cmd(src: Path, dst: Path) -> list[str]:
-    """The tool with os.fsync made a no-op: not a product option, only to show what durability costs."""
-    code = ("import os, sys; os.fsync = lambda fd: None; from athelas_migrate.cli import main; "
-            "sys.argv = ['athelas-migrate'] + sys.argv[1:]; main()")
-    return [sys.executable, "-c", code, "ckpt", str(src), str(dst), "--force", *SETS]
+def variant_cmd(src: Path, dst: Path, flags: str) -> list[str]:
+    """The tool with parts switched off by patching, to show what each costs (not product options):
+    `nocrc`: no CRC check of the copied records; `nofsync`: no fsync and no early writeback."""
+    code = ("import os, sys\n"
+            "flags = sys.argv.pop(1).split(',')\n"
+            "if 'nocrc' in flags:\n"
+            "    from athelas_migrate.io.tensor_ref import StorageRef; StorageRef.verify = lambda self: None\n"
+            "if 'nofsync' in flags:\n"
+            "    import athelas_migrate.io.zip_archive as z; os.fsync = lambda fd: None\n"
+            "    z._advise = lambda fd, off, n, advice, a=z._advise: None if advice.endswith('DONTNEED') "
+            "else a(fd, off, n, advice)\n"
+            "from athelas_migrate.cli import main\n"
+            "sys.argv = ['athelas-migrate'] + sys.argv[1:]; main()\n")
+    return [sys.executable, "-c", code, flags, "ckpt", str(src), str(dst), "--force", *SETS]
 
 
 def sh(cmd: str) -> list[str]:
@@ -287,11 +296,15 @@ def bench_big(big: Path, tiny: Path, reps: int, slow_reps: int = 3) -> dict:
         "mmap torch.load + torch.save": lambda: torch_cmd(big, out / "mmap.ckpt", "mmap"),
         "athelas-migrate ckpt (1 GB)": lambda: tool_cmd(big, out / "tool.ckpt"),
         "athelas-migrate ckpt (tiny)": lambda: tool_cmd(tiny, out / "tiny.ckpt"),
-        "diagnostic: tool with fsync disabled": lambda: nofsync_cmd(big, out / "nofsync.ckpt"),
+        "breakdown: tool without CRC check": lambda: variant_cmd(big, out / "v1.ckpt", "nocrc"),
+        "breakdown: tool without fsync": lambda: variant_cmd(big, out / "v2.ckpt", "nofsync"),
+        "breakdown: tool, copy only (no CRC, no fsync)": lambda: variant_cmd(big, out / "v3.ckpt", "nocrc,nofsync"),
     }
     outputs = {"cp": "cp.ckpt", "cp + fsync": "cpsync.ckpt", "naive torch.load + torch.save": "naive.ckpt",
                "mmap torch.load + torch.save": "mmap.ckpt", "athelas-migrate ckpt (1 GB)": "tool.ckpt",
-               "athelas-migrate ckpt (tiny)": "tiny.ckpt", "diagnostic: tool with fsync disabled": "nofsync.ckpt"}
+               "athelas-migrate ckpt (tiny)": "tiny.ckpt", "breakdown: tool without CRC check": "v1.ckpt",
+               "breakdown: tool without fsync": "v2.ckpt",
+               "breakdown: tool, copy only (no CRC, no fsync)": "v3.ckpt"}
     slow = ("naive torch.load + torch.save", "mmap torch.load + torch.save")
     times: dict[str, list[float]] = {m: [] for m in methods}
     cpus: dict[str, list[float]] = {m: [] for m in methods}
@@ -326,8 +339,9 @@ def bench_big(big: Path, tiny: Path, reps: int, slow_reps: int = 3) -> dict:
     res["marginal_cpu_vs_cp_cpu"] = median([(a - b) / c for a, b, c in zip(c_tool, c_tiny, c_cp)])
     cps = res["methods"]["cp + fsync"]["median_s"]
     res["marginal_vs_cp_fsync"] = median([(a - b) / c for a, b, c in zip(tool, tiny_t, times["cp + fsync"])])
-    nof = times["diagnostic: tool with fsync disabled"]
-    res["marginal_nofsync_vs_cp"] = median([(a - b) / c for a, b, c in zip(nof, tiny_t, times["cp"])])
+    res["breakdown_marginal_vs_cp"] = {
+        k: median([(a - b) / c for a, b, c in zip(times[k], tiny_t, times["cp"])])
+        for k in methods if k.startswith("breakdown")}
     res["naive_over_tool"] = res["methods"]["naive torch.load + torch.save"]["median_s"] / median(tool)
     res["cp_s"], res["cp_fsync_s"] = cp, cps
     return res
@@ -383,6 +397,43 @@ def tool_imports_torch(tiny: Path) -> bool:
     _, _, text = measure([sys.executable, "-c", code])
     drop_output(WORK / "out" / "imp.ckpt")
     return text.strip().splitlines()[-1] == "True"
+
+
+SUSPECTS = r"""
+import json, statistics, sys, time, zlib
+from athelas_migrate.io.reader import read_checkpoint
+from athelas_migrate.io.tensor_ref import _mapped, crc32
+from athelas_migrate.pipeline import file_sha256, nonfinite_tensors, structural_sha256
+path = sys.argv[1]
+raw = read_checkpoint(path)
+view = _mapped(path)
+def t(f, *a):
+    out = []
+    for _ in range(3):
+        t0 = time.perf_counter(); f(*a); out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+res = {
+    "full-file sha256 (hashlib)": t(file_sha256, path),
+    "structural sha256 (records' CRC32s + data.pkl)": t(structural_sha256, path),
+    "NaN/Inf scan of every float tensor (numpy, chunked)": t(nonfinite_tensors, raw.state_dict),
+    "NaN/Inf scan of tensors changed by tensor ops only": t(nonfinite_tensors, raw.state_dict, True),
+    "CRC32 of the whole file, zlib " + zlib.ZLIB_RUNTIME_VERSION: t(zlib.crc32, view),
+}
+from athelas_migrate.io.tensor_ref import _CRC32
+res["CRC32 of the whole file, as the writer checks it (" + str(_CRC32[0].__module__) + ")"] = t(crc32, view)
+try:
+    from isal.isal_zlib import crc32 as icrc
+    res["CRC32 of the whole file, ISA-L (isal package)"] = t(icrc, view)
+except ImportError:
+    pass
+print(json.dumps(res))
+"""
+
+
+def bench_suspects(big: Path) -> dict:
+    """What each whole-file pass would cost on the 1 GB file (in-process, warm cache, medians of 3)."""
+    _, _, text = measure([sys.executable, "-c", SUSPECTS, str(big)])
+    return json.loads(text.strip().splitlines()[-1])
 
 
 def bench_fixed(reps: int) -> dict:
@@ -467,7 +518,8 @@ def report(res: dict) -> str:
                   f"same from the fastest run of each: {b['marginal_vs_cp_of_mins']:.2f}x; "
                   f"in CPU time (user+sys): {b['marginal_cpu_vs_cp_cpu']:.2f}x",
                   f"same, against `cp` + fsync of the copy: {b['marginal_vs_cp_fsync']:.2f}x",
-                  f"diagnostic, the tool with fsync disabled: {b['marginal_nofsync_vs_cp']:.2f}x cp",
+                  "breakdown (marginal cost / cp, per-repetition medians): " + "; ".join(
+                      f"{k.split(': ', 1)[1]} {v:.2f}x" for k, v in b["breakdown_marginal_vs_cp"].items()),
                   f"naive / tool: {b['naive_over_tool']:.1f}x"]
     if "checks" in res:
         c = res["checks"]
@@ -475,6 +527,10 @@ def report(res: dict) -> str:
                      f"{c['equal_to_naive']}; byte-for-byte deterministic: {c['deterministic']}")
     if "torch_imported" in res:
         lines.append(f"rename-only migration imports torch: {res['torch_imported']}")
+    if "suspects" in res:
+        lines += ["", "| whole-file pass on the 1 GB file | s |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in res["suspects"].items()]
+        lines.append("")
     if "fixed" in res:
         f = res["fixed"]
         lines.append(f"`athelas-migrate --help`: {f['help_s']:.3f} s; fixture migration (CLI, end to end): "
@@ -506,7 +562,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=800_000)
     ap.add_argument("--embed", type=int, default=300)
     ap.add_argument("--batch-n", type=int, default=200)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["big", "checks", "fixed", "verify", "batch"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["big", "checks", "suspects", "fixed", "verify", "batch"])
     ap.add_argument("--clean", action="store_true", help="delete bench/work afterwards")
     args = ap.parse_args()
     res: dict = {"machine": machine()}
@@ -517,6 +573,8 @@ def main() -> None:
         if "checks" not in args.skip:
             res["checks"] = check_outputs(big)
     res["torch_imported"] = tool_imports_torch(tiny)
+    if "suspects" not in args.skip:
+        res["suspects"] = bench_suspects(big)
     if "fixed" not in args.skip:
         res["fixed"] = bench_fixed(args.reps)
     if "verify" not in args.skip and (WORK / "out" / "tool.ckpt").exists():

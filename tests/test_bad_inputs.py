@@ -121,20 +121,21 @@ CASES = [
                                                                 d / "other.pt") or d / "other.pt",
          3, "matches no known model family"),
     Case("known family, a key missing", lambda d: _edited(d, "missing.ckpt", lambda c: c["state_dict"].pop(
-        "final_merge_network.1.bias")), 1, "missing keys: final_merge_network.1.bias"),
+        "final_merge_network.1.bias")), 3, "missing keys: final_merge_network.1.bias"),
     Case("known family, an extra key", lambda d: _edited(d, "extra.ckpt", _set(
-        "text_subnetwork.extra.weight", lambda sd: torch.zeros(2))), 1, "unexpected keys: text_subnetwork.extra"),
+        "text_subnetwork.extra.weight", lambda sd: torch.zeros(2))), 3, "unexpected keys: text_subnetwork.extra"),
     Case("known family, a wrong shape", lambda d: _edited(d, "shape.ckpt", _set(
-        "final_merge_network.1.bias", lambda sd: torch.zeros(3))), 1, "wrong shapes: final_merge_network.1.bias"),
+        "final_merge_network.1.bias", lambda sd: torch.zeros(3))), 3, "wrong shapes: final_merge_network.1.bias"),
     Case("known family, int64 weights", lambda d: _edited(d, "dtype.ckpt", _set(
-        "final_merge_network.1.weight", lambda sd: sd["final_merge_network.1.weight"].long())), 1,
+        "final_merge_network.1.weight", lambda sd: sd["final_merge_network.1.weight"].long())), 3,
          "non-floating tensors where weights belong: final_merge_network.1.weight (int64)"),
     Case("NaN and Inf weights, ATHELAS_MIGRATE_FULL_CHECKS=1 (allowed, warned)",
          lambda d: _edited(d, "nan.ckpt", _nonfinite), 0,
          "NaN or Inf values in: tab_subnetwork.embedding_layer.1.bias, final_merge_network.1.weight", writes=True,
          env=(("ATHELAS_MIGRATE_FULL_CHECKS", "1"),)),
-    Case("NaN and Inf weights, default settings (allowed, not scanned)", lambda d: _edited(d, "nan.ckpt", _nonfinite),
-         0, "", writes=True),
+    Case("NaN and Inf weights, default settings (allowed, warned: under the 256 MiB scan limit)",
+         lambda d: _edited(d, "nan.ckpt", _nonfinite), 0,
+         "NaN or Inf values in: tab_subnetwork.embedding_layer.1.bias, final_merge_network.1.weight", writes=True),
     Case("a hyper-parameter missing (no --set tab_field_list)", lambda d: FIXTURES / V1["file"], 3,
          "does not say 'tab_field_list'", args=()),
     Case("conflicting --set values", lambda d: FIXTURES / V1["file"], 2, "conflicting --set values for label_name",

@@ -24,7 +24,7 @@ from athelas_migrate import api
 from athelas_migrate.errors import InputError
 from athelas_migrate.io import zip_archive
 from athelas_migrate.io.tensor_ref import TensorRef
-from athelas_migrate.migrate import plan_and_apply, structural_sha256, write_result
+from athelas_migrate.pipeline import plan_and_apply, structural_sha256, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"
@@ -199,14 +199,20 @@ def test_structural_digest_sees_a_changed_tensor(tmp_path):
 
 
 def test_nan_scan_default_and_full(tmp_path, monkeypatch):
+    from athelas_migrate import pipeline
+
     ckpt = torch.load(FIX / "bimodal_cnn_v1.ckpt", weights_only=True)
     ckpt["state_dict"]["final_merge_network.1.bias"][0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.ckpt")
     monkeypatch.delenv("ATHELAS_MIGRATE_FULL_CHECKS", raising=False)
     r = api.migrate(tmp_path / "nan.ckpt", tmp_path / "a.ckpt", overrides=V1_OVERRIDES)
-    assert not any("NaN" in w for w in r.warnings)  # renames copy values verbatim: nothing read
-    monkeypatch.setenv("ATHELAS_MIGRATE_FULL_CHECKS", "1")
+    assert any("NaN" in w and "final_merge_network.1.bias" in w for w in r.warnings)  # small: scanned
+    monkeypatch.setattr(pipeline, "VALUE_SCAN_LIMIT", 0)  # as for a checkpoint over the limit
     r = api.migrate(tmp_path / "nan.ckpt", tmp_path / "b.ckpt", overrides=V1_OVERRIDES)
+    assert not any("NaN" in w for w in r.warnings)  # renames copy values verbatim: nothing read
+    assert any("NaN/Inf scan skipped" in n for n in r.notes)
+    monkeypatch.setenv("ATHELAS_MIGRATE_FULL_CHECKS", "1")
+    r = api.migrate(tmp_path / "nan.ckpt", tmp_path / "c.ckpt", overrides=V1_OVERRIDES)
     assert any("NaN" in w and "final_merge_network.1.bias" in w for w in r.warnings)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from athelas_migrate import api
-from athelas_migrate.errors import MissingInformationError, UnknownLayoutError, UsageError, ValidationError
+from athelas_migrate.errors import MalformedSourceError, MissingInformationError, UnknownLayoutError, UsageError
 from athelas_migrate.families import get_family
 from athelas_migrate.io.reader import read_checkpoint
 
@@ -162,7 +162,7 @@ def test_edited_state_dicts_are_refused_naming_keys(tmp_path):
     for name, (bad, message) in cases.items():
         path = tmp_path / f"{name}.pt"
         torch.save(bad, path)
-        with pytest.raises((ValidationError, UnknownLayoutError), match=message):
+        with pytest.raises((MalformedSourceError, UnknownLayoutError), match=message):
             api.migrate(path, tmp_path / f"{name}.out.ckpt", overrides=e["overrides"])
         assert not (tmp_path / f"{name}.out.ckpt").exists()
 

@@ -6,8 +6,9 @@
 For every entry of `fixtures/manifest.json` (and `fixtures/fusion_manifest.json`
 when present; or the `--manifest` files given) the fixture is migrated into a
 temporary directory with `athelas_migrate.api.migrate(src, dst,
-overrides=entry["overrides"])` and verified with `run_verify` (generated inputs,
-plus the entry's stored legacy outputs `io` when the file exists). Entries whose
+overrides=entry["overrides"])` (BERT fusion entries: `{**overrides, "bert_config":
+entry["bert_config"]}`) and verified with `run_verify` with the same overrides (generated
+inputs, plus the entry's stored legacy outputs `io` when the file exists). Entries whose
 family is not registered (or has no verify adapter yet) are skipped and listed.
 
 Writes `gate-report.json` and `gate-junit.xml` into `--out`, prints a table, and
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +88,18 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
     if family not in FAMILIES:
         row["reason"] = f"family {family} is not registered (no athelas_migrate/families module for it yet)"
         return row
-    if get_adapter(family) is None:
+    adapter = get_adapter(family)
+    if adapter is None:
         row["reason"] = f"family {family} has no verify adapter (athelas_migrate/verify/*.py)"
         return row
+    if getattr(adapter, "domain_note", None):  # e.g. the BERT families: no sequence-length domain
+        row["domain_note"] = adapter.domain_note
     t0 = time.perf_counter()
     src = base / entry["file"]
     dst = workdir / (Path(entry["file"]).stem + ".v2.ckpt")
-    overrides = entry.get("overrides") or {}
+    overrides = dict(entry.get("overrides") or {})
+    if entry.get("bert_config") is not None:  # BERT fusion entries: the text encoder's transformers config
+        overrides["bert_config"] = entry["bert_config"]
     stage = "migrate"
     try:
         result = migrate(src, dst, overrides=overrides, force=True)
@@ -130,6 +137,8 @@ def run_gate(entries: list[tuple[dict[str, Any], Path]], out: Path, device: str 
 
     console = console or Console(width=None if sys.stdout.isatty() else 170)
     out.mkdir(parents=True, exist_ok=True)
+    # legacy gate fusion without tabular fields has a Linear(0, F): torch says so on every construction
+    warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
     t0 = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="athelas-gate-") as tmp:
@@ -154,7 +163,7 @@ def run_gate(entries: list[tuple[dict[str, Any], Path]], out: Path, device: str 
             dom = rep.section("domain")
             r = dom.summary.get("ranges", {}) if dom else {}
             domain = " / ".join(r.get(k, "-") for k in ("agrees", "differs-expected", "legacy-raises")) if dom \
-                else "-"
+                else ("n/a" if row.get("domain_note") else "-")
             cells = [_fmt(logits.max_abs if logits else None), _fmt(probs.max_abs if probs else None),
                      _fmt(_worst(rep, "weights")), _fmt(_worst(rep, "training", "gradients")),
                      _fmt(_worst(rep, "training", "one optimizer step")), domain]

@@ -38,14 +38,21 @@ class ConcatenationFusion(nn.Module):
             raise ValueError(
                 f"ConcatenationFusion expects {len(self.input_dims)} feature tensors, got {len(features)}"
             )
+        # Under the TorchScript tracer (ONNX export) sizes are traced tensors: comparing them in Python
+        # would only be evaluated once, at trace time, with a TracerWarning, so the size checks are left
+        # to eager mode (the traced graph's concatenation and Linear still require matching sizes).
+        # Batch sizes are compared pairwise, not through a set (traced sizes and SymInts do not hash).
+        tracing = torch.jit.is_tracing()
         for i, (feat, dim) in enumerate(zip(features, self.input_dims)):
-            if not isinstance(feat, torch.Tensor) or feat.dim() != 2 or feat.shape[1] != dim:
+            if not isinstance(feat, torch.Tensor) or feat.dim() != 2 or (not tracing and feat.shape[1] != dim):
                 shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
                 raise ValueError(f"feature {i} must have shape [B, {dim}], got {shape}")
-        if len({feat.shape[0] for feat in features}) != 1:
-            raise ValueError(
-                f"feature tensors disagree on batch size: {[tuple(f.shape) for f in features]}"
-            )
+        if not tracing:
+            batch = features[0].shape[0]
+            if any(feat.shape[0] != batch for feat in features[1:]):
+                raise ValueError(
+                    f"feature tensors disagree on batch size: {[tuple(f.shape) for f in features]}"
+                )
         combined = features[0] if len(features) == 1 else torch.cat(features, dim=1)
         return self.fusion(combined)
 

@@ -213,7 +213,7 @@ class AthelasModule(pl.LightningModule):
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         from ..families import detect
         from ..io.reader import read_checkpoint
-        from ..migrate import plan_and_apply, write_result
+        from ..pipeline import plan_and_apply, write_result
 
         raw = read_checkpoint(checkpoint_path)
         if detect(raw).version == LAYOUT_VERSION and raw.kind == "lightning":

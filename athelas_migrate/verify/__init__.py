@@ -29,3 +29,19 @@ def __getattr__(name: str) -> Any:
 
         return register_adapter
     raise AttributeError(name)
+
+
+class _CallablePackage(__import__("types").ModuleType):
+    """`from athelas_migrate import verify` yields this package once it is imported (Python binds a
+    submodule over a parent's attribute of the same name), so the package itself is the API function too:
+    `verify(old, new, atol=1e-5, ...)` runs `run_verify`."""
+
+    def __call__(self, old: Any, new: Any, atol: float = 1e-5, rtol: float = 0.0, **kwargs: Any) -> Any:
+        import os
+
+        from .runner import run_verify
+
+        return run_verify(os.fspath(old), os.fspath(new), atol=atol, rtol=rtol, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallablePackage

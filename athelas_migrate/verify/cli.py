@@ -39,6 +39,9 @@ EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
               help="Hyper-parameter OLD lacks (value parsed as JSON when valid JSON, else a string). Repeatable.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str),
               help="JSON object of hyper-parameters (--set wins).")
+@click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False, path_type=str),
+              help="BERT families: the transformers config.json of the text encoder(s) (a JSON object; "
+                   "for two texts that differ, {\"primary\": {...}, \"secondary\": {...}}).")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, path_type=str),
               help="Real batches (torch file loadable with weights_only=True; see docs/verify.md) instead of "
                    "generated ones.")
@@ -55,8 +58,9 @@ EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
 @click.pass_context
 def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...],
-               config_file: str | None, inputs_file: str | None, seed: int, device: str, json_path: str | None,
-               junit_path: str | None, no_training: bool, no_domain: bool, verbose: bool, quiet: bool) -> None:
+               config_file: str | None, bert_config: str | None, inputs_file: str | None, seed: int, device: str,
+               json_path: str | None, junit_path: str | None, no_training: bool, no_domain: bool, verbose: bool,
+               quiet: bool) -> None:
     out = Console()
     err = Console(stderr=True)
     from ..errors import AthelasError
@@ -64,6 +68,10 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
 
     try:
         overrides = parse_overrides(sets, config_file)
+        if bert_config:
+            from ..cli import _read_json_object
+
+            overrides["bert_config"] = _read_json_object(bert_config, "--bert-config")
         from .runner import run_verify
 
         report = run_verify(old, new, atol=atol, rtol=rtol, overrides=overrides, seed=seed, inputs=inputs_file,

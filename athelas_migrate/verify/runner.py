@@ -170,7 +170,7 @@ def _weights_dtype(raw) -> str:
 def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any], inputs: Any, reference: Any,
             dev: torch.device, training: bool, domain: bool, localisation: bool, threads: int | None) -> None:
     from ..api import build_v2_model
-    from ..migrate import plan_and_apply
+    from ..pipeline import plan_and_apply
 
     raw_old = read_checkpoint(old)
     det = detect(raw_old)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .errors import UsageError, ValidationError
+from .errors import MalformedSourceError, UsageError, ValidationError
 from .families import Detection, Family, detect, get_family
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
@@ -63,6 +63,10 @@ class MigrationResult:
 
 
 FULL_CHECKS_ENV = "ATHELAS_MIGRATE_FULL_CHECKS"
+# Checkpoints up to this many tensor bytes get a NaN/Inf scan by default (it reads every value, about
+# as costly as copying them); larger ones only with ATHELAS_MIGRATE_FULL_CHECKS=1, so a rename of a
+# multi-GB checkpoint stays at the cost of a file copy.
+VALUE_SCAN_LIMIT = 256 << 20
 
 
 def full_checks() -> bool:
@@ -108,7 +112,8 @@ def source_digests(raw: RawCheckpoint) -> dict[str, str]:
     return out
 
 
-def check_state(state: dict[str, TensorRef], family: Family, config: dict, version: str, where: str) -> list[str]:
+def check_state(state: dict[str, TensorRef], family: Family, config: dict, version: str, where: str,
+                error: type[Exception] = ValidationError) -> list[str]:
     """Refuse a state dict that is not exactly the family's layout: missing, extra, shape, dtype."""
     exp = family.expected(config, version)
     missing = [k for k in exp.shapes if k not in state]
@@ -130,7 +135,7 @@ def check_state(state: dict[str, TensorRef], family: Family, config: dict, versi
     elif len(float_types) > 1:
         problems.append(f"mixed dtypes {sorted(float_types)} in one model")
     if problems:
-        raise ValidationError(f"{where}: not an exact {family.name} {version} layout: " + "; ".join(problems))
+        raise error(f"{where}: not an exact {family.name} {version} layout: " + "; ".join(problems))
     return list(exp.shapes)
 
 
@@ -164,13 +169,17 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     overrides = dict(overrides or {})
     config = fam.configure(raw, det.version, overrides)
     notes = list(det.notes) + list(config.pop("_notes", []))
-    check_state(raw.state_dict, fam, config, det.version, raw.path)
+    check_state(raw.state_dict, fam, config, det.version, raw.path, error=MalformedSourceError)
     target = to or fam.latest
     warnings = []
-    if full_checks():  # every source tensor; by default only the values tensor operations produce (below)
+    scan = full_checks() or sum(t.nbytes for t in raw.state_dict.values()) <= VALUE_SCAN_LIMIT
+    if scan:  # every source tensor; past the limit only the values tensor operations produce (below)
         bad = nonfinite_tensors(raw.state_dict)
         if bad:
             warnings.append(f"NaN or Inf values in: {', '.join(bad[:10])} (migrated unchanged)")
+    else:
+        notes.append(f"NaN/Inf scan skipped: {sum(t.nbytes for t in raw.state_dict.values()) / 2**20:.0f} MiB of "
+                     f"tensors is over {VALUE_SCAN_LIMIT >> 20} MiB (set {FULL_CHECKS_ENV}=1 to scan them)")
     chain = plan_path(fam.name, det.version, target)
     state = OrderedDict(raw.state_dict)
     traces = {k: KeyTrace(k, k) for k in state}

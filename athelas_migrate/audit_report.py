@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .io.tensor_ref import TensorRef
-from .migrate import MigrationResult
+from .pipeline import MigrationResult
 
 
 @dataclass
