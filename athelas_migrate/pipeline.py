@@ -103,11 +103,12 @@ def structural_sha256(path: str) -> str:
 
 def source_digests(raw: RawCheckpoint) -> dict[str, str]:
     """The provenance digests of the source: structural for torch zips (cheap), plus the full-file sha256
-    with ATHELAS_MIGRATE_FULL_CHECKS=1 or when the source is safetensors (which has no per-record CRCs)."""
+    for files up to VALUE_SCAN_LIMIT, with ATHELAS_MIGRATE_FULL_CHECKS=1, or for safetensors (which has no
+    per-record CRCs)."""
     out = {}
     if raw.kind != "safetensors":
         out["source_structural_sha256"] = structural_sha256(raw.path)
-    if raw.kind == "safetensors" or full_checks():
+    if raw.kind == "safetensors" or full_checks() or raw.size <= VALUE_SCAN_LIMIT:
         out["source_sha256"] = file_sha256(raw.path)
     return out
 
