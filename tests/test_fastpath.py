@@ -183,6 +183,11 @@ def test_provenance_digests(tmp_path, monkeypatch):
     monkeypatch.delenv("ATHELAS_MIGRATE_FULL_CHECKS", raising=False)
     prov = api.migrate(src, tmp_path / "a.ckpt", overrides=V1_OVERRIDES).checkpoint["athelas_migrate"]["provenance"]
     assert prov["source_structural_sha256"] == structural_sha256(str(src))
+    assert prov["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()  # small file: full digest too
+    from athelas_migrate import pipeline
+
+    monkeypatch.setattr(pipeline, "VALUE_SCAN_LIMIT", 0)  # as for a file over the limit
+    prov = api.migrate(src, tmp_path / "big.ckpt", overrides=V1_OVERRIDES).checkpoint["athelas_migrate"]["provenance"]
     assert "source_sha256" not in prov
     monkeypatch.setenv("ATHELAS_MIGRATE_FULL_CHECKS", "1")
     prov = api.migrate(src, tmp_path / "b.ckpt", overrides=V1_OVERRIDES).checkpoint["athelas_migrate"]["provenance"]
