@@ -117,6 +117,7 @@ class _FusionFamily(Family):
     # -- configuration -------------------------------------------------------------------------------
     def configure(self, raw: RawCheckpoint, version: str, overrides: dict[str, Any]) -> dict[str, Any]:
         notes: list[str] = []
+        overrides = dict(overrides)  # never mutate the caller's dict: `bert_config` is taken out below
         sd, where = raw.state_dict, raw.path
         hp = raw.hyper_parameters or {}
         base = dict(hp["config"]) if version == "v2" and isinstance(hp.get("config"), dict) else \

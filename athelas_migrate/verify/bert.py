@@ -30,7 +30,6 @@ CNN families is not applicable (`has_text = False`; `domain_note` says why).
 from __future__ import annotations
 
 import copy
-import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -262,35 +261,5 @@ class TrimodalAdapter(_BertFusionAdapter):
     texts = ("primary", "secondary")
 
 
-def _runner_keeps_bert_config() -> None:
-    """Workaround, to be removed once `runner._verify` passes a copy (`fam.configure(raw_old, v, dict(eff))`).
-
-    `_FusionFamily.configure` pops `bert_config` from the overrides it is given (the engine relies on that
-    on its private copy), and `runner._verify` hands it `eff`, the very dict it then passes on to
-    `plan_and_apply` for the rename map, which then no longer holds the BERT config and refuses OLD.
-    Only calls made directly by `runner._verify` get a copy; the engine's own calls are untouched.
-    """
-    from ..families import get_family
-    from . import runner
-
-    for name in ("BimodalBertCrossAttn", "BimodalBertGateFusion", "BimodalBertMoE", "TrimodalCrossAttentionBert"):
-        try:
-            fam = get_family(name)
-        except Exception:  # the family module is absent: nothing to patch
-            continue
-        if getattr(fam.configure, "_keeps_runner_overrides", False):
-            continue
-        orig = fam.configure
-
-        def configure(raw, version, overrides, _orig=orig):
-            if sys._getframe(1).f_code is runner._verify.__code__:
-                overrides = dict(overrides)
-            return _orig(raw, version, overrides)
-
-        configure._keeps_runner_overrides = True  # type: ignore[attr-defined]
-        fam.configure = configure  # type: ignore[method-assign]
-
-
 for _cls in (CrossAttnAdapter, GateAdapter, MoEAdapter, TrimodalAdapter):
     register_adapter(_cls())
-_runner_keeps_bert_config()

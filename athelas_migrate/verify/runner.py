@@ -199,7 +199,7 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
                 if k not in _stated(raw_old.hyper_parameters) and k not in SHAPE_KEYS}
     eff = {**fallback, **overrides}
     try:
-        config_old = fam.configure(raw_old, det.version, eff)
+        config_old = fam.configure(raw_old, det.version, dict(eff))
     except UsageError as exc:
         if not fallback:
             raise
