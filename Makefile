@@ -25,7 +25,7 @@ demo: venv  ## migrate the bundled v1 BimodalCNN fixture, audit it, verify it, r
 	.venv/bin/athelas-migrate ckpt out/demo/bimodal_cnn_v2.ckpt out/demo/bimodal_cnn_v1_rollback.ckpt --to v1 --force
 
 test: venv  ## the whole test suite (what CI runs)
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 -q tests
 
 gate: venv  ## migrate every fixture and prove equivalence
 	$(PY) tools/gate.py --out out/gate
