@@ -102,8 +102,8 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
         from .pipeline import plan_and_apply, write_result
 
         try:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
             result = plan_and_apply(src, to=task["to"], overrides=task["overrides"])
+            os.makedirs(os.path.dirname(dst), exist_ok=True)  # only for files that will be written
             rec.update({"family": result.family.name, "from": result.source_version, "to": result.target_version,
                         "warnings": list(result.warnings)})
             same_format = dst.endswith(".safetensors") == (result.raw.kind == "safetensors")
