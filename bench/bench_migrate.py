@@ -567,6 +567,7 @@ def main() -> None:
     args = ap.parse_args()
     res: dict = {"machine": machine()}
     big, tiny = ensure_inputs(args.vocab, args.embed)
+    (WORK / "out").mkdir(parents=True, exist_ok=True)
     if "big" not in args.skip:
         print("timing cp / naive / mmap / tool ...", flush=True)
         res["big"] = bench_big(big, tiny, args.reps, args.slow_reps)

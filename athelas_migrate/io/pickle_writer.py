@@ -1,15 +1,24 @@
 """Writes an object graph holding TensorRefs as torch's `data.pkl`, without importing torch.
 
-The pure-Python pickler lets us emit torch's globals (`torch._utils._rebuild_tensor_v2`,
-`torch.FloatStorage`) by name, so a rename-only migration never imports torch.
-Output is deterministic: storages are numbered in order of first appearance.
+torch's pickles name its globals (`torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`).
+The C pickler writes a global only if it can import the module and find the very object
+there, so when torch is not loaded the names are served, for the duration of one dump, by
+stand-in modules (removed afterwards, and never installed over a real module); when torch
+is loaded its real objects are used. Either way the bytes are the same, and a rename-only
+migration never imports torch. Output is deterministic: storages are numbered in order of
+first appearance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
+import sys
+import threading
+import types
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from .tensor_ref import DTYPES, StorageRef, TensorRef
@@ -32,18 +41,47 @@ class GlobalRef:
         raise TypeError(f"{self.module}.{self.name} is a name to write, not to call")
 
 
+    def __reduce_ex__(self, protocol: int) -> str:  # written as GLOBAL module\nname
+        return self.name
+
+
 _REBUILD_TENSOR = GlobalRef("torch._utils", "_rebuild_tensor_v2")
 _REBUILD_PARAMETER = GlobalRef("torch._utils", "_rebuild_parameter")
-_ORDERED_DICT = GlobalRef("collections", "OrderedDict")
+_STORAGES = {dtype: GlobalRef("torch", info[1]) for dtype, info in DTYPES.items()}
+for _ref in GlobalRef._cache.values():
+    _ref.__module__ = _ref.module  # where the C pickler looks the name up
+_LOCK = threading.Lock()
 
 
-class _TorchPickler(pickle._Pickler):  # type: ignore[misc, name-defined]
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def _torch_names() -> Iterator[dict[GlobalRef, Any]]:
+    """Map each GlobalRef to what the pickler should write: the real torch object when torch is loaded,
+    else the GlobalRef itself, served by a stand-in module present only during the dump."""
+    with _LOCK:
+        added: list[str] = []
+        emit: dict[GlobalRef, Any] = {}
+        for ref in GlobalRef._cache.values():
+            if ref.module in sys.modules and ref.module not in added:
+                emit[ref] = getattr(sys.modules[ref.module], ref.name)
+                continue
+            if ref.module not in sys.modules:
+                sys.modules[ref.module] = types.ModuleType(ref.module)
+                added.append(ref.module)
+            setattr(sys.modules[ref.module], ref.name, ref)
+            emit[ref] = ref
+        try:
+            yield emit
+        finally:
+            for name in added:
+                sys.modules.pop(name, None)
 
-    def __init__(self, fh: io.BytesIO):
+
+class _TorchPickler(pickle.Pickler):
+    def __init__(self, fh: io.BytesIO, emit: dict[GlobalRef, Any]):
         super().__init__(fh, protocol=2)
         self.storages: list[StorageRef] = []
         self._keys: dict[int, str] = {}
+        self._emit = emit
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, StorageRef):
@@ -51,37 +89,23 @@ class _TorchPickler(pickle._Pickler):  # type: ignore[misc, name-defined]
             if key is None:
                 key = self._keys[id(obj)] = str(len(self.storages))
                 self.storages.append(obj)
-            return ("storage", GlobalRef("torch", DTYPES[obj.dtype][1]), key, "cpu", obj.numel)
+            return ("storage", self._emit[_STORAGES[obj.dtype]], key, "cpu", obj.numel)
         return None
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, TensorRef):
-            args = (obj.storage, obj.offset, tuple(obj.shape), tuple(obj.stride), obj.requires_grad,
-                    _EmptyOrderedDict())
             if obj.is_parameter:
                 plain = TensorRef(obj.storage, obj.offset, obj.shape, obj.stride, False)
-                return (_REBUILD_PARAMETER, (plain, obj.requires_grad, _EmptyOrderedDict()))
-            return (_REBUILD_TENSOR, args)
-        if isinstance(obj, _EmptyOrderedDict):
-            return (_ORDERED_DICT, ())
-        if isinstance(obj, OrderedDict) and type(obj) is OrderedDict:
-            return (_ORDERED_DICT, (), None, None, iter(obj.items()))
+                return (self._emit[_REBUILD_PARAMETER], (plain, obj.requires_grad, OrderedDict()))
+            return (self._emit[_REBUILD_TENSOR], (obj.storage, obj.offset, tuple(obj.shape), tuple(obj.stride),
+                                                  obj.requires_grad, OrderedDict()))
         return NotImplemented
-
-    def save_globalref(self, obj: GlobalRef) -> None:
-        self.write(pickle.GLOBAL + obj.module.encode() + b"\n" + obj.name.encode() + b"\n")
-        self.memoize(obj)
-
-    dispatch[GlobalRef] = save_globalref
-
-
-class _EmptyOrderedDict:
-    """Stands for the empty `backward_hooks` OrderedDict torch writes beside each tensor."""
 
 
 def dumps(obj: Any) -> tuple[bytes, list[StorageRef]]:
     """Pickle `obj` the way torch.save does; returns the bytes and the storages in key order."""
     buf = io.BytesIO()
-    pickler = _TorchPickler(buf)
-    pickler.dump(obj)
+    with _torch_names() as emit:
+        pickler = _TorchPickler(buf, emit)
+        pickler.dump(obj)
     return buf.getvalue(), pickler.storages
