@@ -168,3 +168,18 @@ def test_cli_ckpt_with_bert_config_file(tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "BimodalBertMoE v1 -> v2" in res.output
+
+
+def test_position_ids_that_are_not_arange_are_refused(tmp_path):
+    from athelas_migrate.errors import ValidationError
+
+    entry = next(e for e in MANIFEST if e["file"] == "fusion_gate_v1.ckpt")
+    ckpt = torch.load(ROOT / "fixtures" / entry["file"], weights_only=True)
+    n = ckpt["state_dict"]["text_subnetwork.bert.embeddings.position_embeddings.weight"].shape[0]
+    items = list(ckpt["state_dict"].items())
+    items.insert(3, ("text_subnetwork.bert.embeddings.position_ids", torch.arange(n).flip(0).reshape(1, -1)))
+    ckpt["state_dict"] = dict(items)
+    torch.save(ckpt, tmp_path / "odd.ckpt")
+    with pytest.raises(ValidationError, match="position_ids is not what the target layout assumes"):
+        api.migrate(tmp_path / "odd.ckpt", tmp_path / "v2.ckpt", overrides=_overrides(entry))
+    assert not (tmp_path / "v2.ckpt").exists()

@@ -152,6 +152,12 @@ def _check_restorable(rule: StateRule, before: OrderedDict[str, TensorRef], afte
             expected = _restored_value(rule, before[anchor_key])
             got = before[target]
             if expected.digest() != got.digest():
+                if rule.restore.get("strict"):
+                    from ..errors import ValidationError
+
+                    raise ValidationError(
+                        f"{rule.source}: {target} is not what the target layout assumes (the value rebuilt from "
+                        f"{anchor_key}); dropping it would change what the model computes, so nothing is written")
                 warnings.append(f"{rule.source}: dropped {target} differs from what rollback restores "
                                 f"(from {anchor_key}); a rollback will not reproduce it bitwise")
             dropped.discard(target)

@@ -143,7 +143,7 @@ def _parse_state_rule(r: dict, where: str, name: str, ids: set[str]) -> StateRul
                 raise RuleError(f"{where}: restore needs 'anchor' (regex), 'key' (template) and "
                                 "'value' = \"copy\" or \"arange\"")
             _compile(rule.restore["anchor"], where)
-            extra = set(rule.restore) - {"anchor", "key", "value", "dim", "shape", "dtype", "when"}
+            extra = set(rule.restore) - {"anchor", "key", "value", "dim", "shape", "dtype", "when", "strict"}
             if extra:
                 raise RuleError(f"{where}: unknown restore fields {sorted(extra)}")
         return rule
