@@ -27,7 +27,6 @@ checkpoints. Results go to stdout (markdown) and bench/work/results.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -377,17 +376,12 @@ print(n, list(a["state_dict"])[:3])
     # determinism: a second run gives the same bytes
     second = out / "tool2.ckpt"
     measure(tool_cmd(big, second), {"SOURCE_DATE_EPOCH": EPOCH})
-    same = _sha(tool) == _sha(second)
+    sys.path.insert(0, str(ROOT))
+    from athelas_migrate.pipeline import file_sha256
+
+    same = file_sha256(str(tool)) == file_sha256(str(second))
     drop_output(second)
     return {"equal_to_naive": True, "tensors_compared": n_tensors, "deterministic": same}
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tool_imports_torch(tiny: Path) -> bool:

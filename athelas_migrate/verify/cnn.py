@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from athelas_migrate.components.cnn_encoder import branch_output_length
 from legacy.text_cnn import legacy_pool_size
 
 from .adapters import Batch, Context, VerifyAdapter, register_adapter
@@ -25,20 +26,6 @@ BATCH_SPECS = (  # name, batch size, tabular pattern
     ("extremes", 4, "extremes"),
 )
 ROW_SCALES = (1e-6, 1.0, 1e4, -1.0, -1e4, 0.0, -1e-6, 1.0)  # negative scale: all values negative
-
-
-def conv_output_length(length: int, kernel: int, num_layers: int) -> int:
-    """Length entering the last pool for an input of `length` tokens (0: a layer gets too little)."""
-    cur = length
-    for i in range(num_layers):
-        if cur < kernel:
-            return 0
-        cur = cur - kernel + 1
-        if i < num_layers - 1:
-            if cur < kernel:
-                return 0
-            cur = (cur - kernel) // kernel + 1
-    return cur
 
 
 def _ids(gen: torch.Generator, vocab: int, n: int, length: int, pattern: str) -> tuple[torch.Tensor, str]:
@@ -139,7 +126,7 @@ class _CNNAdapter(VerifyAdapter):
         mode = "exact"
         for k in cfg["kernel_size"]:
             p = legacy_pool_size(int(k), int(cfg["max_sen_len"]), n)
-            t = conv_output_length(length, int(k), n)
+            t = branch_output_length(length, int(k), n)
             if p < 1 or t < p or t >= 2 * p:
                 return "undefined"
             if t > p:
