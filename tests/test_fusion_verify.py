@@ -155,3 +155,11 @@ def test_cli_bert_config_exit_codes(migrated, tmp_path):
     for name, code in (("list", 2), ("wrong", 2), ("missing", 2), ("noheads", 3)):
         res = run(new, "-q", "--bert-config", tmp_path / f"{name}.json")
         assert res.exit_code == code, (name, res.output)
+
+
+def test_report_says_the_domain_check_does_not_apply(migrated):
+    entry = BY_FILE["fusion_gate_v1.ckpt"]
+    report = run_verify(FIXTURES / entry["file"], migrated[entry["file"]], overrides=_overrides(entry),
+                        training=False)
+    assert report.passed and report.section("domain") is None
+    assert any("domain: not applicable" in n for n in report.notes)
