@@ -69,23 +69,7 @@ def _text(value: Any) -> str:
 def _overrides(sets: tuple[str, ...], config_file: str | None, bert_config: str | None = None) -> dict[str, Any]:
     from .overrides import parse_overrides
 
-    overrides = parse_overrides(sets, config_file)
-    if bert_config:
-        overrides["bert_config"] = _read_json_object(bert_config, "--bert-config")
-    return overrides
-
-
-def _read_json_object(path: str, option: str) -> dict[str, Any]:
-    from .errors import UsageError
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{option} {path}: not a readable JSON file ({exc})") from exc
-    if not isinstance(value, dict):
-        raise UsageError(f"{option} {path}: expected a JSON object")
-    return value
+    return parse_overrides(sets, config_file, bert_config)
 
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",

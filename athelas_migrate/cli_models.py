@@ -18,13 +18,14 @@ import click
 __all__ = ["demo_data_cmd", "export_cmd", "parse_overrides", "predict_cmd", "train_cmd"]
 
 
-def parse_overrides(sets: tuple[str, ...] | list[str], config_file: str | None = None) -> dict[str, Any]:
+def parse_overrides(sets: tuple[str, ...] | list[str], config_file: str | None = None,
+                    bert_config: str | None = None) -> dict[str, Any]:
     """``--config FILE.json`` and ``--set KEY=VALUE`` (VALUE parsed as JSON when it is valid JSON),
     as for every other command (``athelas_migrate.overrides``); in addition a ``tab_field_list``
     given as a plain string is split at commas (``--set tab_field_list=a,b,c``)."""
     from .overrides import parse_overrides as parse
 
-    out = parse(sets, config_file)
+    out = parse(sets, config_file, bert_config)
     fields = out.get("tab_field_list")
     if isinstance(fields, str):
         out["tab_field_list"] = [f.strip() for f in fields.split(",") if f.strip()]
@@ -169,9 +170,11 @@ def predict_cmd(ckpt: str, data: str, out: str, vocab: str | None, text_col: str
               help="Hyper-parameter a legacy checkpoint lacks (e.g. tab_field_list=a,b,c). " + _SET_HELP)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON object of hyper-parameter overrides.")
+@click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False), default=None,
+              help="BERT families, legacy input: the transformers config.json of the text encoder(s).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def export_cmd(ckpt: str, out: str, atol: float, opset: int, batch_sizes: str, seed: int,
-               sets: tuple[str, ...], config_file: str | None, force: bool) -> None:
+               sets: tuple[str, ...], config_file: str | None, bert_config: str | None, force: bool) -> None:
     """Export CKPT (v2 or legacy) to ONNX at OUT after checking ONNX Runtime against PyTorch.
 
     Dynamic batch axis (and sequence axis for token ids); inputs are named as the
@@ -184,7 +187,7 @@ def export_cmd(ckpt: str, out: str, atol: float, opset: int, batch_sizes: str, s
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:
         raise UsageError(f"--batch-sizes {batch_sizes!r}: expected integers such as 1,4,16") from None
-    result = export_onnx(ckpt, out, overrides=parse_overrides(sets, config_file), atol=atol, opset=opset,
+    result = export_onnx(ckpt, out, overrides=parse_overrides(sets, config_file, bert_config), atol=atol, opset=opset,
                          batch_sizes=sizes, seed=seed, force=force)
     render_result(result, _console())
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["parse_overrides", "parse_value"]
+__all__ = ["parse_overrides", "parse_value", "read_json_object"]
 
 
 def parse_value(text: str) -> Any:
@@ -24,28 +24,34 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Overrides from `--config FILE` (a JSON object) and `--set KEY=VALUE` items (which win over the file).
+def read_json_object(path: str | os.PathLike[str], option: str) -> dict[str, Any]:
+    """The JSON object in the file an option names (`--config`, `--bert-config`); UsageError otherwise."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {path}: cannot be read ({exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"{option} {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{option} {path}: must hold a JSON object, not a {type(data).__name__}")
+    return data
 
-    Raises UsageError for a malformed item, an unreadable or non-object config file, and for the same key
+
+def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str] | None = None,
+                    bert_config_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Overrides from `--config FILE` (a JSON object) and `--set KEY=VALUE` items (which win over the file);
+    `--bert-config FILE` (a transformers config.json) becomes `overrides["bert_config"]`.
+
+    Raises UsageError for a malformed item, an unreadable or non-object file, and for the same key
     given twice with different values ("conflicting --set values for KEY").
     """
     result: dict[str, Any] = {}
     if config_file is not None:
-        path = os.fspath(config_file)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise UsageError(f"--config {path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--config {path}: cannot be read ({exc})") from None
-        except ValueError as exc:
-            raise UsageError(f"--config {path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"--config {path}: must hold a JSON object of hyper-parameters, "
-                             f"not a {type(data).__name__}")
-        result.update(data)
+        result.update(read_json_object(config_file, "--config"))
     given: dict[str, Any] = {}
     for item in sets or ():
         key, sep, text = str(item).partition("=")
@@ -57,6 +63,8 @@ def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str
             raise UsageError(f"conflicting --set values for {key}")
         given[key] = value
     result.update(given)
+    if bert_config_file is not None:
+        result["bert_config"] = read_json_object(bert_config_file, "--bert-config")
     return result
 
 

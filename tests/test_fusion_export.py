@@ -49,7 +49,13 @@ def _texts(name: str, batch: int, chunks: int, seq: int, full: bool, gen) -> dic
 def test_export_legacy_fusion_fixture_with_parity(tmp_path, fixture, texts):
     entry = BY_FILE[fixture]
     out = tmp_path / "m.onnx"
-    r = CliRunner().invoke(main, ["export", str(FIXTURES / fixture), str(out), *_sets(entry)])
+    if len(texts) == 1:  # everything through --set
+        args = _sets(entry)
+    else:  # the BERT config from a config.json file
+        (tmp_path / "bert.json").write_text(json.dumps(entry["bert_config"]))
+        args = [a for k, v in entry["overrides"].items() for a in ("--set", f"{k}={json.dumps(v)}")]
+        args += ["--bert-config", str(tmp_path / "bert.json")]
+    r = CliRunner().invoke(main, ["export", str(FIXTURES / fixture), str(out), *args])
     assert r.exit_code == 0, r.output
     assert "parity OK" in r.output and "opset 17" in r.output
     onnx.checker.check_model(str(out), full_check=True)

@@ -67,11 +67,7 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
     from ..overrides import parse_overrides
 
     try:
-        overrides = parse_overrides(sets, config_file)
-        if bert_config:
-            from ..cli import _read_json_object
-
-            overrides["bert_config"] = _read_json_object(bert_config, "--bert-config")
+        overrides = parse_overrides(sets, config_file, bert_config)
         from .runner import run_verify
 
         report = run_verify(old, new, atol=atol, rtol=rtol, overrides=overrides, seed=seed, inputs=inputs_file,
