@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from .errors import MalformedSourceError, UsageError, ValidationError
-from .families import Detection, Family, detect, get_family
+from .families import Detection, Expected, Family, detect, get_family
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
 from .io.writer import write_safetensors, write_torch_zip
@@ -114,7 +114,7 @@ def source_digests(raw: RawCheckpoint) -> dict[str, str]:
 
 
 def check_state(state: dict[str, TensorRef], family: Family, config: dict, version: str, where: str,
-                error: type[Exception] = ValidationError) -> list[str]:
+                error: type[Exception] = ValidationError) -> Expected:
     """Refuse a state dict that is not exactly the family's layout: missing, extra, shape, dtype."""
     exp = family.expected(config, version)
     missing = [k for k in exp.shapes if k not in state]
@@ -137,7 +137,7 @@ def check_state(state: dict[str, TensorRef], family: Family, config: dict, versi
         problems.append(f"mixed dtypes {sorted(float_types)} in one model")
     if problems:
         raise error(f"{where}: not an exact {family.name} {version} layout: " + "; ".join(problems))
-    return list(exp.shapes)
+    return exp
 
 
 def nonfinite_tensors(state: dict[str, TensorRef], changed_only: bool = False) -> list[str]:
@@ -170,7 +170,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     overrides = dict(overrides or {})
     config = fam.configure(raw, det.version, overrides)
     notes = list(det.notes) + list(config.pop("_notes", []))
-    check_state(raw.state_dict, fam, config, det.version, raw.path, error=MalformedSourceError)
+    src_layout = check_state(raw.state_dict, fam, config, det.version, raw.path, error=MalformedSourceError)
     target = to or fam.latest
     warnings = []
     scan = full_checks() or sum(t.nbytes for t in raw.state_dict.values()) <= VALUE_SCAN_LIMIT
@@ -199,11 +199,11 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     bad = nonfinite_tensors(state, changed_only=True)
     if bad:
         warnings.append(f"NaN or Inf values produced by tensor operations in: {', '.join(bad[:10])}")
-    order = check_state(state, fam, config, target, f"result of {det.version}->{target}")
-    state = OrderedDict((k, state[k]) for k in order)
+    dst_layout = check_state(state, fam, config, target, f"result of {det.version}->{target}")
+    state = OrderedDict((k, state[k]) for k in dst_layout.shapes)
     result = MigrationResult(raw, det, fam, det.version, target, chain, config, state, list(traces.values()),
                              created, hparam_notes, notes, warnings, noop=not chain)
-    _build_checkpoint(result)
+    _build_checkpoint(result, src_layout.parameters, dst_layout.parameters)
     return result
 
 
@@ -232,7 +232,7 @@ def _param_rename(result: MigrationResult) -> dict[str, str]:
     return {tr.source: tr.target for tr in result.traces if tr.target}
 
 
-def _build_checkpoint(result: MigrationResult) -> None:
+def _build_checkpoint(result: MigrationResult, src_params: list[str], dst_params: list[str]) -> None:
     fam, raw, cfg = result.family, result.raw, result.config
     hp = fam.render_hparams(cfg, result.target_version, result.state)
     result.hyper_parameters = hp
@@ -245,15 +245,12 @@ def _build_checkpoint(result: MigrationResult) -> None:
         top.setdefault("epoch", 0)
         top.setdefault("global_step", 0)
     if top.get("optimizer_states"):
-        src_params = fam.expected(cfg, result.source_version).parameters
-        dst_params = fam.expected(cfg, result.target_version).parameters
         first = top["optimizer_states"][0]
         n = len(first.get("param_groups", [])) if isinstance(first, dict) else 1
         top["optimizer_states"] = remap_optimizer_states(
             top["optimizer_states"], fam.optimizer_groups(cfg, result.source_version, src_params, n),
             fam.optimizer_groups(cfg, result.target_version, dst_params, n), _param_rename(result))
     top[STAMP_KEY] = {"layout": result.target_version, "family": fam.name, "provenance": _provenance(result)}
-    top.pop("hparams_name", None) if raw.kind != "lightning" else None
     result.checkpoint = top
 
 
@@ -302,11 +299,7 @@ def write_result(result: MigrationResult, dst: str, force: bool = False) -> None
                 "format": "pt"}
         write_safetensors(dst, result.state, meta)
     else:
-        write_torch_zip(dst, result.checkpoint, prefix=_prefix(dst))
-
-
-def _prefix(dst: str) -> str:
-    return "archive"
+        write_torch_zip(dst, result.checkpoint)
 
 
 def _jsonable(obj: Any) -> Any:
