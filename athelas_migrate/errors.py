@@ -1,7 +1,8 @@
 """Typed refusals, each mapped to one stable exit code in one place.
 
 Exit codes (documented in the README): 0 success, 1 verification or check
-failed, 2 usage error, 3 input refused.
+failed, 2 usage error, 3 input refused, 4 cannot write the output, 70 internal
+error (a bug).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
+EXIT_OUTPUT = 4
+EXIT_INTERNAL = 70
 
 
 class AthelasError(Exception):
@@ -68,3 +71,12 @@ class NotInvertibleError(RuleError):
 
 class OutputExistsError(UsageError):
     """The destination exists and --force was not given."""
+
+
+class OutputError(AthelasError):
+    """The output cannot be written (read-only directory, no space left, name too long): not the input's fault.
+
+    Kept apart from InputError so a CI script can tell a bad checkpoint (3) from a full disk (4).
+    """
+
+    exit_code = EXIT_OUTPUT
