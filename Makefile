@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test gate fixtures bench lint venv clean
+.PHONY: demo test test-other-kernels fuzz gate fixtures bench lint venv clean
 
 venv: $(VENV_STAMP)
 
@@ -27,12 +27,19 @@ demo: venv  ## migrate the bundled v1 BimodalCNN fixture, audit it, verify it, r
 test: venv  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -n 2 -q tests
 
+test-other-kernels: venv  ## the suite again on kernels other than this CPU's native ones (what another CPU computes)
+	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -n 2 -q tests
+
+fuzz: venv  ## a deeper fuzzing campaign (10x the default run's examples; takes a while)
+	ATHELAS_FUZZ_SCALE=10 $(PY) -m pytest -n 2 -q tests/test_fuzz.py
+
 gate: venv  ## migrate every fixture and prove equivalence
 	$(PY) tools/gate.py --out out/gate
 
 fixtures: venv  ## regenerate the fixture checkpoints (bitwise reproducible)
 	$(PY) fixtures/generate.py
 	$(PY) fixtures/generate_fusion.py
+	$(PY) fixtures/kernels.py --write
 
 bench: venv  ## speed and memory benchmarks (numbers go to docs/benchmarks.md)
 	$(PY) bench/bench_migrate.py

@@ -217,8 +217,8 @@ def test_debug_shows_the_traceback(tmp_path, cli):
 
 def test_real_entry_point_prints_one_line_and_exits_3(tmp_path):
     (tmp_path / "notes.ckpt").write_bytes(b"not a checkpoint\n")
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "athelas-migrate"), "ckpt", tmp_path / "notes.ckpt",
-                           tmp_path / "new.ckpt"], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "athelas_migrate", "ckpt", tmp_path / "notes.ckpt",
+                           tmp_path / "new.ckpt"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 3 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "looks like text" in proc.stderr
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import regeneration_comparison
 
 from legacy import BimodalCNN, MultimodalCNN, TabAE, TextCNN
 
@@ -167,22 +168,28 @@ def _load_generator():
     return module
 
 
-def test_regenerating_gives_bitwise_identical_tensors(tmp_path):
+def test_regenerating_reproduces_the_fixture(tmp_path, record_property):
+    """Bitwise on the kernels the fixtures were made with; elsewhere within REGEN_TOLERANCE (reported)."""
+    tolerance = regeneration_comparison()
+    record_property("comparison", "bitwise" if tolerance is None else f"within {tolerance} (other CPU kernels)")
     generator = _load_generator()
     (entry,) = generator.generate(tmp_path, only=["tab_ae_v1"])
     assert entry == BY_FILE["tab_ae_v1.ckpt"]
     new, old = (torch.load(d / "tab_ae_v1.ckpt", weights_only=True) for d in (tmp_path, FIXTURES))
-    assert list(new["state_dict"]) == list(old["state_dict"])
-    for key, value in old["state_dict"].items():
-        assert new["state_dict"][key].dtype == value.dtype
-        assert torch.equal(new["state_dict"][key], value), key
-    for idx, st in old["optimizer_states"][0]["state"].items():
-        assert torch.equal(new["optimizer_states"][0]["state"][idx]["momentum_buffer"], st["momentum_buffer"])
-    assert new["hyper_parameters"] == old["hyper_parameters"]
     new_io, old_io = (torch.load(d / "tab_ae_v1.io.pt", weights_only=True) for d in (tmp_path, FIXTURES))
-    assert torch.equal(new_io["inputs"], old_io["inputs"]) and torch.equal(
-        new_io["outputs"], old_io["outputs"]
-    )
+    assert list(new["state_dict"]) == list(old["state_dict"])
+    assert new["hyper_parameters"] == old["hyper_parameters"]
+    assert torch.equal(new_io["inputs"], old_io["inputs"])  # made from a seed, not computed by a model
+    pairs = [(new["state_dict"][k], v, k) for k, v in old["state_dict"].items()]
+    pairs += [(new["optimizer_states"][0]["state"][i]["momentum_buffer"], st["momentum_buffer"], f"momentum {i}")
+              for i, st in old["optimizer_states"][0]["state"].items()]
+    pairs.append((new_io["outputs"], old_io["outputs"], "outputs"))
+    for got, want, name in pairs:
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        if tolerance is None:
+            assert torch.equal(got, want), name
+        else:
+            torch.testing.assert_close(got, want, **tolerance, msg=name)
 
 
 def test_v1_cannot_load_itself_but_v0_can():

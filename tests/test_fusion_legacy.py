@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from conftest import regeneration_comparison  # noqa: E402
+
 from legacy.bert import (  # noqa: E402
     BERT_LEGACY_CLASS_PATHS,
     BimodalBertCrossAttn,
@@ -495,11 +497,14 @@ def test_cross_attn_fixture_has_63_keys_and_notab_gate_has_empty_tab_proj():
     assert "secondary_projection.weight" in sd
 
 
-def test_regeneration_is_bitwise_identical(tmp_path):
+def test_regeneration_reproduces_the_fixtures(tmp_path, record_property):
+    """Bitwise on the kernels the fixtures were made with; elsewhere within REGEN_TOLERANCE (reported)."""
+    tolerance = regeneration_comparison()
+    record_property("comparison", "bitwise" if tolerance is None else f"within {tolerance} (other CPU kernels)")
     spec = importlib.util.spec_from_file_location("_generate_fusion", FIXTURES / "generate_fusion.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     manifest = gen.generate(tmp_path, only=["fusion_gate_v1"])
     names = gen.fixture_files(manifest)
     assert "fusion_gate_v1_state_dict.pt" in names
-    assert gen.compare_dirs(FIXTURES, tmp_path, names) == []
+    assert gen.compare_dirs(FIXTURES, tmp_path, names, tolerance) == []

@@ -2,7 +2,8 @@
 codes 0/1/3, no output unless it succeeded, and then a loadable one), and every random chain of
 invertible rules followed by its derived inverse gives back the original keys and bitwise values.
 
-The number of corrupted inputs tried is summed over xdist workers into out/fuzz-count.txt."""
+The number of corrupted inputs tried is summed over xdist workers and printed in the closing summary.
+The default run is bounded (ATHELAS_FUZZ_EXAMPLES sets the count; `make fuzz` runs a deeper campaign)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,13 @@ ENTRIES = manifest_entries(fusion=True)
 CNN = [e for e in ENTRIES if e["family"] in ("BimodalCNN", "TextCNN", "TabAE")]
 FUSION = [e for e in ENTRIES if e not in CNN]
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                print_blob=True)
+                print_blob=True, database=None)  # no .hypothesis/ in the working tree
+SCALE = float(os.environ.get("ATHELAS_FUZZ_SCALE", "1"))  # `make fuzz` sets 10: a deeper, longer campaign
+
+
+def examples(n: int) -> int:
+    """The default run's bounded example count `n`, scaled for a deeper campaign."""
+    return max(1, int(n * SCALE))
 _ids = itertools.count()
 
 
@@ -108,7 +115,7 @@ def check_migrate(src: Path, entry: dict, fuzz_dir: Path) -> str:
 def test_corrupted_bytes_never_crash_the_api(group, fuzz_dir, fuzz_counter):
     entries = CNN if group == "cnn" else FUSION
 
-    @settings(FUZZ, max_examples=400 if group == "cnn" else 40)
+    @settings(FUZZ, max_examples=examples(400 if group == "cnn" else 40))
     @given(data=st.data())
     def prop(data):
         entry = data.draw(st.sampled_from(entries), label="fixture")
@@ -201,7 +208,7 @@ def mutate_pickle(data: bytes, edits) -> bytes:
     return bytes(out)
 
 
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=examples(600))
 @given(data=st.data())
 def test_corrupted_pickles_with_valid_crcs_never_crash(data, fuzz_dir, fuzz_counter):
     """The CRC of data.pkl catches random damage; here the damage gets a valid CRC, so the pickle reader,
@@ -223,7 +230,7 @@ def _set_args(overrides: dict) -> list[str]:
     return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=examples(100))
 @given(data=st.data())
 def test_corrupted_bytes_cli_exit_codes(data, fuzz_dir, fuzz_counter):
     from click.testing import CliRunner
@@ -359,7 +366,7 @@ def _apply_chain(chain, state):
     return state
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=examples(300))
 @given(data=st.data())
 def test_rule_chain_then_inverse_is_identity(data, fuzz_dir):
     state, rules = data.draw(first_edge(), label="first edge")

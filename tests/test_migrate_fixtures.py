@@ -89,7 +89,8 @@ def test_v0_text_batch_key_survives_unless_asked(tmp_path):
     assert kept.hyper_parameters["config"]["text_batch_key"] == "dialogue_processed_input_ids"
     model = api.load_model(tmp_path / "a.ckpt")
     with torch.no_grad():
-        assert torch.equal(model(io["inputs"]), io["outputs"])
+        # computed now vs computed when the fixture was made: other CPUs use other kernels (gate tolerance)
+        torch.testing.assert_close(model(io["inputs"]), io["outputs"], rtol=0, atol=1e-5)
     new = api.migrate(src, tmp_path / "b.ckpt", overrides={"text_batch_key": None})
     assert not new.hyper_parameters["config"].get("text_batch_key")
 
@@ -133,7 +134,8 @@ def test_safetensors_output_carries_metadata(tmp_path):
         model = api.load_model(dst)
     io = torch.load(ROOT / "fixtures" / e["io"], weights_only=True)
     with torch.no_grad():
-        assert torch.equal(model(io["inputs"]), io["outputs"])
+        # computed now vs computed when the fixture was made: other CPUs use other kernels (gate tolerance)
+        torch.testing.assert_close(model(io["inputs"]), io["outputs"], rtol=0, atol=1e-5)
 
 
 def test_missing_field_names_stop_with_how_to_pass_them(tmp_path):

@@ -101,7 +101,7 @@ def _malicious_checkpoint(tmp_path, classpath: str, where: str):
 
 @pytest.mark.parametrize("where", ["hyper_parameters", "fake_tensor"])
 @pytest.mark.parametrize("classpath", list(_attacks("x")))
-def test_code_execution_payloads_are_refused_and_never_run(tmp_path, cli, classpath, where):
+def test_code_execution_payloads_are_refused_and_never_run(tmp_path, cli, classpath, where, spawn_audit):
     path, keypath, sentinel = _malicious_checkpoint(tmp_path, classpath, where)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
@@ -115,15 +115,16 @@ def test_code_execution_payloads_are_refused_and_never_run(tmp_path, cli, classp
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and "Traceback" not in stderr
     assert f"'{classpath}' at {keypath}" in stderr and "nothing from it was executed" in stderr
     assert cli("inspect", path)[0] == 3
-    time.sleep(0.05)  # a spawned `touch` would have finished by now
+    assert spawn_audit == []  # nothing was started, so no `touch` can land later
     assert not sentinel.exists() and not dst.exists() and not _leftovers(tmp_path)
 
 
-def test_the_payload_is_live_when_loaded_unsafely(tmp_path):
-    """The same file really runs its command under a full unpickler: the refusals above are not vacuous."""
+def test_the_payload_is_live_when_loaded_unsafely(tmp_path, spawn_audit):
+    """The same file really runs its command under a full unpickler, and the audit hook sees it: the refusals
+    above are not vacuous."""
     path, _, sentinel = _malicious_checkpoint(tmp_path, "posix.system", "hyper_parameters")
     torch.load(path, weights_only=False)
-    assert sentinel.exists()
+    assert sentinel.exists() and [e for e, _ in spawn_audit] == ["os.system"]
 
 
 def G(module: str, name: str) -> bytes:
@@ -226,23 +227,33 @@ def test_crafted_pickles_are_refused_quickly_with_one_line(tmp_path, name):
     pkl, exc_type, message = CRAFTED[name]
     path = tmp_path / "crafted.ckpt"
     torch_zip(path, pkl)
-    t0 = time.perf_counter()
     with pytest.raises(exc_type) as err:
         read_checkpoint(path)
-    assert time.perf_counter() - t0 < 10
     text = str(err.value)
     assert message in text and "\n" not in text and len(text) < 700, text
     assert text.startswith(str(path))
 
 
+_BOUNDED_READ = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_CPU, (20, 20))  # CPU seconds, not wall time: load on the machine cannot fail it
+from athelas_migrate.errors import InputError
+from athelas_migrate.io.reader import read_checkpoint
+try:
+    read_checkpoint(sys.argv[1])
+except InputError as err:
+    print(type(err).__name__, err)
+"""
+
+
 def test_shared_references_stay_linear(tmp_path):
-    """60 levels of a list holding its predecessor twice: 2**60 paths, 60 objects; read in linear time."""
+    """60 levels of a list holding its predecessor twice: 2**60 paths, 60 objects. An exponential walk would
+    exhaust the child's CPU-time limit (SIGXCPU) long before it finished; a linear one refuses at once."""
     path = tmp_path / "laughs.ckpt"
     torch_zip(path, _laughs(60))
-    t0 = time.perf_counter()
-    with pytest.raises(InputError, match="without 'state_dict'"):
-        read_checkpoint(path)
-    assert time.perf_counter() - t0 < 2
+    proc = subprocess.run([sys.executable, "-c", _BOUNDED_READ, str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "without 'state_dict'" in proc.stdout
 
 
 @pytest.mark.parametrize("case", ["duplicate member", "compressed member", "header offset past the end",
@@ -272,9 +283,16 @@ def test_crafted_zip_archives(tmp_path, case):
             data[second + 42 : second + 46] = data[first + 42 : first + 46]
             match = None
         path.write_bytes(bytes(data))
-    if match is None:
-        with contextlib.suppress(InputError):
-            read_checkpoint(path)
+    if match is None:  # either refused as inconsistent, or read with every name resolving to the same tensors
+        try:
+            got = read_checkpoint(path)
+        except InputError as err:
+            assert str(err).startswith(str(path)), err
+            return
+        want = read_checkpoint(src)
+        assert list(got.state_dict) == list(want.state_dict)
+        for key, ref in want.state_dict.items():
+            assert bytes(got.state_dict[key].raw_bytes()) == bytes(ref.raw_bytes()), key
         return
     with pytest.raises(InputError, match=match):
         read_checkpoint(path)
