@@ -4,6 +4,7 @@ never write into the working tree)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -131,6 +132,10 @@ def fuzz_counter():
 def pytest_sessionfinish(session, exitstatus):
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller sums
+    changed = _tree_changes(session.config)
+    if changed:  # tests write to tmp_path, never into the checkout
+        session.config._athelas_tree_changed = changed
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     d = _count_dir()
     if not d.is_dir():
         return
@@ -144,6 +149,41 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    changed = getattr(config, "_athelas_tree_changed", None)
+    if changed:
+        terminalreporter.write_line(f"FAILED: the tests changed {len(changed)} file(s) of the working tree: "
+                                    + ", ".join(changed[:10]), red=True)
     lines = getattr(config, "_athelas_fuzz", None)
     if lines:
         terminalreporter.write_line("corrupted inputs tried: " + ", ".join(lines))
+
+
+# --- the working tree is left alone ------------------------------------------------------------------
+
+_NOT_TREE = {".git", ".venv", "__pycache__", ".ruff_cache", "build"}
+
+
+def _tree_snapshot() -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every file of the checkout, less the virtualenv, git's own files and bytecode."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in _NOT_TREE and not d.endswith(".egg-info")]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                snap[os.path.relpath(path, ROOT)] = (st.st_mtime_ns, st.st_size)
+    return snap
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):
+        session.config._athelas_tree = _tree_snapshot()
+
+
+def _tree_changes(config) -> list[str]:
+    before = getattr(config, "_athelas_tree", None)
+    if before is None:
+        return []
+    after = _tree_snapshot()
+    return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
