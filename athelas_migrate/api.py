@@ -59,7 +59,20 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "global_step": top.get("global_step"),
         "stamp": raw.stamp,
         "pickled_class": raw.module_classpath,
+        "migration_needs": _migration_needs(raw, det),
     }
+
+
+def _migration_needs(raw: Any, det: Any) -> list[dict[str, str]]:
+    """What a migration of this file would ask for: the same list `ckpt` refuses with (empty: nothing)."""
+    from .errors import MissingInformationError
+    from .families import get_family
+
+    try:
+        get_family(det.family).configure(raw, det.version, {})
+    except MissingInformationError as exc:
+        return [{"key": n.key, "why": n.why} for n in exc.needs] or [{"key": "?", "why": str(exc)}]
+    return []
 
 
 def _describe(hp: Any) -> Any:

@@ -76,6 +76,40 @@ set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                           help="Hyper-parameter the checkpoint lacks (VALUE parsed as JSON when valid JSON).")
 config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                              help="JSON object of hyper-parameters (like --set).")
+write_config_option = click.option(
+    "--write-config", "write_config", type=click.Path(dir_okay=False), default=None,
+    help="When information is missing: write a config skeleton here (known values filled in, the missing ones "
+         "marked) to complete and pass back with --config.")
+
+
+def _needs_boundary(write_config: str | None, force: bool = False):
+    """On a refusal for missing information, write the config skeleton it carries to `write_config`."""
+    import contextlib
+
+    from .errors import MissingInformationError
+
+    @contextlib.contextmanager
+    def boundary():
+        try:
+            yield
+        except MissingInformationError as exc:
+            if not write_config or exc.skeleton is None:
+                raise
+            if os.path.exists(write_config) and not force:
+                from .errors import OutputExistsError
+
+                raise OutputExistsError(f"{write_config} exists; pass --force to replace it") from exc
+            from .io.writer import atomic_output
+
+            with atomic_output(write_config) as fh:
+                fh.write((json.dumps(exc.skeleton, indent=2, sort_keys=True) + "\n").encode())
+            raise MissingInformationError(f"{exc}\nwrote {write_config}: replace each \"<required...>\" value, "
+                                          f"then rerun with --config {write_config}", exc.needs,
+                                          exc.skeleton) from exc
+
+    return boundary()
+
+
 bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False), default=None,
                            help="BERT families: the transformers config.json of the text encoder(s).")
 
@@ -102,7 +136,9 @@ def main(debug: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--force", is_flag=True, help="Replace NEW if it exists (never OLD).")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
-def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_run, force, json_out) -> None:
+@write_config_option
+def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_run, force, json_out,
+             write_config) -> None:
     """Migrate checkpoint OLD into NEW (.ckpt, or .safetensors for weights plus metadata)."""
     from .api import migrate
 
@@ -110,7 +146,8 @@ def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_r
     if new_batch_keys:
         overrides["text_batch_key"] = None
     t0 = time.perf_counter()
-    result = migrate(old, new, to=to, overrides=overrides, force=force, dry_run=dry_run)
+    with _needs_boundary(write_config, force):
+        result = migrate(old, new, to=to, overrides=overrides, force=force, dry_run=dry_run)
     elapsed = time.perf_counter() - t0
     if json_out:
         click.echo(json.dumps(_result_summary(result, new, dry_run, elapsed), indent=2))
@@ -176,11 +213,18 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
 @bert_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the report to a file.")
-def audit_cmd(old, to, sets, config_file, bert_config, fmt, output) -> None:
+@click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
+@write_config_option
+def audit_cmd(old, to, sets, config_file, bert_config, fmt, output, force, write_config) -> None:
     """Report every rename, drop and hyper-parameter edit of migrating OLD, writing no checkpoint."""
     from .api import audit
 
-    report = audit(old, to=to, overrides=_overrides(sets, config_file, bert_config))
+    if output and os.path.exists(output) and not force:
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"{output} exists; pass --force to replace it")
+    with _needs_boundary(write_config, force):
+        report = audit(old, to=to, overrides=_overrides(sets, config_file, bert_config))
     if fmt in ("json", "md"):
         text = report.to_json() if fmt == "json" else report.to_markdown()
         if output:
@@ -188,6 +232,7 @@ def audit_cmd(old, to, sets, config_file, bert_config, fmt, output) -> None:
 
             with atomic_output(output) as fh:
                 fh.write(text.encode())
+            click.echo(f"wrote {output}", err=True)
         else:
             click.echo(text)
         return
@@ -232,6 +277,8 @@ def inspect_cmd(path, json_out) -> None:
     table.add_row("evidence", _text("\n".join(info["evidence"])))
     if info["notes"]:
         table.add_row("notes", _text("\n".join(info["notes"])))
+    needs = info.get("migration_needs") or []
+    table.add_row("a migration needs", _text("\n".join(f"{n['key']}: {n['why']}" for n in needs) or "nothing more"))
     hp = info["hyper_parameters"] or {}
     table.add_row("hyper_parameters", _text(json.dumps(hp, default=str, indent=1)[:2000]))
     _console().print(table)

@@ -48,7 +48,17 @@ class UnknownLayoutError(InputError):
 
 
 class MissingInformationError(InputError):
-    """A hyper-parameter the target needs is neither in the checkpoint nor supplied."""
+    """Hyper-parameters the target needs are neither in the checkpoint nor supplied.
+
+    Carries every missing item at once (`needs`: key, why the file cannot tell it, an example) and a
+    ready-to-edit config (`skeleton`: every known value filled in, the unknown ones marked), so one refusal
+    is enough: a second run with exactly what it names succeeds.
+    """
+
+    def __init__(self, message: str, needs: list | None = None, skeleton: dict | None = None):
+        super().__init__(message)
+        self.needs = list(needs or [])
+        self.skeleton = skeleton
 
 
 class RuleError(AthelasError):

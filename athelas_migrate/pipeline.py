@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .errors import MalformedSourceError, UsageError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
+from .families.base import refuse_marked
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
 from .io.writer import write_safetensors, write_torch_zip
@@ -168,6 +169,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     det = detect(raw)
     fam = get_family(det.family)
     overrides = dict(overrides or {})
+    refuse_marked(overrides)
     config = fam.configure(raw, det.version, overrides)
     notes = list(det.notes) + list(config.pop("_notes", []))
     src_layout = check_state(raw.state_dict, fam, config, det.version, raw.path, error=MalformedSourceError)
@@ -235,6 +237,11 @@ def _param_rename(result: MigrationResult) -> dict[str, str]:
 def _build_checkpoint(result: MigrationResult, src_params: list[str], dst_params: list[str]) -> None:
     fam, raw, cfg = result.family, result.raw, result.config
     hp = fam.render_hparams(cfg, result.target_version, result.state)
+    unknown = cfg.get("_unknown")
+    if unknown and result.target_version == fam.latest:  # never a default presented as fact (see families)
+        values = hp["config"] if isinstance(hp.get("config"), dict) else hp
+        values.update({k: None for k in unknown})
+        values["unknown"] = dict(unknown)
     result.hyper_parameters = hp
     top: dict[str, Any] = dict(raw.top) if raw.kind == "lightning" else {}
     top["state_dict"] = result.state

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# Hypothesis keeps caches in its storage directory (./.hypothesis by default): outside the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "athelas-hypothesis"))
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 

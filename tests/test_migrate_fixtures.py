@@ -139,8 +139,11 @@ def test_safetensors_output_carries_metadata(tmp_path):
 
 
 def test_missing_field_names_stop_with_how_to_pass_them(tmp_path):
-    with pytest.raises(MissingInformationError, match=r"tab_field_list.*--set tab_field_list="):
+    with pytest.raises(MissingInformationError, match=r"(?s)tab_field_list: .*only their count \(3\).*--set "
+                                                      r"'tab_field_list=\[") as err:
         api.migrate(ROOT / "fixtures" / "bimodal_cnn_v1.ckpt", tmp_path / "x.ckpt")
+    assert [n.key for n in err.value.needs] == ["tab_field_list"]
+    assert err.value.skeleton["max_sen_len"] == 40 and err.value.skeleton["tab_field_list"].startswith("<required")
     assert not (tmp_path / "x.ckpt").exists()
     with pytest.raises(UsageError, match="2 names but the tabular weights take 3"):
         api.migrate(ROOT / "fixtures" / "bimodal_cnn_v1.ckpt", tmp_path / "x.ckpt",

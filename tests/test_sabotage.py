@@ -78,7 +78,8 @@ def _gate(tmp_path: Path, entries: list[dict]) -> tuple[int, dict]:
 
 def test_swapped_conv_branches_fail_the_gate_and_are_localised(sabotage, tmp_path):
     # Two branches of the same kernel size, so the swap passes the engine's shape validation.
-    config = {"text_name": "dialogue", "label_name": "label", "tab_field_list": ["a", "b"], "kernel_size": [3, 3],
+    config = {"text_name": "dialogue", "text_input_ids_key": "input_ids", "label_name": "label",
+              "tab_field_list": ["a", "b"], "kernel_size": [3, 3],
               "num_layers": 2, "num_channels": [6, 6], "hidden_common_dim": 8, "max_sen_len": 30,
               "dropout_keep": 0.1, "embed_size": 8}
     torch.manual_seed(0)

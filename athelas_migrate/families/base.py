@@ -97,9 +97,91 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
+#: Marks an unknown value in a written config skeleton; a config still holding one is refused.
+REQUIRED_MARK = "<required"
+
+
+@dataclass
+class Need:
+    """One value a migration needs that the file cannot tell."""
+
+    key: str
+    why: str
+    example: Any
+
+
+class Needs:
+    """Collects what a checkpoint cannot tell during `configure`, so the first refusal names all of it."""
+
+    def __init__(self) -> None:
+        self.items: list[Need] = []
+
+    def ask(self, config: dict[str, Any], key: str, why: str, example: Any) -> Any:
+        """`config[key]`, or None after recording that it is needed (callers skip checks that depend on it)."""
+        if config.get(key) in (None, "", []):
+            self.add(key, why, example)
+            return None
+        return config[key]
+
+    def add(self, key: str, why: str, example: Any) -> None:
+        if all(n.key != key for n in self.items):
+            self.items.append(Need(key, why, example))
+
+    def raise_if_any(self, where: str, known: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        """Refuse with every need at once, and a config skeleton of `known` (+ `extra`) with the needs marked."""
+        if not self.items:
+            return
+        skeleton = config_skeleton(known, self.items, extra)
+        lines = [f"{where}: a migration needs {len(self.items)} value(s) the file cannot tell:"]
+        lines += [f"  {n.key}: {n.why} (e.g. {json.dumps(n.example)})" for n in self.items]
+        sets = " ".join(f"--set {n.key}={n.example}" if isinstance(n.example, str) else
+                        f"--set '{n.key}={json.dumps(n.example, separators=(',', ':'))}'"
+                        for n in self.items if "." not in n.key)
+        lines.append("Best source: the original training config: pass it with --config FILE.json. Or fill in "
+                     + json.dumps(config_skeleton({}, self.items, short=True))
+                     + " (--write-config FILE.json writes it with every known value filled in)"
+                     + (f", or pass e.g. {sets}" if sets else "") + ".")
+        raise MissingInformationError("\n".join(lines), self.items, skeleton)
+
+
+def config_skeleton(known: dict[str, Any], needs: list[Need], extra: dict[str, Any] | None = None,
+                    short: bool = False) -> dict:
+    """Known plain values, then each need marked `<required: why>` (`<required>` if `short`; dotted keys nest:
+    bert_config.x)."""
+    out: dict[str, Any] = {k: v for k, v in known.items() if not k.startswith("_") and _plain(v)}
+    out.update({k: v for k, v in (extra or {}).items() if _plain(v)})
+    for n in needs:
+        head, _, tail = n.key.partition(".")
+        if tail:
+            sub = out.get(head) if isinstance(out.get(head), dict) else {}
+            out[head] = {**sub, tail: "<required>" if short else f"{REQUIRED_MARK}{n.why}>"}
+        else:
+            out[n.key] = "<required>" if short else f"{REQUIRED_MARK}{n.why}>"
+    return out
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def refuse_marked(overrides: dict[str, Any]) -> None:
+    """A skeleton passed back with a value still marked required is a usage error naming the keys."""
+    marked = [k for k, v in overrides.items() if isinstance(v, str) and v.startswith(REQUIRED_MARK)]
+    marked += [f"{k}.{kk}" for k, v in overrides.items() if isinstance(v, dict)
+               for kk, vv in v.items() if isinstance(vv, str) and vv.startswith(REQUIRED_MARK)]
+    if marked:
+        raise UsageError(f"the config still marks {', '.join(marked)} as required: fill in the real values")
+
+
 def require(config: dict[str, Any], key: str, why: str, example: str) -> Any:
-    if config.get(key) in (None, "", []):
-        raise MissingInformationError(
-            f"the checkpoint does not say {key!r} ({why}); pass it with --set {key}={example} "
-            f"or --config FILE.json")
-    return config[key]
+    """A single required value (prefer `Needs`, which collects every missing value into one refusal)."""
+    needs = Needs()
+    value = needs.ask(config, key, why, json.loads(example.strip("'")) if example.startswith("'") else example)
+    needs.raise_if_any("the checkpoint", config)
+    return value

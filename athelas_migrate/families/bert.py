@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InputError, MissingInformationError, UsageError
 from ..io.reader import RawCheckpoint
-from .base import Detection, Expected, Family, merge_config, require
+from .base import Detection, Expected, Family, Needs, merge_config
 
 NO_DECAY = ("bias", "LayerNorm.weight")
 _ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
@@ -67,13 +67,19 @@ def bert_shapes(sd: dict, prefix: str, where: str) -> dict[str, int]:
 
 
 def resolve_bert_config(facts: dict[str, int], given: dict | None, tokenizer: str | None, where: str,
-                        notes: list[str]) -> dict[str, Any]:
-    """The full BERT config: the user's (checked against the shapes), else a standard name's, else refuse."""
+                        notes: list[str], needs: Needs | None = None) -> dict[str, Any]:
+    """The full BERT config: the user's (checked against the shapes), else a standard name's, else refuse.
+
+    With `needs`, a missing head count is recorded there (the caller refuses once, naming everything) and the
+    shape facts are returned."""
     if given:
         wrong = [f"{k}={given[k]} (weights say {v})" for k, v in facts.items() if k in given and given[k] != v]
         if wrong:
             raise UsageError(f"{where}: the supplied BERT config disagrees with the weights: {', '.join(wrong)}")
         if "num_attention_heads" not in given:
+            if needs is not None:
+                needs.add("bert_config.num_attention_heads", "the supplied BERT config lacks it", 12)
+                return {**given, **facts}
             raise MissingInformationError(f"{where}: the supplied BERT config lacks num_attention_heads")
         if facts["hidden_size"] % int(given["num_attention_heads"]):
             raise UsageError(f"{where}: num_attention_heads={given['num_attention_heads']} does not divide "
@@ -88,9 +94,25 @@ def resolve_bert_config(facts: dict[str, int], given: dict | None, tokenizer: st
     why = (f"the tokenizer name {tokenizer!r} is a standard model whose configuration disagrees with the "
            "weights" if std else f"{tokenizer!r} is not a standard BERT name this tool knows")
     found = ", ".join(f"{k}={v}" for k, v in facts.items())
+    if needs is not None:
+        needs.add("bert_config.num_attention_heads", f"the BERT's number of attention heads cannot be read from the "
+                  f"weights ({found}) and {why}; give it (or the whole transformers config.json with --bert-config)",
+                  12)
+        return dict(facts)
     raise MissingInformationError(
         f"{where}: the BERT's number of attention heads cannot be read from the weights ({found}) and {why}; "
         "pass its transformers config.json with --bert-config FILE (or --set 'bert_config={...}')")
+
+
+#: Fusion values only training, evaluation or raw-text prediction read (see cnn.TRAINING_ONLY).
+BERT_TRAINING_ONLY = {
+    "optimizer_type": "training (optimizer)", "lr": "training (optimizer)", "weight_decay": "training (optimizer)",
+    "adam_epsilon": "training (optimizer)", "warmup_steps": "training (scheduler)",
+    "run_scheduler": "training (scheduler)", "reinit_pooler": "training (initialisation)",
+    "reinit_layers": "training (initialisation)", "metric_choices": "evaluation (metrics)",
+    "tokenizer": "prediction from raw text (tokenization)", "label_name": "training and evaluation (the label column)",
+    "cross_attention_dropout": "training (dropout)", "fusion_dropout": "training (dropout)",
+}
 
 
 class _FusionFamily(Family):
@@ -131,35 +153,49 @@ class _FusionFamily(Family):
             derived["is_binary"] = False
         config = merge_config(base, derived, overrides, where)
         config.update(overrides)
+        needs = Needs()
         if tab is not None:
-            fields = require(config, "tab_field_list", f"the names of the {tab.shape[0]} tabular input fields, in "
-                             "order; legacy fusion checkpoints do not store them", "'[\"f1\",\"f2\"]'")
-            if len(fields) != tab.shape[0]:
+            fields = needs.ask(config, "tab_field_list", f"the names of the {tab.shape[0]} tabular input fields, in "
+                               f"training order; the file stores only their count ({tab.shape[0]})",
+                               [f"field{i + 1}" for i in range(tab.shape[0])])
+            if fields is not None and len(fields) != tab.shape[0]:
                 raise UsageError(f"tab_field_list has {len(fields)} names but the tabular weights take "
                                  f"{tab.shape[0]} inputs")
         elif config.get("tab_field_list"):
             raise UsageError("tab_field_list is set but the checkpoint has no tabular branch")
+        for key in self.text_name_keys():
+            needs.ask(config, key, "the name of the text field, which forms the text batch keys", "dialogue")
+        bare = raw.hyper_parameters is None
+        if bare:
+            for key, example in (("text_input_ids_key", "input_ids"), ("text_attention_mask_key", "attention_mask")):
+                needs.ask(config, key, "forms the text batch keys; a bare state dict does not store it", example)
         self.fill_unrecoverable(config, notes)
         bert: dict[str, Any] = {}
         for side, pre in self._text_prefixes(version).items():
             facts = bert_shapes(sd, f"{pre}bert.", where)
             given = given_bert.get(side) if isinstance(given_bert, dict) and side in given_bert else given_bert
             tok = config.get(f"{side}_tokenizer") or config.get("tokenizer")
-            bert[side] = resolve_bert_config(facts, given, tok, f"{pre}bert", notes)
+            bert[side] = resolve_bert_config(facts, given, tok, f"{pre}bert", notes, needs)
             if f"{pre}bert.embeddings.position_ids" in sd:
                 config["bert_position_ids_saved"] = True
         config["_bert_config"] = bert["text"] if len(bert) == 1 else (
             bert["primary"] if bert["primary"] == bert["secondary"] else bert)
-        try:
-            from ..models.bert_fusion import resolve_bert_fusion_config
+        known = {k: v for k, v in config.items() if v is not None}
+        needs.raise_if_any(where, known, {"bert_config": config["_bert_config"]})
+        from ..models.bert_fusion import resolve_bert_fusion_config
 
-            resolved = resolve_bert_fusion_config({k: v for k, v in config.items() if not k.startswith("_")},
-                                                  self.name)
-        except ValueError as exc:
-            raise MissingInformationError(f"{where}: {exc}; pass it with --set") from exc
+        resolved = resolve_bert_fusion_config({k: v for k, v in config.items() if not k.startswith("_")}, self.name)
+        if bare:
+            from .cnn import record_unknown
+
+            record_unknown(resolved, {k: why for k, why in BERT_TRAINING_ONLY.items() if k not in known}, notes)
         resolved["_bert_config"] = config["_bert_config"]
         resolved["_notes"] = notes
         return resolved
+
+    def text_name_keys(self) -> tuple[str, ...]:
+        """Config keys naming the text field(s); nothing in the weights tells them."""
+        return ("text_name",)
 
     def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
         pre = self._text_prefixes(version)["text"]
@@ -186,6 +222,8 @@ class _FusionFamily(Family):
             if version == "v2":
                 return load_class(self.v2_class)(clean, bert)
             hook = dict(clean)
+            if not hook.get("label_name"):  # the legacy constructor insists; the layout does not depend on it
+                hook["label_name"] = "label"
             if isinstance(bert, dict) and "primary" in bert:
                 hook.update(primary_bert_config=bert["primary"], secondary_bert_config=bert["secondary"])
             hook["bert_config"] = bert.get("primary", bert) if isinstance(bert, dict) and "primary" in bert else bert
@@ -282,6 +320,9 @@ class TrimodalFamily(_FusionFamily):
     texts = ("primary", "secondary")
     v2_class = "athelas_migrate.models.bert_fusion:TrimodalCrossAttentionBert"
     legacy_classes = {"v1": "legacy.bert:TrimodalCrossAttentionBert"}
+
+    def text_name_keys(self) -> tuple[str, ...]:
+        return ("primary_text_name", "secondary_text_name")
 
     def head(self, sd: dict) -> Any:
         return sd["final_merge_network.5.weight"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InputError, UnknownLayoutError, UsageError
 from ..io.reader import RawCheckpoint
-from .base import Detection, Expected, Family, merge_config, require
+from .base import Detection, Expected, Family, Needs, merge_config
 
 V1_BIMODAL_WHITELIST = [
     "text_name", "text_input_ids_key", "is_binary", "num_classes", "kernel_size", "num_layers", "num_channels",
@@ -105,6 +105,25 @@ def _class_weights(raw: RawCheckpoint, config: dict, notes: list[str]) -> None:
         notes.append("class_weights read off class_weights_tensor")
 
 
+#: Values that only training, evaluation or raw-text prediction read, and what reads them. Absent from a file
+#: that stores no config, they are recorded as unknown (None) rather than a default presented as fact.
+TRAINING_ONLY = {
+    "dropout_keep": "training (dropout)", "is_embeddings_trainable": "training (embedding updates)",
+    "optimizer_type": "training (optimizer)", "lr": "training (optimizer)", "momentum": "training (optimizer)",
+    "weight_decay": "training (optimizer)", "adam_epsilon": "training (optimizer)",
+    "metric_choices": "evaluation (metrics)", "tokenizer": "prediction from raw text (tokenization)",
+    "label_name": "training and evaluation (the label column)",
+}
+
+
+def record_unknown(config: dict, unknown: dict[str, str], notes: list[str]) -> None:
+    """Mark `unknown` keys for the written hyper-parameters (None there, listed under `unknown`)."""
+    if unknown:
+        config["_unknown"] = dict(unknown)
+        notes.append("not in the file, recorded as unknown (supply them before training): " + ", ".join(
+            f"{k} ({why})" for k, why in unknown.items()))
+
+
 def _resolve(config: dict) -> dict:
     from ..models.config import resolve_config  # pure Python, no torch
 
@@ -120,14 +139,27 @@ class _CNNFamily(Family):
             return self.pickled_paths.get(raw.module_classpath or "")
         return None
 
-    def finish(self, raw: RawCheckpoint, version: str, config: dict, overrides: dict, notes: list[str]) -> dict:
+    def finish(self, raw: RawCheckpoint, version: str, config: dict, overrides: dict, notes: list[str],
+               needs: Needs) -> dict:
+        """Resolve the config. A Lightning file's missing keys took the legacy defaults when it was trained, so
+        the defaults are facts there; a bare state dict stores no config at all, so what changes outputs or
+        inputs is asked for (`needs`) and what only training uses is recorded as unknown, never guessed."""
         _optimizer_evidence(raw, config, notes)
         _class_weights(raw, config, notes)
-        if "max_sen_len" not in config and "max_sen_len" not in overrides:
-            notes.append("max_sen_len is not in the checkpoint; the legacy default 512 is recorded "
-                         "(pass --set max_sen_len=N; only the legacy model's pooling depends on it)")
         config.update(overrides)
-        return _resolve(config)
+        bare = raw.hyper_parameters is None
+        if bare:
+            needs.ask(config, "max_sen_len", "the text length the legacy model was trained for (its pooling "
+                      "window is sized for exactly this length); a bare state dict does not store it", 40)
+            if not config.get("text_batch_key"):
+                needs.ask(config, "text_input_ids_key", "forms the text batch key {text_name}_{text_input_ids_key};"
+                          " a bare state dict does not store it", "input_ids")
+        known = {k for k, v in config.items() if v is not None}
+        resolved = _resolve(config)
+        resolved["_known"] = known
+        if bare:
+            record_unknown(resolved, {k: why for k, why in TRAINING_ONLY.items() if k not in known}, notes)
+        return resolved
 
 
 class TextCNNFamily(_CNNFamily):
@@ -156,7 +188,11 @@ class TextCNNFamily(_CNNFamily):
         derived["num_classes"] = raw.state_dict["class_weights_tensor"].shape[0] if "class_weights_tensor" in \
             raw.state_dict else derived["hidden_common_dim"]
         config = merge_config(_base_config(raw), derived, overrides, raw.path)
-        config = self.finish(raw, version, config, overrides, notes)
+        needs = Needs()
+        if not config.get("text_batch_key"):
+            needs.ask(config, "text_name", "the name of the text field, which forms the text batch key", "dialogue")
+        config = self.finish(raw, version, config, overrides, notes, needs)
+        needs.raise_if_any(raw.path, {k: config[k] for k in config.pop("_known")})
         config["_notes"] = notes
         return config
 
@@ -211,8 +247,11 @@ class TabAEFamily(_CNNFamily):
         derived = {"hidden_common_dim": w.shape[0], "input_tab_dim": w.shape[1]}
         config = merge_config(_base_config(raw), derived, overrides, raw.path)
         config.update(overrides)
-        fields = require(config, "tab_field_list", "the names of the tabular input fields, in order",
-                         "'[\"f1\",\"f2\"]'")
+        needs = Needs()
+        fields = needs.ask(config, "tab_field_list", f"the names of the {w.shape[1]} tabular input fields, in "
+                           f"training order; the file stores only their count ({w.shape[1]})",
+                           [f"field{i + 1}" for i in range(w.shape[1])])
+        needs.raise_if_any(raw.path, config)
         if len(fields) != w.shape[1]:
             raise UsageError(f"tab_field_list has {len(fields)} names but the weights take {w.shape[1]} inputs")
         config.setdefault("is_binary", True)
@@ -277,17 +316,21 @@ class BimodalCNNFamily(_CNNFamily):
         tab = sd.get("tab_encoder.embedding.1.weight" if v2 else "tab_subnetwork.embedding_layer.1.weight")
         tab_width = tab.shape[1] if tab is not None else 0
         config = merge_config(_base_config(raw), derived, overrides, raw.path)
-        config = self.finish(raw, version, config, overrides, notes)
+        needs = Needs()
+        if not config.get("text_batch_key"):
+            needs.ask(config, "text_name", "the name of the text field, which forms the text batch key", "dialogue")
+        config = self.finish(raw, version, config, overrides, notes, needs)
+        known = {k: config[k] for k in config.pop("_known")}
         if tab_width:
-            fields = require(config, "tab_field_list", f"the names of the {tab_width} tabular input fields, in "
-                             "order; v1 checkpoints do not store them", "'[\"f1\",\"f2\",\"f3\"]'")
-            if len(fields) != tab_width:
+            fields = needs.ask(config, "tab_field_list", f"the names of the {tab_width} tabular input fields, in "
+                               f"training order; the file stores only their count ({tab_width})",
+                               [f"field{i + 1}" for i in range(tab_width)])
+            if fields is not None and len(fields) != tab_width:
                 raise UsageError(f"tab_field_list has {len(fields)} names but the tabular weights take "
                                  f"{tab_width} inputs")
         elif config.get("tab_field_list"):
             raise UsageError("tab_field_list is set but the checkpoint has no tabular branch")
-        if not config.get("text_batch_key"):
-            require(config, "text_name", "the name of the text field, which forms the text batch key", "dialogue")
+        needs.raise_if_any(raw.path, known)
         if head.shape[1] != config["hidden_common_dim"] + (config["hidden_common_dim"] if tab_width else 0):
             raise InputError(f"{raw.path}: fusion weight {list(head.shape)} does not fit the encoder widths")
         config["_notes"] = notes
