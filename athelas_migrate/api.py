@@ -15,12 +15,13 @@ def migrate(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = No
     """Migrate `src` to layout `to` (default: newest) and write `dst` atomically unless `dry_run`.
 
     Returns the MigrationResult (plan, key traces, warnings, the checkpoint written).
-    A checkpoint already at the target is a no-op: nothing is written and `result.noop` is True.
+    A checkpoint already at the target has nothing to change (`result.noop`): `dst` is then a verbatim copy
+    of `src` (a `.safetensors` `dst` is written from its tensors), so success always means `dst` exists.
     """
     if dst is None and not dry_run:
         raise UsageError("migrate() needs a destination unless dry_run=True")
     result = plan_and_apply(os.fspath(src), to=to, overrides=overrides)
-    if not dry_run and not result.noop:
+    if not dry_run:
         write_result(result, os.fspath(dst), force=force)
     return result
 

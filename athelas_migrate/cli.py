@@ -20,7 +20,17 @@ from .errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Athela
 EXIT_INTERNAL = 70
 
 
+#: Flags of the root command accepted anywhere on the line (`ckpt OLD NEW --debug` as well as `--debug ckpt`).
+GLOBAL_FLAGS = ("--debug", "--allow-unknown-keys")
+
+
 class _Group(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else len(args)
+        head, tail = args[:cut], args[cut:]
+        hoisted = [a for a in head if a in GLOBAL_FLAGS]
+        return super().parse_args(ctx, hoisted + [a for a in head if a not in GLOBAL_FLAGS] + tail)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -116,8 +126,10 @@ bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_o
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.version_option(package_name="athelas-migrate")
-def main(debug: bool) -> None:
+@click.option("--allow-unknown-keys", is_flag=True,
+              help="Accept --set keys this tool does not know (recorded as given) instead of refusing them.")
+@click.version_option(None, "-V", "--version", package_name="athelas-migrate")
+def main(debug: bool, allow_unknown_keys: bool) -> None:
     """Migrate, verify and audit athelas Lightning checkpoints across layout versions.
 
     Exit codes: 0 success, 1 verification or check failed, 2 usage error,
@@ -166,7 +178,7 @@ def _result_summary(result, new: str, dry_run: bool, elapsed: float) -> dict[str
         "dropped": [{"key": t.source, "reason": t.reason} for t in traces if t.target is None],
         "restored": [c.target for c in result.created], "hparam_edits": result.hparam_notes,
         "notes": result.notes, "warnings": result.warnings, "noop": result.noop,
-        "written": None if (dry_run or result.noop) else os.path.abspath(new), "seconds": round(elapsed, 3),
+        "written": None if dry_run else os.path.abspath(new), "seconds": round(elapsed, 3),
     }
 
 
@@ -178,7 +190,8 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
     con.print(f"[bold]{s['family']}[/] {s['from']} -> {s['to']}  ({_text(os.path.basename(s['source']))})")
     con.print("  detected by: " + _text("; ".join(s["evidence"])))
     if result.noop:
-        con.print(f"[yellow]already at layout {s['to']}: nothing to do, nothing written[/]")
+        what = "nothing written (dry run)" if dry_run else f"copied verbatim to {_text(new)}"
+        con.print(f"[yellow]already at layout {s['to']}: no change needed; {what}[/]")
         return
     table = Table(title="plan", show_lines=False)
     for col in ("rule file", "edge"):

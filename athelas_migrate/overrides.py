@@ -42,23 +42,34 @@ def read_json_object(path: str | os.PathLike[str], option: str) -> dict[str, Any
 
 
 def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str] | None = None,
-                    bert_config_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                    bert_config_file: str | os.PathLike[str] | None = None,
+                    allow_unknown: bool | None = None) -> dict[str, Any]:
     """Overrides from `--config FILE` (a JSON object) and `--set KEY=VALUE` items (which win over the file);
     `--bert-config FILE` (a transformers config.json) becomes `overrides["bert_config"]`.
 
-    Raises UsageError for a malformed item, an unreadable or non-object file, and for the same key
-    given twice with different values ("conflicting --set values for KEY").
+    `--set` values are parsed for their key's type (`config_keys.parse_typed`); an unknown `--set` key is a
+    usage error unless `allow_unknown` (default: the CLI's `--allow-unknown-keys`). A `--config` file may
+    hold other keys (an original training config does), but the known ones must have their types.
+
+    Raises UsageError for a malformed item, an unreadable or non-object file, a value of the wrong type, and
+    for the same key given twice with different values ("conflicting --set values for KEY").
     """
+    from .config_keys import check_type, parse_typed
+
+    if allow_unknown is None:
+        allow_unknown = _allow_unknown_from_cli()
     result: dict[str, Any] = {}
     if config_file is not None:
         result.update(read_json_object(config_file, "--config"))
+        for key, value in result.items():
+            check_type(key, value, f"--config {os.fspath(config_file)}")
     given: dict[str, Any] = {}
     for item in sets or ():
         key, sep, text = str(item).partition("=")
         key = key.strip()
         if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        value = parse_value(text)
+        value = parse_typed(key, text, allow_unknown)
         if key in given and not _same(given[key], value):
             raise UsageError(f"conflicting --set values for {key}")
         given[key] = value
@@ -66,6 +77,16 @@ def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str
     if bert_config_file is not None:
         result["bert_config"] = read_json_object(bert_config_file, "--bert-config")
     return result
+
+
+def _allow_unknown_from_cli() -> bool:
+    """The root command's `--allow-unknown-keys` when called from the CLI (False from the API)."""
+    try:
+        import click
+    except ImportError:  # pragma: no cover
+        return False
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("allow_unknown_keys"))
 
 
 def _same(a: Any, b: Any) -> bool:

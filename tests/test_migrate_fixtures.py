@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from athelas_migrate import api
-from athelas_migrate.errors import MalformedSourceError, MissingInformationError, UnknownLayoutError, UsageError
+from athelas_migrate.errors import (
+    MalformedSourceError,
+    MissingInformationError,
+    OutputExistsError,
+    UnknownLayoutError,
+    UsageError,
+)
 from athelas_migrate.families import get_family
 from athelas_migrate.io.reader import read_checkpoint
 
@@ -114,7 +120,11 @@ def test_stamp_provenance_and_noop(tmp_path, migrated):
     assert len(prov["rules"][0]["sha256"]) == 64 and prov["tool"].startswith("athelas-migrate")
     again = api.migrate(dst, tmp_path / "again.ckpt")
     assert again.noop and again.detection.evidence[0].startswith("layout stamp")
-    assert not (tmp_path / "again.ckpt").exists()
+    assert (tmp_path / "again.ckpt").read_bytes() == dst.read_bytes()  # exit 0 means NEW exists: a verbatim copy
+    with pytest.raises(OutputExistsError):
+        api.migrate(dst, tmp_path / "again.ckpt")
+    api.migrate(dst, tmp_path / "dry.ckpt", dry_run=True)
+    assert not (tmp_path / "dry.ckpt").exists()
 
 
 def test_safetensors_output_carries_metadata(tmp_path):
