@@ -249,25 +249,10 @@ def audit_cmd(old, to, sets, config_file, bert_config, fmt, output, force, write
         else:
             click.echo(text)
         return
-    from rich.table import Table
+    import shutil
 
-    con = _console()
-    table = Table(title=f"{report.family} {report.source_layout} -> {report.target_layout}: "
-                        f"{os.path.basename(report.source)}")
-    for col in ("source key", "rule", "target key", "shape", "dtype", "sha256", "values"):
-        table.add_column(col, overflow="fold")
-    for r in report.rows:
-        values = "unchanged" if r.unchanged else ("-" if r.unchanged is None else "CHANGED")
-        table.add_row(_text(r.source), _text(r.rule.split(" > ")[-1]),
-                      _text(r.target) if r.target else f"[dim]dropped: {_text(r.reason)}[/]",
-                      "x".join(map(str, r.shape)), r.dtype, r.sha256[:12], values)
-    con.print(table)
-    for x in report.restored:
-        con.print(_text(f"restored {x['target']} from {x['anchor']} ({x['rule']})"))
-    for h in report.hparam_edits:
-        con.print(f"[dim]hparam[/] {_text(h)}")
-    for w in report.warnings:
-        con.print(f"[yellow]warning[/] {_text(w)}")
+    for line in report.to_text(shutil.get_terminal_size((80, 24)).columns):
+        click.echo(line)
 
 
 @main.command("inspect")
@@ -293,7 +278,8 @@ def inspect_cmd(path, json_out) -> None:
     needs = info.get("migration_needs") or []
     table.add_row("a migration needs", _text("\n".join(f"{n['key']}: {n['why']}" for n in needs) or "nothing more"))
     hp = info["hyper_parameters"] or {}
-    table.add_row("hyper_parameters", _text(json.dumps(hp, default=str, indent=1)[:2000]))
+    flat = [f"{k}: {json.dumps(v, default=str)}" for k, v in hp.items()] if isinstance(hp, dict) else [str(hp)]
+    table.add_row("hyper_parameters", _text("\n".join(line[:300] for line in flat[:200])))
     _console().print(table)
 
 

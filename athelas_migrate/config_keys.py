@@ -86,6 +86,8 @@ def _refuse(key: str, kind: str, text: str) -> Any:
 def check_type(key: str, value: Any, where: str) -> Any:
     """`value` if it has KEY's type (None always passes: it records "unknown"); else a UsageError."""
     kind = KEY_TYPES.get(key)
+    if isinstance(value, str) and value.startswith("<required"):
+        raise UsageError(f"{where}: the config still marks {key} as required: fill in the real value")
     if value is None or kind is None:
         return value
     ok = {STR: isinstance(value, str), LIST: isinstance(value, list), OBJECT: isinstance(value, dict),

@@ -57,6 +57,7 @@ class MigrationResult:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
     noop: bool = False
+    optimizer_moves: list[tuple[int, int]] = field(default_factory=list)  # saved parameter ids renumbered (old, new)
 
     @property
     def stamp(self) -> dict[str, Any]:
@@ -197,7 +198,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
             _trace(ev, origin, new_origin, traces, created)
         origin, state = new_origin, res.state
         hparam_notes += apply_hparam_rules(rf.hparams, config)
-    config.update(overrides)
+    config.update({k: v for k, v in overrides.items() if k != "bert_config"})  # families keep that one apart
     bad = nonfinite_tensors(state, changed_only=True)
     if bad:
         warnings.append(f"NaN or Inf values produced by tensor operations in: {', '.join(bad[:10])}")
@@ -254,9 +255,14 @@ def _build_checkpoint(result: MigrationResult, src_params: list[str], dst_params
     if top.get("optimizer_states"):
         first = top["optimizer_states"][0]
         n = len(first.get("param_groups", [])) if isinstance(first, dict) else 1
-        top["optimizer_states"] = remap_optimizer_states(
-            top["optimizer_states"], fam.optimizer_groups(cfg, result.source_version, src_params, n),
-            fam.optimizer_groups(cfg, result.target_version, dst_params, n), _param_rename(result))
+        src_groups = fam.optimizer_groups(cfg, result.source_version, src_params, n)
+        dst_groups = fam.optimizer_groups(cfg, result.target_version, dst_params, n)
+        rename = _param_rename(result)
+        top["optimizer_states"] = remap_optimizer_states(top["optimizer_states"], src_groups, dst_groups, rename)
+        dst_index = {name: j for j, name in enumerate(x for g in dst_groups for x in g)}
+        src_order = [x for g in src_groups for x in g]
+        result.optimizer_moves = [(i, dst_index[rename[name]]) for i, name in enumerate(src_order)
+                                  if name in rename and dst_index.get(rename[name], i) != i]
     top[STAMP_KEY] = {"layout": result.target_version, "family": fam.name, "provenance": _provenance(result)}
     result.checkpoint = top
 

@@ -154,9 +154,9 @@ def config_skeleton(known: dict[str, Any], needs: list[Need], extra: dict[str, A
         head, _, tail = n.key.partition(".")
         if tail:
             sub = out.get(head) if isinstance(out.get(head), dict) else {}
-            out[head] = {**sub, tail: "<required>" if short else f"{REQUIRED_MARK}{n.why}>"}
+            out[head] = {**sub, tail: "<required>" if short else f"{REQUIRED_MARK}: {n.why}>"}
         else:
-            out[n.key] = "<required>" if short else f"{REQUIRED_MARK}{n.why}>"
+            out[n.key] = "<required>" if short else f"{REQUIRED_MARK}: {n.why}>"
     return out
 
 
