@@ -36,8 +36,8 @@ A new family plugs in with::
             make_inputs=lambda batch, seq, gen: [...],  # one tensor per name
             seq_lengths=[32, 48])
 
-Built in: ``TextCNN`` (input ``input_ids`` ``[B, L]`` int64, output ``logits``),
-``TabAE`` (input ``tab`` ``[B, D]`` float32, output ``embedding``),
+Built in: ``TextCNN`` (input: its text batch key ``[B, L]`` int64, output ``logits``),
+``TabAE`` (inputs: one ``[B]`` float32 per tabular field, output ``embedding``),
 ``BimodalCNN`` (inputs named exactly as the batch keys: the text batch key
 ``[B, L]`` int64, then each field of ``tab_field_list`` as a ``[B]`` float32
 tensor; output ``logits``), and the BERT fusion families ``BimodalBertCrossAttn``,
@@ -180,11 +180,12 @@ def _text_cnn_spec(model: Any) -> InputSpec:
     def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
         return [_token_ids(batch, int(seq), vocab_size, gen)]
 
+    key = model.text_batch_key  # the batch key, so a batch dict feeds the ONNX session as it is
     return InputSpec(
-        names=["input_ids"],
+        names=[key],
         output_names=["logits"],
-        dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
-        wrapper=PositionalForward(model),
+        dynamic_axes={key: {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
+        wrapper=BatchDictForward(model, [key]),
         make_inputs=make,
         seq_lengths=_text_lengths(model.text_encoder, model.config),
     )
@@ -192,16 +193,18 @@ def _text_cnn_spec(model: Any) -> InputSpec:
 
 @register_input_spec("TabAE")
 def _tab_ae_spec(model: Any) -> InputSpec:
-    width = int(model.input_tab_dim)
+    fields = list(model.tab_field_list)  # one input per field: the model's batch keys
 
     def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
-        return [torch.randn(batch, width, generator=gen) * 3.0]
+        return [torch.randn(batch, generator=gen) * 3.0 for _ in fields]
 
+    axes: dict[str, dict[int, str]] = {f: {0: "batch"} for f in fields}
+    axes["embedding"] = {0: "batch"}
     return InputSpec(
-        names=["tab"],
+        names=fields,
         output_names=["embedding"],
-        dynamic_axes={"tab": {0: "batch"}, "embedding": {0: "batch"}},
-        wrapper=PositionalForward(model),
+        dynamic_axes=axes,
+        wrapper=BatchDictForward(model, fields),
         make_inputs=make,
         seq_lengths=None,
     )
