@@ -303,6 +303,8 @@ assert inspect.isfunction(verify) and verify is athelas_migrate.api.verify, veri
 every_subpackage()
 from athelas_migrate import verify
 assert inspect.isfunction(verify) and athelas_migrate.verify is athelas_migrate.api.verify, verify
+for name in ("migrate", "verify", "audit", "inspect", "load_model"):
+    assert getattr(athelas_migrate, name) is getattr(athelas_migrate.api, name), name
 print("ok")
 """
 

@@ -71,6 +71,13 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
     with error_boundary(bool(root.params.get("debug")) if root is not ctx else False):
         report = _run(old, new, atol, rtol, sets, config_file, bert_config, inputs_file, seed, device, json_path,
                       junit_path, no_training, no_domain, skip_checks)
+        _print(report, old, new, json_path, junit_path, verbose, quiet)
+    ctx.exit(report.exit_code)
+
+
+def _print(report, old: str, new: str, json_path: str | None, junit_path: str | None, verbose: bool,
+           quiet: bool) -> None:
+    """The summary (or with -q the verdict line); paths are printed literally, never as rich markup."""
     out = Console()
     if quiet:
         state = "PASS" if report.passed else ("FAIL" if report.failed_checks() else "ERROR")
@@ -82,7 +89,6 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
     for label, path in (("JSON", json_path), ("JUnit", junit_path)):
         if path:
             out.print(Text(f"{label} report written to {path}", style="dim"), soft_wrap=True)
-    ctx.exit(report.exit_code)
 
 
 def _run(old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...], config_file: str | None,
