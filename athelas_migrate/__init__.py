@@ -1,7 +1,9 @@
 """athelas-migrate: checkpoint migration and backward compatibility for the athelas Lightning models.
 
 The public API is imported lazily so that `athelas-migrate --help` and rename-only
-migrations never pay for importing torch or Lightning.
+migrations never pay for importing torch or Lightning. No submodule may share an API name:
+importing `athelas_migrate.<name>` would rebind the attribute to the module (which is why the
+equivalence runner's package is `equivalence`, not `verify`).
 """
 
 from __future__ import annotations

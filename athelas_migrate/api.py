@@ -117,7 +117,7 @@ def load_model(path: str | os.PathLike[str], overrides: dict[str, Any] | None = 
 
 def verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: float = 1e-5, rtol: float = 0.0,
            **kwargs: Any) -> Any:
-    """Equivalence runner: see athelas_migrate.verify."""
-    from .verify import run_verify
+    """Equivalence runner: see athelas_migrate.equivalence."""
+    from .equivalence import run_verify
 
     return run_verify(os.fspath(old), os.fspath(new), atol=atol, rtol=rtol, **kwargs)

@@ -115,7 +115,7 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
                 rec["status"] = "migrated"
             rec["bytes"] = os.path.getsize(dst)
             if task["verify"] and rec["status"] == "migrated":
-                from .verify import run_verify
+                from .equivalence import run_verify
 
                 report = run_verify(src, dst, overrides=task["overrides"])
                 rec["status"] = "verified" if report.passed else "verify_failed"
@@ -204,7 +204,7 @@ def _worker_init(verify: bool = False) -> None:  # pragma: no cover - runs in wo
     _worker_imports()
     if verify:
         with contextlib.suppress(ImportError):
-            from .verify import runner  # noqa: F401  (imports torch, once per worker)
+            from .equivalence import runner  # noqa: F401  (imports torch, once per worker)
 
 
 # ----------------------------------------------------------------------------- running
@@ -227,9 +227,9 @@ def run_batch(src: str, dst: str, to: str | None = None, overrides: dict[str, An
         raise UsageError(f"DST {dst} exists and is not a directory")
     if verify:
         try:
-            from .verify import run_verify  # noqa: F401  (checked here, imported again in the workers)
+            from .equivalence import run_verify  # noqa: F401  (checked here, imported again in the workers)
         except ImportError as exc:
-            raise UsageError(f"--verify needs the equivalence runner (athelas_migrate.verify): {exc}") from exc
+            raise UsageError(f"--verify needs the equivalence runner (athelas_migrate.equivalence): {exc}") from exc
     parent_had_torch = "torch" in sys.modules
     if jobs > 1 and "fork" in _start_methods():
         _worker_imports()  # once here; forked workers inherit it instead of importing it each

@@ -7,18 +7,17 @@ codes in one place (`_Group.invoke`): 0 ok, 1 check failed, 2 usage, 3 input ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from .errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AthelasError
-
-EXIT_INTERNAL = 70
-
+from .errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AthelasError
 
 #: Flags of the root command accepted anywhere on the line (`ckpt OLD NEW --debug` as well as `--debug ckpt`).
 GLOBAL_FLAGS = ("--debug", "--allow-unknown-keys")
@@ -32,28 +31,36 @@ class _Group(click.Group):
         return super().parse_args(ctx, hoisted + [a for a in head if a not in GLOBAL_FLAGS] + tail)
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with error_boundary(bool(ctx.params.get("debug"))):
             return super().invoke(ctx)
-        except AthelasError as exc:
-            if ctx.params.get("debug"):
-                raise
-            _err(str(exc))
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            _err("interrupted; no output was left behind")
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
+
+
+@contextlib.contextmanager
+def error_boundary(debug: bool) -> Iterator[None]:
+    """The one place errors become exit codes and one-line messages (commands usable on their own, like
+    `verify`, enter it too, so they behave the same whether or not they run under the group)."""
+    try:
+        yield
+    except AthelasError as exc:
+        if debug:
             raise
-        except OSError as exc:
-            if ctx.params.get("debug"):
-                raise
-            _err(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-            sys.exit(EXIT_REFUSED)
-        except Exception as exc:  # a bug in this tool, not the user's fault
-            if ctx.params.get("debug"):
-                raise
-            _err(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
-            sys.exit(EXIT_INTERNAL)
+        _err(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted; no output was left behind")
+        sys.exit(130)
+    except (click.exceptions.Exit, click.ClickException, SystemExit):
+        raise
+    except OSError as exc:
+        if debug:
+            raise
+        _err(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        sys.exit(EXIT_REFUSED)
+    except Exception as exc:  # a bug in this tool, not the user's fault
+        if debug:
+            raise
+        _err(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
+        sys.exit(EXIT_INTERNAL)
 
 
 def _err(message: str) -> None:
@@ -291,7 +298,7 @@ def history_cmd(family) -> None:
 
     from .errors import NotInvertibleError
     from .rules.graph import load_rule_files
-    from .rules.inverse import invert_file
+    from .rules.inverse import hparam_rollback, invert_file
 
     files = [rf for rf in load_rule_files() if family in (None, rf.family)]
     if not files:
@@ -308,24 +315,47 @@ def history_cmd(family) -> None:
             node = tree.add(f"{rf.source_version} -> {rf.target_version}  {rf.name}  "
                             f"[dim]{rf.digest[:12]}[/]  {back}")
             node.add(f"[dim]{rf.description} ({len(rf.rules)} rules, {len(rf.hparams)} hparam rules)[/]")
+            for h in rf.hparams:  # what a rollback puts back (the stamp records each value a set replaces)
+                node.add(f"[dim]hparam rollback: {_text(hparam_rollback(h))}[/]")
         con.print(tree)
 
 
 def _register_optional() -> None:
-    """Commands that live beside their feature modules (each imports only click at load time)."""
+    """Commands that live beside their feature modules (each imports only click at load time).
+
+    A module that fails to import still gets its commands, which say why when run (exit 70): a command
+    never vanishes from `--help` because of a broken or partial installation."""
     import importlib
 
-    for module, names in (("athelas_migrate.verify.cli", ("verify_cmd",)),
-                          ("athelas_migrate.cli_models", ("train_cmd", "predict_cmd", "export_cmd", "demo_data_cmd")),
-                          ("athelas_migrate.batch", ("batch_cmd", "merge_summaries_cmd"))):
+    for module, names in (("athelas_migrate.equivalence.cli", ("verify",)),
+                          ("athelas_migrate.cli_models", ("train", "predict", "export", "demo-data")),
+                          ("athelas_migrate.batch", ("batch", "merge-summaries"))):
         try:
             mod = importlib.import_module(module)
-        except ImportError:
+        except ImportError as exc:
+            for name in names:
+                main.add_command(_unavailable(name, module, exc))
             continue
         for name in names:
-            cmd = getattr(mod, name, None)
-            if cmd is not None:
-                main.add_command(cmd)
+            main.add_command(getattr(mod, f"{name.replace('-', '_')}_cmd"))
+
+
+class CommandUnavailableError(AthelasError):
+    """A command's module failed to import (a broken installation or a bug): reported when it is run."""
+
+    exit_code = EXIT_INTERNAL
+
+
+def _unavailable(name: str, module: str, exc: ImportError) -> click.Command:
+    reason = f"{type(exc).__name__}: {exc}"
+
+    def run(args: tuple[str, ...]) -> None:
+        raise CommandUnavailableError(f"command {name!r} is unavailable: importing {module} failed ({reason}); "
+                                      "reinstall athelas-migrate with its dependencies")
+
+    return click.Command(name, callback=run, help=f"(unavailable: {reason})", add_help_option=False,
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 _register_optional()

@@ -58,6 +58,7 @@ class MigrationResult:
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
     noop: bool = False
     optimizer_moves: list[tuple[int, int]] = field(default_factory=list)  # saved parameter ids renumbered (old, new)
+    hparams_before: dict[str, Any] = field(default_factory=dict)  # rule -> value before it (for rollback)
 
     @property
     def stamp(self) -> dict[str, Any]:
@@ -190,6 +191,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     origin = {k: k for k in state}
     created: list[KeyTrace] = []
     hparam_notes: list[str] = []
+    recorded, hparams_before = recorded_hparams(raw.stamp), {}
     for rf in chain:
         res = apply_state_rules(rf, state, config)
         warnings += res.warnings
@@ -197,7 +199,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
         for ev in res.events:
             _trace(ev, origin, new_origin, traces, created)
         origin, state = new_origin, res.state
-        hparam_notes += apply_hparam_rules(rf.hparams, config)
+        hparam_notes += apply_hparam_rules(rf.hparams, config, recorded, hparams_before)
     config.update({k: v for k, v in overrides.items() if k != "bert_config"})  # families keep that one apart
     bad = nonfinite_tensors(state, changed_only=True)
     if bad:
@@ -206,8 +208,23 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     state = OrderedDict((k, state[k]) for k in dst_layout.shapes)
     result = MigrationResult(raw, det, fam, det.version, target, chain, config, state, list(traces.values()),
                              created, hparam_notes, notes, warnings, noop=not chain)
+    result.hparams_before = hparams_before
     _build_checkpoint(result, src_layout.parameters, dst_layout.parameters)
     return result
+
+
+def recorded_hparams(stamp: Any) -> dict[str, Any]:
+    """Hyper-parameter values recorded before each forward `set`/`drop` (provenance `hparams_before`), over the
+    whole provenance chain of the stamp; the most recent migration wins."""
+    chain, prov = [], stamp.get("provenance") if isinstance(stamp, dict) else None
+    while isinstance(prov, dict) and len(chain) < 1000:
+        chain.append(prov)
+        prov = prov.get("previous")
+    out: dict[str, Any] = {}
+    for p in reversed(chain):
+        if isinstance(p.get("hparams_before"), dict):
+            out.update(p["hparams_before"])
+    return out
 
 
 def _trace(ev: KeyEvent, origin: dict, new_origin: dict, traces: dict, created: list) -> None:
@@ -288,6 +305,7 @@ def _provenance(result: MigrationResult) -> dict[str, Any]:
                   for rf in result.chain],
         "tool": f"athelas-migrate {__version__}",
         "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **({"hparams_before": result.hparams_before} if result.hparams_before else {}),
         **({"previous": previous} if previous else {}),
     }
 

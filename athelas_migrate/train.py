@@ -452,7 +452,23 @@ def _devices(value: Any) -> Any:
 
 # =================================================================== train
 def train(opts: TrainOptions) -> TrainResult:
-    """Train a TextCNN or BimodalCNN as described in the module docstring."""
+    """Train a TextCNN or BimodalCNN as described in the module docstring.
+
+    Process-wide state the run changes (warning filters, float32 matmul precision) is restored on the way
+    out, success or error: a caller (a notebook, a test, `verify` afterwards) keeps its own settings."""
+    import warnings
+
+    import torch
+
+    precision = torch.get_float32_matmul_precision()
+    with warnings.catch_warnings():
+        try:
+            return _train(opts)
+        finally:
+            torch.set_float32_matmul_precision(precision)
+
+
+def _train(opts: TrainOptions) -> TrainResult:
     model_class = resolve_model_name(opts.model)
     file_cfg = _normalise_roles(load_config_file(opts.config_file), opts.config_file or "config")
     set_cfg = _normalise_roles(opts.overrides or {}, "--set")

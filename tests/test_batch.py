@@ -145,7 +145,7 @@ def test_safetensors_format_and_already_migrated_inputs(tmp_path):
 
 
 def test_verify_failures_are_reported(tmp_path, monkeypatch):
-    import athelas_migrate.verify as verify_pkg
+    import athelas_migrate.equivalence as verify_pkg
 
     class Report:
         passed = False

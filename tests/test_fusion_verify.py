@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from athelas_migrate import api
-from athelas_migrate.verify.cli import verify_cmd
-from athelas_migrate.verify.runner import run_verify
+from athelas_migrate.equivalence.cli import verify_cmd
+from athelas_migrate.equivalence.runner import run_verify
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"

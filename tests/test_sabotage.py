@@ -20,8 +20,8 @@ import torch
 
 import legacy
 from athelas_migrate import api
+from athelas_migrate.equivalence import run_verify
 from athelas_migrate.rules import graph
-from athelas_migrate.verify import run_verify
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"

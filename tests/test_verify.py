@@ -1,4 +1,4 @@
-"""The equivalence runner (athelas_migrate.verify), its CLI, its reports and the gate script."""
+"""The equivalence runner (athelas_migrate.equivalence), its CLI, its reports and the gate script."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from athelas_migrate import api
+from athelas_migrate.equivalence import VerifyReport, run_verify
+from athelas_migrate.equivalence.cli import verify_cmd
 from athelas_migrate.errors import UsageError
 from athelas_migrate.overrides import parse_overrides
-from athelas_migrate.verify import VerifyReport, run_verify
-from athelas_migrate.verify.cli import verify_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"
@@ -221,7 +221,7 @@ def test_cli_exit_codes(migrated, tmp_path):
 
 
 def test_cli_module_does_not_import_torch():
-    code = ("import sys; import athelas_migrate.verify.cli as c; from click.testing import CliRunner; "
+    code = ("import sys; import athelas_migrate.equivalence.cli as c; from click.testing import CliRunner; "
             "r = CliRunner().invoke(c.verify_cmd, ['--help']); assert r.exit_code == 0, r.output; "
             "assert '--junit' in r.output and '--inputs' in r.output; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")

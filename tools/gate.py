@@ -76,10 +76,10 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
                  rtol: float) -> dict[str, Any]:
     """Migrate and verify one manifest entry; never raises."""
     from athelas_migrate.api import migrate
+    from athelas_migrate.equivalence.adapters import get_adapter
+    from athelas_migrate.equivalence.runner import run_verify
     from athelas_migrate.errors import AthelasError
     from athelas_migrate.families import FAMILIES
-    from athelas_migrate.verify.adapters import get_adapter
-    from athelas_migrate.verify.runner import run_verify
 
     row: dict[str, Any] = {"file": entry.get("file"), "family": entry.get("family"),
                            "version": entry.get("version"), "dtype": entry.get("dtype", "float32"),
@@ -90,7 +90,7 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
         return row
     adapter = get_adapter(family)
     if adapter is None:
-        row["reason"] = f"family {family} has no verify adapter (athelas_migrate/verify/*.py)"
+        row["reason"] = f"family {family} has no verify adapter (athelas_migrate/equivalence/*.py)"
         return row
     if getattr(adapter, "domain_note", None):  # e.g. the BERT families: no sequence-length domain
         row["domain_note"] = adapter.domain_note
@@ -133,7 +133,7 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
 def run_gate(entries: list[tuple[dict[str, Any], Path]], out: Path, device: str = "cpu", atol: float = 1e-5,
              rtol: float = 0.0, console: Console | None = None) -> int:
     """Verify every entry, write the reports into `out`, print the table; returns the exit code."""
-    from athelas_migrate.verify.report import junit_document
+    from athelas_migrate.equivalence.report import junit_document
 
     console = console or Console(width=None if sys.stdout.isatty() else 170)
     out.mkdir(parents=True, exist_ok=True)

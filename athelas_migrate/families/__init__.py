@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UnknownLayoutError
 from ..io.reader import RawCheckpoint
-from .base import Detection, Expected, Family
+from .base import Detection, Expected, Family, stamped_layout
 from .cnn import BimodalCNNFamily, TabAEFamily, TextCNNFamily
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (BimodalCNNFamily(), TextCNNFamily(), TabAEFamily())}
@@ -30,9 +30,9 @@ def get_family(name: str) -> Family:
 
 def detect(raw: RawCheckpoint) -> Detection:
     """Family and layout version of `raw`: a layout stamp wins; otherwise keys, shapes and hyper-parameters."""
-    if raw.stamp and raw.stamp.get("family") in FAMILIES and raw.stamp.get("layout"):
-        return Detection(raw.stamp["family"], raw.stamp["layout"],
-                         [f"layout stamp athelas_migrate.layout={raw.stamp['layout']!r}"], 10)
+    stamped = stamped_layout(raw, FAMILIES)  # refuses malformed, unknown and newer stamps
+    if stamped:
+        return Detection(*stamped, [f"layout stamp athelas_migrate.layout={stamped[1]!r}"], 10)
     hits = [d for f in FAMILIES.values() if (d := f.detect(raw)) is not None]
     if not hits:
         sample = ", ".join(list(raw.state_dict)[:6]) or "no tensors"

@@ -8,12 +8,13 @@ config (no torch, no Lightning), cross-checked against the real classes in tests
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MissingInformationError, UsageError
-from ..io.reader import RawCheckpoint
+from ..errors import MissingInformationError, UnknownLayoutError, UsageError
+from ..io.reader import STAMP_KEY, RawCheckpoint
 
 
 @dataclass
@@ -185,3 +186,39 @@ def require(config: dict[str, Any], key: str, why: str, example: str) -> Any:
     value = needs.ask(config, key, why, json.loads(example.strip("'")) if example.startswith("'") else example)
     needs.raise_if_any("the checkpoint", config)
     return value
+
+
+def stamped_layout(raw: RawCheckpoint, families: dict[str, Family]) -> tuple[str, str] | None:
+    """(family, layout) from a valid layout stamp; None when there is no stamp or it names a family this tool
+    does not know (a user's subclass: detected from the keys instead).
+
+    A stamp is trusted only when it is well formed and its version is one this tool knows: a newer or unknown
+    version would otherwise end in a misleading missing-key error far from the cause."""
+    stamp = raw.top.get(STAMP_KEY, raw.stamp) if isinstance(raw.top, dict) else raw.stamp
+    if stamp is None:
+        return None
+    where = f"{raw.path}: layout stamp {STAMP_KEY!r}"
+    if not isinstance(stamp, dict):
+        raise UnknownLayoutError(f"{where} is malformed: expected a table with 'layout' and 'family', "
+                                 f"got {type(stamp).__name__}")
+    layout, family = stamp.get("layout"), stamp.get("family")
+    if not isinstance(layout, str) or not isinstance(family, str):
+        raise UnknownLayoutError(f"{where} is malformed: 'layout' and 'family' must be strings, got "
+                                 f"layout={layout!r}, family={family!r}")
+    fam = families.get(family)
+    known = sorted(set(fam.legacy_classes) | {fam.latest}) if fam else []
+    newest = fam.latest if fam else max((f.latest for f in families.values()), key=_version_number)
+    m = re.fullmatch(r"v(\d+)", layout)
+    if m and int(m.group(1)) > _version_number(newest):
+        raise UnknownLayoutError(f"{raw.path}: written by a newer athelas-migrate (layout {layout}); this version "
+                                 f"knows up to {newest}")
+    if fam is None:
+        return None
+    if layout not in known:
+        raise UnknownLayoutError(f"{where} names an unknown layout version {layout!r} (known for {family}: "
+                                 f"{', '.join(known)})")
+    return family, layout
+
+
+def _version_number(version: str) -> int:
+    return int(version[1:])

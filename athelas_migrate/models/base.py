@@ -216,7 +216,9 @@ class AthelasModule(pl.LightningModule):
         from ..pipeline import plan_and_apply, write_result
 
         raw = read_checkpoint(checkpoint_path)
-        if detect(raw).version == LAYOUT_VERSION and raw.kind == "lightning":
+        detection = detect(raw)
+        check_family(cls, detection.family, detection.version, os.fspath(checkpoint_path))
+        if detection.version == LAYOUT_VERSION and raw.kind == "lightning":
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         result = plan_and_apply(os.fspath(checkpoint_path), to=LAYOUT_VERSION, overrides=dict(overrides or {}),
                                 raw=raw)
@@ -227,3 +229,20 @@ class AthelasModule(pl.LightningModule):
             path = os.path.join(tmp, "migrated.ckpt")
             write_result(result, path)
             return super().load_from_checkpoint(path, *args, **kwargs)
+
+
+def check_family(cls: type, family: str, version: str, path: str) -> None:
+    """Refuse a checkpoint of another family before migrating it, naming the class that loads it (else the
+    migration succeeds and Lightning fails later with a list of unexpected keys)."""
+    from .. import models
+    from ..errors import UsageError
+    from ..families import get_family
+    from ..families.base import load_class
+
+    right = load_class(get_family(family).v2_class)
+    if isinstance(cls, type) and issubclass(cls, right):
+        return
+    public = f"athelas_migrate.models.{right.__name__}" if getattr(models, right.__name__, None) is right else \
+        f"{right.__module__}.{right.__qualname__}"
+    raise UsageError(f"{path} is a {family} checkpoint (layout {version}), not a {cls.__name__} one: load it with "
+                     f"{public}.load_from_checkpoint(...) (or athelas_migrate.load_model(path), which picks the class)")

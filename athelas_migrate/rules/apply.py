@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RuleError
+from ..errors import NotInvertibleError, RuleError
 from ..io.tensor_ref import TensorRef
 from .schema import HparamRule, RuleFile, StateRule
 
@@ -194,10 +194,21 @@ def _concat(parts: list[TensorRef], params: dict[str, Any]) -> TensorRef:
     return TensorRef.from_torch(torch.cat([p.to_torch() for p in parts], dim=params["dim"]))
 
 
-def apply_hparam_rules(rules: list[HparamRule], config: dict[str, Any]) -> list[str]:
-    """Edit the canonical config in place; returns one line per change for the report."""
+def apply_hparam_rules(rules: list[HparamRule], config: dict[str, Any], recorded: dict[str, Any] | None = None,
+                       record: dict[str, Any] | None = None) -> list[str]:
+    """Edit the canonical config in place; returns one line per change for the report.
+
+    `record` (filled): per forward `set`/`drop` rule, the key's value before it ran (or its absence), for the
+    output's stamp. `recorded`: such records from the source's stamp, which `restore` (the inverse) puts back
+    exactly; nothing is lost silently, a rollback that cannot restore a value refuses."""
     notes = []
     for r in rules:
+        if r.op in ("set", "drop") and record is not None:
+            before = {"key": r.key, "present": r.key in config}
+            if r.key in config and _plain(config[r.key]):
+                before["value"] = config[r.key]
+            if not before["present"] or "value" in before:
+                record[r.source] = before
         if r.op == "set":
             if r.if_missing and r.key in config:
                 continue
@@ -211,7 +222,47 @@ def apply_hparam_rules(rules: list[HparamRule], config: dict[str, Any]) -> list[
             if r.key in config:
                 config[r.to] = config.pop(r.key)
                 notes.append(f"{r.source}: rename {r.key} -> {r.to}")
+        elif r.op == "restore":
+            notes += _restore_hparam(r, config, (recorded or {}).get(r.forward))
         elif r.key in config:
             config.pop(r.key)
             notes.append(f"{r.source}: drop {r.key} ({r.reason})")
     return notes
+
+
+def _restore_hparam(r: HparamRule, config: dict[str, Any], rec: dict[str, Any] | None) -> list[str]:
+    """Undo a forward `set`/`drop`: the stamp's record first, else what the rule file states."""
+    if rec is not None and rec.get("key") == r.key:
+        if rec.get("present"):
+            config[r.key] = rec["value"]
+            return [f"{r.source}: restore {r.key} = {rec['value']!r} (recorded in the stamp)"]
+        if r.key in config:
+            config.pop(r.key)
+            return [f"{r.source}: remove {r.key} (absent before {r.forward}, recorded in the stamp)"]
+        return []
+    was_set = not r.reason  # a drop always states its reason
+    if was_set and r.has_previous:
+        config[r.key] = r.previous
+        return [f"{r.source}: restore {r.key} = {r.previous!r} (the rule file's previous value)"]
+    if was_set and r.if_missing:  # the set only ever added the key
+        if r.key in config:
+            config.pop(r.key)
+            return [f"{r.source}: remove {r.key} (added by {r.forward})"]
+        return []
+    if not was_set and r.has_value:
+        config.setdefault(r.key, r.value)
+        return [f"{r.source}: restore {r.key} = {r.value!r} (the rule file's value)"]
+    raise NotInvertibleError(f"{r.forward}: the value of hyper-parameter {r.key!r} before this edge is recorded "
+                             "neither in the checkpoint's stamp nor in the rule file ('previous'); rolling back "
+                             "would lose it")
+
+
+def _plain(value: Any) -> bool:
+    """JSON-representable (the stamp is also written as JSON into safetensors metadata)."""
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

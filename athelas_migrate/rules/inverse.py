@@ -123,13 +123,24 @@ def invert_state_rule(rule: StateRule) -> StateRule:
 
 
 def invert_hparam_rule(rule: HparamRule) -> HparamRule:
-    if rule.op == "set":
-        return replace(rule, op="drop", reason="undoing a set", has_value=False, source=f"{rule.source} (inverse)")
+    """`set` and `drop` invert to `restore`: the value recorded in the stamp when the forward edge ran, else
+    the rule file's statement (see `apply_hparam_rules`)."""
     if rule.op == "rename":
         return replace(rule, key=rule.to, to=rule.key, source=f"{rule.source} (inverse)")
-    if rule.has_value:
-        return replace(rule, op="set", if_missing=True, source=f"{rule.source} (inverse)")
-    return replace(rule, op="set", value=None, has_value=False, source=f"{rule.source} (inverse, value lost)")
+    return replace(rule, op="restore", forward=rule.source, source=f"{rule.source} (inverse)")
+
+
+def hparam_rollback(rule: HparamRule) -> str:
+    """How rolling back over `rule` restores its key when the checkpoint's stamp holds no record (`history`)."""
+    if rule.op == "rename":
+        return f"{rule.to} renamed back to {rule.key}"
+    if rule.op == "set" and rule.has_previous:
+        return f"{rule.key}: the recorded previous value, else {rule.previous!r} (rule file)"
+    if rule.op == "set" and rule.if_missing:
+        return f"{rule.key}: the recorded previous value, else removed (the set only adds a missing key)"
+    if rule.op == "drop" and rule.has_value:
+        return f"{rule.key}: the recorded value, else {rule.value!r} (rule file)"
+    return f"{rule.key}: only from the value recorded in the stamp (files this tool migrated); otherwise one-way"
 
 
 def invert_file(rf: RuleFile) -> RuleFile:

@@ -13,8 +13,10 @@ and `[[hparams]]` (hyper-parameter edits). State rules:
 | `split` | `match`, `to = [..]`, `dim`, `sizes` | concat |
 | `concat` | `match = [..]` (same groups), `to`, `dim`, `sizes` | split |
 
-Hyper-parameter rules: `set` (`key`, `value`, `if_missing`), `rename` (`key`, `to`),
-`drop` (`key`, `reason`, optional `value` restored on rollback).
+Hyper-parameter rules: `set` (`key`, `value`, `if_missing`, optional `previous`), `rename` (`key`, `to`),
+`drop` (`key`, `reason`, optional `value` restored on rollback). A `set` or `drop` records the value it
+replaces in the output's stamp (provenance `hparams_before`), and rollback restores exactly that; without a
+record rollback uses `previous` / `value`, or drops a key an `if_missing` set added, or refuses.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class HparamRule:
     reason: str = ""
     has_value: bool = False
     source: str = ""
+    previous: Any = None  # `set`: the value the key had before this edge (restored on rollback without a record)
+    has_previous: bool = False
+    forward: str = ""  # inverse rules ("restore"): the forward rule whose recorded previous value they restore
 
 
 @dataclass
@@ -192,6 +197,8 @@ def _parse_hparam_rule(r: dict, where: str, name: str, ids: set[str]) -> HparamR
         if "value" not in r:
             raise RuleError(f"{where}: missing field 'value'")
         rule.value, rule.has_value, rule.if_missing = r["value"], True, bool(r.get("if_missing", False))
+        if "previous" in r:
+            rule.previous, rule.has_previous = r["previous"], True
     elif op == "rename":
         rule.to = _require(r, "to", where)
     else:

@@ -69,8 +69,33 @@ def _aggregate(name: str, rows: list[tuple[str, Any]], atol: float, rtol: float,
     return Check(name, FAIL if bad else PASS, detail, worst_abs, worst_rel, atol, rtol, data={"tensors": per})
 
 
+def _optimizers(adapter: VerifyAdapter, ctx: Context, section: Section) -> tuple[Any, Any] | None:
+    """Both sides' optimizers, or None after recording why they cannot be compared.
+
+    `configure_optimizers` raising is an error (the check could not run: never a pass); one side
+    building none is a failure; neither building one leaves nothing to compare (a note)."""
+    built, errors = {}, []
+    for side, who in (("old", "legacy"), ("new", "refactored")):
+        try:
+            built[side] = adapter.optimizer(side, ctx.old_model if side == "old" else ctx.new_model, ctx)
+        except Exception as exc:
+            errors.append(f"the {who} model's configure_optimizers raised {type(exc).__name__}: {exc}")
+    if errors:
+        section.add(Check("optimizer", ERROR, "; ".join(errors) + " (pass --skip-check optimizer to verify "
+                          "without the optimizer checks)"))
+        return None
+    if built["old"] is None and built["new"] is None:
+        section.notes.append("neither model configures an optimizer: optimizer state and step not compared")
+        return None
+    if built["old"] is None or built["new"] is None:
+        side = "legacy" if built["old"] is None else "refactored"
+        section.add(Check("optimizer", FAIL, f"the {side} model builds no optimizer; the other does"))
+        return None
+    return built["old"], built["new"]
+
+
 def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Section, atol: float,
-                 rtol: float) -> None:
+                 rtol: float, skip_optimizer: bool = False) -> None:
     old, new = ctx.old_model, ctx.new_model
     assert old is not None and new is not None
     batch = adapter.to_device(adapter.labelled(ctx, batch), ctx.device)
@@ -140,18 +165,20 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
 
     # ------------------------------------------------------- optimizer state
     t = time.perf_counter()
-    opt_o = adapter.optimizer("old", old, ctx)
-    opt_n = adapter.optimizer("new", new, ctx)
-    if opt_o is None or opt_n is None:
-        side = "legacy" if opt_o is None else "refactored"
-        section.add(Check("optimizer", SKIP, f"the {side} model builds no optimizer"))
+    if skip_optimizer:
+        section.add(Check("optimizer", SKIP, "skipped by request (--skip-check optimizer): optimizer settings, "
+                          "state and step not compared"))
         return
+    pair = _optimizers(adapter, ctx, section)
+    if pair is None:
+        return
+    opt_o, opt_n = pair
     st_o, st_n = saved_optimizer_state(ctx.raw_old), saved_optimizer_state(ctx.raw_new)
     if st_o is None and st_n is None:
         section.notes.append("neither file holds optimizer state: both optimizers start fresh")
     elif st_n is None and getattr(ctx.raw_new, "kind", "") == "safetensors":
-        section.add(Check("optimizer state", SKIP, "NEW is a safetensors file (weights only): its optimizer "
-                          "state cannot be compared; both optimizers start fresh for the step"))
+        section.notes.append("optimizer state not compared: NEW is a safetensors file (weights only, by design); "
+                             "both optimizers start fresh for the step")
         st_o = None
     elif st_o is None or st_n is None:
         missing = "OLD" if st_o is None else "NEW"

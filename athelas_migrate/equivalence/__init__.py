@@ -1,5 +1,8 @@
 """Equivalence runner: prove that a migrated checkpoint computes what the legacy one did.
 
+Named `equivalence`, not `verify`, so that importing it can never rebind the API function
+`athelas_migrate.verify` (Python sets a parent package's attribute to each imported submodule).
+
 `run_verify(old, new, ...) -> VerifyReport` (see `runner.py` and docs/verify.md).
 Importing this package does not import torch: `run_verify`, `render` and the
 adapter registry are loaded on first use, so `athelas-migrate verify --help`
@@ -30,18 +33,3 @@ def __getattr__(name: str) -> Any:
         return register_adapter
     raise AttributeError(name)
 
-
-class _CallablePackage(__import__("types").ModuleType):
-    """`from athelas_migrate import verify` yields this package once it is imported (Python binds a
-    submodule over a parent's attribute of the same name), so the package itself is the API function too:
-    `verify(old, new, atol=1e-5, ...)` runs `run_verify`."""
-
-    def __call__(self, old: Any, new: Any, atol: float = 1e-5, rtol: float = 0.0, **kwargs: Any) -> Any:
-        import os
-
-        from .runner import run_verify
-
-        return run_verify(os.fspath(old), os.fspath(new), atol=atol, rtol=rtol, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallablePackage

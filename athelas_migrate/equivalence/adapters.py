@@ -14,7 +14,7 @@ What differs per family lives in a `VerifyAdapter`:
 
 A family module registers its adapter at import time::
 
-    from athelas_migrate.verify.adapters import VerifyAdapter, register_adapter
+    from athelas_migrate.equivalence.adapters import VerifyAdapter, register_adapter
 
     class MyFamilyAdapter(VerifyAdapter):
         family = "MyFamily"
@@ -22,8 +22,8 @@ A family module registers its adapter at import time::
 
     register_adapter(MyFamilyAdapter())
 
-`get_adapter` imports `athelas_migrate.verify.cnn` (TextCNN, TabAE, BimodalCNN)
-and, when present, `athelas_migrate.verify.bert` (the BERT fusion families).
+`get_adapter` imports `athelas_migrate.equivalence.cnn` (TextCNN, TabAE, BimodalCNN)
+and, when present, `athelas_migrate.equivalence.bert` (the BERT fusion families).
 """
 
 from __future__ import annotations
@@ -154,13 +154,12 @@ class VerifyAdapter:
         return (out * probe).sum(), "probe loss sum(output * R) with a fixed random R (no loss of its own)"
 
     def optimizer(self, side: str, model: nn.Module, ctx: Context) -> torch.optim.Optimizer | None:
-        """The optimizer the side's own `configure_optimizers` builds (None when it builds none)."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Lightning warns when a class does not implement it
-                res = model.configure_optimizers()
-        except Exception:  # a model without a usable configure_optimizers
-            return None
+        """The optimizer the side's own `configure_optimizers` builds (None when it builds none).
+
+        An exception propagates: the training section reports it as an error, never as a pass."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning warns when a class does not implement it
+            res = model.configure_optimizers()
         return first_optimizer(res)
 
     def select_rows(self, batch: Batch, rows: list[int]) -> Batch:
@@ -210,7 +209,7 @@ def move(obj: Any, device: torch.device) -> Any:
 
 
 ADAPTERS: dict[str, VerifyAdapter] = {}
-_OPTIONAL = ("athelas_migrate.verify.cnn", "athelas_migrate.verify.bert")
+_OPTIONAL = ("athelas_migrate.equivalence.cnn", "athelas_migrate.equivalence.bert")
 _loaded = False
 
 

@@ -10,7 +10,7 @@ length is classified:
 | `agrees` | both defined, outputs equal | pass |
 | `differs-expected` | legacy pools over a prefix (ignores the tail), v2 over the whole sequence | expected |
 | `legacy-raises` | legacy undefined (raises), v2 defined | expected |
-| `both-raise` | neither model accepts this length | skip |
+| `both-raise` | neither model accepts this length (same behaviour) | expected |
 | `differs-unexpected` | both pool the whole sequence yet the outputs differ | fail |
 | `v2-raises` | legacy defined, v2 raises | fail |
 
@@ -26,7 +26,7 @@ import torch
 
 from .adapters import Context, VerifyAdapter
 from .compare import compare
-from .report import EXPECTED, FAIL, PASS, SKIP, Check, Section
+from .report import ERROR, EXPECTED, FAIL, PASS, Check, Section
 
 BELOW, ABOVE = 10, 15
 
@@ -56,7 +56,8 @@ def _ranges(lengths: list[int]) -> str:
 def run_domain(ctx: Context, adapter: VerifyAdapter, section: Section, atol: float, rtol: float) -> None:
     max_len = adapter.max_len(ctx)
     if max_len is None:
-        section.add(Check("sequence lengths", SKIP, f"{ctx.family.name} has no text branch"))
+        section.add(Check("sequence lengths", ERROR, f"max_sen_len of the {ctx.family.name} text branch is unknown: "
+                          "the domain cannot be checked (--skip-check domain to accept)"))
         return
     cats: dict[str, list[int]] = {}
     lengths = range(max(1, max_len - BELOW), max_len + ABOVE + 1)
@@ -68,7 +69,8 @@ def run_domain(ctx: Context, adapter: VerifyAdapter, section: Section, atol: flo
         out_n, err_n = _run(adapter, "new", ctx.new_model, batch, ctx)
         d = None
         if err_o and err_n:
-            cat, status, detail = "both-raise", SKIP, f"legacy {err_o}; refactored {err_n}"
+            cat, status = "both-raise", EXPECTED
+            detail = f"neither model accepts it: legacy {err_o}; refactored {err_n}"
         elif err_o:
             cat, status, detail = "legacy-raises", EXPECTED, f"legacy raises ({err_o}); refactored is defined"
         elif err_n:

@@ -1,8 +1,10 @@
 """`athelas-migrate verify OLD NEW`: the equivalence runner on the command line.
 
 Only click, rich and the standard library are imported at module level, so
-`--help` does not pay for torch. Exit codes: 0 every check passed, 1 something
-differs, 2 usage error, 3 the comparison could not run.
+`--help` does not pay for torch. Errors go through the CLI's one error boundary
+(`athelas_migrate.cli.error_boundary`), run under `athelas-migrate` or on its own:
+0 every check passed, 1 something differs or a check could not run, 2 usage error,
+3 input refused, 70 internal error. Checkpoint-derived text is printed literally.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import sys
 
 import click
 from rich.console import Console
-
-EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
+from rich.text import Text
 
 
 @click.command(
@@ -26,8 +27,8 @@ EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
     sequence lengths where the legacy text branch is defined. When outputs differ it
     names the first module whose output diverges.
 
-    Exit status: 0 all checks pass, 1 something differs, 2 usage error, 3 the
-    comparison could not run.
+    Exit status: 0 all checks pass, 1 something differs or a check could not run,
+    2 usage error, 3 an input was refused, 70 internal error.
     """,
 )
 @click.argument("old", type=click.Path(dir_okay=True, path_type=str))
@@ -52,49 +53,57 @@ EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
               help="Write the full report as JSON.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write a JUnit XML report (each check a testcase).")
-@click.option("--no-training", is_flag=True, help="Skip the training-equivalence section.")
-@click.option("--no-domain", is_flag=True, help="Skip the sequence-length domain section.")
+@click.option("--no-training", is_flag=True, help="Skip the training-equivalence section (= --skip-check training).")
+@click.option("--no-domain", is_flag=True, help="Skip the sequence-length domain section (= --skip-check domain).")
+@click.option("--skip-check", "skip_checks", multiple=True, type=click.Choice(["training", "domain", "optimizer"]),
+              help="Opt out of a check (recorded as 'skipped' in every report). A check that cannot run and was "
+                   "not skipped is an error. Repeatable.")
 @click.option("-v", "--verbose", is_flag=True, help="List every check.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
 @click.pass_context
 def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...],
                config_file: str | None, bert_config: str | None, inputs_file: str | None, seed: int, device: str,
-               json_path: str | None, junit_path: str | None, no_training: bool, no_domain: bool, verbose: bool,
-               quiet: bool) -> None:
+               json_path: str | None, junit_path: str | None, no_training: bool, no_domain: bool,
+               skip_checks: tuple[str, ...], verbose: bool, quiet: bool) -> None:
+    from ..cli import error_boundary
+
+    root = ctx.find_root()
+    with error_boundary(bool(root.params.get("debug")) if root is not ctx else False):
+        report = _run(old, new, atol, rtol, sets, config_file, bert_config, inputs_file, seed, device, json_path,
+                      junit_path, no_training, no_domain, skip_checks)
+        _print(report, old, new, json_path, junit_path, verbose, quiet)
+    ctx.exit(report.exit_code)
+
+
+def _print(report, old: str, new: str, json_path: str | None, junit_path: str | None, verbose: bool,
+           quiet: bool) -> None:
+    """The summary (or with -q the verdict line); paths are printed literally, never as rich markup."""
     out = Console()
-    err = Console(stderr=True)
-    from ..errors import AthelasError
-    from ..overrides import parse_overrides
-
-    try:
-        overrides = parse_overrides(sets, config_file, bert_config)
-        from .runner import run_verify
-
-        report = run_verify(old, new, atol=atol, rtol=rtol, overrides=overrides, seed=seed, inputs=inputs_file,
-                            device=device, json_path=json_path, junit_path=junit_path,
-                            training=not no_training, domain=not no_domain)
-    except AthelasError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        ctx.exit(exc.exit_code)
-        return
-    except Exception as exc:  # a bug or an environment problem: still a clean, documented exit code
-        err.print(f"[bold red]error:[/] verification could not run: {type(exc).__name__}: {exc}", highlight=False)
-        ctx.exit(EXIT_CANNOT_RUN)
-        return
     if quiet:
         state = "PASS" if report.passed else ("FAIL" if report.failed_checks() else "ERROR")
-        out.print(f"{state} {old} -> {new}", highlight=False)
+        out.print(Text(f"{state} {old} -> {new}"), soft_wrap=True)
     else:
         from .terminal import render
 
         render(report, out, verbose=verbose)
     for label, path in (("JSON", json_path), ("JUnit", junit_path)):
         if path:
-            out.print(f"{label} report written to {path}", style="dim", highlight=False)
-    ctx.exit(report.exit_code)
+            out.print(Text(f"{label} report written to {path}", style="dim"), soft_wrap=True)
 
 
-def main() -> None:  # pragma: no cover - `python -m athelas_migrate.verify.cli`
+def _run(old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...], config_file: str | None,
+         bert_config: str | None, inputs_file: str | None, seed: int, device: str, json_path: str | None,
+         junit_path: str | None, no_training: bool, no_domain: bool, skip_checks: tuple[str, ...]):
+    from ..overrides import parse_overrides
+    from .runner import run_verify
+
+    overrides = parse_overrides(sets, config_file, bert_config)
+    return run_verify(old, new, atol=atol, rtol=rtol, overrides=overrides, seed=seed, inputs=inputs_file,
+                      device=device, json_path=json_path, junit_path=junit_path, training=not no_training,
+                      domain=not no_domain, skip=skip_checks)
+
+
+def main() -> None:  # pragma: no cover - `python -m athelas_migrate.equivalence.cli`
     sys.exit(verify_cmd.main(standalone_mode=True))
 
 

@@ -17,11 +17,12 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from ..errors import AthelasError, UsageError
+from ..errors import EXIT_INTERNAL, AthelasError, UsageError
 from ..families import detect, get_family
 from ..io.reader import read_checkpoint
 from ..io.tensor_ref import TensorRef
@@ -30,13 +31,15 @@ from .compare import compare
 from .domain import run_domain
 from .inputs import load_inputs
 from .localize import capture, localise, pair_modules
-from .report import ERROR, EXPECTED, FAIL, PASS, Check, OutputDiff, Section, VerifyReport
+from .report import ERROR, EXPECTED, FAIL, PASS, SKIP, Check, OutputDiff, Section, VerifyReport
 from .training import run_training
 
 #: floors of (atol, rtol) for weights stored in reduced precision (their unit roundoff, about)
 DTYPE_TOLERANCE = {"float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
 SHAPE_KEYS = {"vocab_size", "embed_size", "input_tab_dim"}
 SMALL_MODEL = 2_000_000  # parameters; below this, one CPU thread is faster than several
+#: checks a user may opt out of (`--skip-check NAME`); anything else that cannot run is an error
+SKIPPABLE = ("training", "domain", "optimizer")
 
 
 def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: float = 1e-5, rtol: float = 0.0,
@@ -44,13 +47,15 @@ def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: f
                device: str | None = None, json_path: str | os.PathLike[str] | None = None,
                junit_path: str | os.PathLike[str] | None = None, *, reference: Any = None,
                training: bool = True, domain: bool = True, localisation: bool = True,
-               threads: int | None = None) -> VerifyReport:
+               threads: int | None = None, skip: Iterable[str] = ()) -> VerifyReport:
     """Compare the legacy model of OLD with the refactored model of NEW; see the module docstring.
 
     `inputs`: a path (or loaded object) of real batches used instead of generated ones.
     `reference`: a path (or object) in the `.io.pt` format whose stored legacy outputs are checked in
     addition to the generated batches (the gate passes each fixture's `.io.pt`).
     `device`: None/"cpu", "cuda" (refused when unavailable) or "auto".
+    `skip`: checks the caller opts out of (SKIPPABLE); each is recorded as `skipped` by request.
+    `training=False` / `domain=False` are the same as skipping "training" / "domain".
     `threads`: CPU threads for torch while verifying; None: one thread for small models (below
     SMALL_MODEL parameters, where intra-op parallelism only costs), torch's setting otherwise.
     Raises AthelasError subclasses when it cannot run (the reports, if asked for, are written first).
@@ -59,6 +64,7 @@ def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: f
     for name, v in (("atol", atol), ("rtol", rtol)):
         if not isinstance(v, int | float) or v < 0 or v != v:
             raise UsageError(f"--{name} must be a non-negative number, got {v!r}")
+    skip = _skip_set(skip, training, domain)
     report = VerifyReport(old=old, new=new, atol=float(atol), rtol=float(rtol), seed=int(seed))
     t0 = time.perf_counter()
     prev_threads = torch.get_num_threads()
@@ -67,15 +73,14 @@ def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: f
         report.device = str(dev)
         with _deterministic(dev), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _verify(report, old, new, dict(overrides or {}), inputs, reference, dev, training, domain,
-                    localisation, threads)
+            _verify(report, old, new, dict(overrides or {}), inputs, reference, dev, skip, localisation, threads)
         _note_warnings(report, caught)
     except AthelasError as exc:
         report.error, report.error_code = str(exc), exc.exit_code
         exc.report = report  # the partial report, for callers that collect them (the gate)
         raise
-    except Exception as exc:
-        report.error, report.error_code = f"{type(exc).__name__}: {exc}", 3
+    except Exception as exc:  # a bug in this tool: the CLI reports it with exit 70 like every command
+        report.error, report.error_code = f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL
         exc.report = report
         raise
     finally:
@@ -89,6 +94,19 @@ def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: f
 
 
 # ------------------------------------------------------------------------ setup
+
+
+def _skip_set(skip: Iterable[str], training: bool, domain: bool) -> set[str]:
+    names = {skip} if isinstance(skip, str) else set(skip or ())
+    unknown = sorted(names - set(SKIPPABLE))
+    if unknown:
+        raise UsageError(f"--skip-check {', '.join(unknown)}: unknown check (one of {', '.join(SKIPPABLE)})")
+    return names | ({"training"} if not training else set()) | ({"domain"} if not domain else set())
+
+
+def _skipped(report: VerifyReport, name: str, title: str) -> None:
+    """An opted-out section stays visible in every report form, as `skipped` by request."""
+    report.sections.append(Section(name, title, [Check(name, SKIP, f"skipped by request (--skip-check {name})")]))
 
 
 def _resolve_device(device: str | None) -> torch.device:
@@ -168,7 +186,7 @@ def _weights_dtype(raw) -> str:
 
 
 def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any], inputs: Any, reference: Any,
-            dev: torch.device, training: bool, domain: bool, localisation: bool, threads: int | None) -> None:
+            dev: torch.device, skip: set[str], localisation: bool, threads: int | None) -> None:
     from ..api import build_v2_model
     from ..pipeline import plan_and_apply
 
@@ -319,20 +337,24 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
                                  f"{loc.get('old_module')}): {loc.get('kind')}, max abs diff "
                                  f"{loc.get('max_abs'):.3e}")
 
-    if domain and adapter.has_text:
+    if "domain" in skip:
+        _skipped(report, "domain", "Sequence-length domain of the text branch")
+    elif adapter.has_text:
         sec = Section("domain", "Sequence-length domain of the text branch")
         report.sections.append(sec)
         t = time.perf_counter()
         run_domain(ctx, adapter, sec, atol, rtol)
         sec.duration_s = time.perf_counter() - t
-    elif domain and getattr(adapter, "domain_note", None):
+    elif getattr(adapter, "domain_note", None):
         report.notes.append(adapter.domain_note)  # say plainly why there is no domain section
-    if training:
+    if "training" in skip:
+        _skipped(report, "training", "Training equivalence")
+    else:
         sec = Section("training", "Training equivalence")
         report.sections.append(sec)
         t = time.perf_counter()
         train_batch = next((b for b in batches if b.name == "random"), batches[0])
-        run_training(ctx, adapter, train_batch, sec, atol, rtol)
+        run_training(ctx, adapter, train_batch, sec, atol, rtol, skip_optimizer="optimizer" in skip)
         sec.duration_s = time.perf_counter() - t
 
 

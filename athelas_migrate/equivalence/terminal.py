@@ -1,4 +1,7 @@
-"""Terminal summary of a VerifyReport (rich)."""
+"""Terminal summary of a VerifyReport (rich).
+
+Every cell and line is a `rich.text.Text`, never markup: keys, file names and exception messages
+come from checkpoints, and a key such as `[/]` must print as itself."""
 
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ from rich.text import Text
 from .report import ERROR, EXPECTED, FAIL, PASS, SKIP, VerifyReport
 
 STYLE = {PASS: "green", EXPECTED: "cyan", SKIP: "dim", FAIL: "bold red", ERROR: "bold magenta"}
+
+
+def _row(table: Table, *cells: object) -> None:
+    table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
 
 
 def _num(x: float | None) -> str:
@@ -57,27 +64,27 @@ def render(report: VerifyReport, console: Console | None = None, verbose: bool =
         for col in ("output", "batches", "max abs diff", "max rel diff", "verdict"):
             t.add_column(col, justify="right" if "diff" in col or col == "batches" else "left")
         for name, o in report.outputs.items():
-            t.add_row(name, str(o.batches), _num(o.max_abs), _num(o.max_rel),
+            _row(t, name, str(o.batches), _num(o.max_abs), _num(o.max_rel),
                       Text("pass" if o.passed else "FAIL", style=STYLE[PASS if o.passed else FAIL]))
         console.print(t)
 
     t = Table(title="Checks", title_justify="left")
-    for col in ("section", "checks", "pass", "expected", "skip", "fail", "error", "summary"):
+    for col in ("section", "checks", "pass", "expected", "skipped", "fail", "error", "summary"):
         t.add_column(col, justify="left" if col in ("section", "summary") else "right")
     for s in report.sections:
         summary = _section_summary(s)
-        t.add_row(s.title, str(len(s.checks)), str(s.count(PASS)), str(s.count(EXPECTED)), str(s.count(SKIP)),
+        _row(t, s.title, str(len(s.checks)), str(s.count(PASS)), str(s.count(EXPECTED)), str(s.count(SKIP)),
                   Text(str(s.count(FAIL)), style=STYLE[FAIL] if s.count(FAIL) else ""),
                   Text(str(s.count(ERROR)), style=STYLE[ERROR] if s.count(ERROR) else ""), summary)
     console.print(t)
 
     if verbose:
         for s in report.sections:
-            d = Table(title=s.title, title_justify="left")
+            d = Table(title=Text(s.title), title_justify="left")
             for col in ("check", "status", "max abs", "max rel", "detail"):
                 d.add_column(col)
             for c in s.checks:
-                d.add_row(c.name, Text(c.status, style=STYLE.get(c.status, "")), _num(c.max_abs),
+                _row(d, c.name, Text(c.status, style=STYLE.get(c.status, "")), _num(c.max_abs),
                           _num(c.max_rel), c.detail)
             console.print(d)
 
@@ -87,9 +94,9 @@ def render(report: VerifyReport, console: Console | None = None, verbose: bool =
         for col in ("section", "check", "status", "max abs", "detail"):
             f.add_column(col)
         for s, c in bad[:25]:
-            f.add_row(s.name, c.name, Text(c.status, style=STYLE[c.status]), _num(c.max_abs), c.detail)
+            _row(f, s.name, c.name, Text(c.status, style=STYLE[c.status]), _num(c.max_abs), c.detail)
         if len(bad) > 25:
-            f.add_row("...", f"{len(bad) - 25} more", "", "", "")
+            _row(f, "...", f"{len(bad) - 25} more", "", "", "")
         console.print(f)
 
     loc = report.localisation
@@ -117,6 +124,11 @@ def render(report: VerifyReport, console: Console | None = None, verbose: bool =
     if report.passed:
         verdict.append("PASS", style="bold green")
         verdict.append(" the refactored model computes what the legacy model did")
+        skipped = report.skipped_checks()
+        if skipped:
+            verdict.append(f" ({len(skipped)} check(s) skipped by request: "
+                           f"{', '.join(s.name if c.name == s.name else f'{s.name}/{c.name}' for s, c in skipped)})",
+                           style="yellow")
     else:
         verdict.append("FAIL" if report.failed_checks() else "ERROR", style="bold red")
         verdict.append(f" {len(report.failed_checks())} check(s) differ, {len(report.errored_checks())} could not run")

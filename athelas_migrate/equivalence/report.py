@@ -8,9 +8,12 @@ Check statuses:
 |---|---|---|
 | `pass` | compared and within tolerance | passes |
 | `expected` | a documented, expected difference (e.g. lengths the legacy model cannot handle) | passes |
-| `skip` | not applicable or not comparable, with the reason | passes |
+| `skipped` | not run because the user asked (`--skip-check NAME`, `--no-training`, `--no-domain`) | passes |
 | `fail` | compared and different | fails (exit 1) |
-| `error` | the check could not run (an exception) | fails (exit 3 when nothing failed) |
+| `error` | the check could not run (an exception), with the reason | fails (exit 1) |
+
+A check that could not run is never a pass: only an explicit opt-out records `skipped`.
+What does not apply to a pair of files (no text branch, a weights-only NEW) is a note, not a check.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-PASS, FAIL, ERROR, EXPECTED, SKIP = "pass", "fail", "error", "expected", "skip"
+PASS, FAIL, ERROR, EXPECTED, SKIP = "pass", "fail", "error", "expected", "skipped"
 OK_STATUSES = {PASS, EXPECTED, SKIP}
 
 
@@ -142,14 +145,18 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        """0 all passed, 1 something differs, 3 something could not run (and nothing differed)."""
+        """0 all passed; 1 a check differs or could not run; the run's own exit code (2, 3, 70) when the
+        comparison as a whole could not start."""
         if self.error is not None:
             return self.error_code if self.error_code is not None else 3
-        if self.failed_checks():
+        if self.failed_checks() or self.errored_checks():
             return 1
-        if self.errored_checks() or not self.sections:
+        if not self.sections:
             return 3
         return 0
+
+    def skipped_checks(self) -> list[tuple[Section, Check]]:
+        return [(s, c) for s in self.sections for c in s.checks if c.status == SKIP]
 
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
