@@ -28,23 +28,32 @@ class _Group(click.Group):
         cut = args.index("--") if "--" in args else len(args)
         head, tail = args[:cut], args[cut:]
         hoisted = [a for a in head if a in GLOBAL_FLAGS]
+        ctx.meta["athelas_json"] = "--json" in head  # errors of a --json run are JSON too
         return super().parse_args(ctx, hoisted + [a for a in head if a not in GLOBAL_FLAGS] + tail)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with error_boundary(bool(ctx.params.get("debug"))):
+        with error_boundary(bool(ctx.params.get("debug")), bool(ctx.meta.get("athelas_json"))):
             return super().invoke(ctx)
 
 
 @contextlib.contextmanager
-def error_boundary(debug: bool) -> Iterator[None]:
+def error_boundary(debug: bool, json_mode: bool = False) -> Iterator[None]:
     """The one place errors become exit codes and one-line messages (commands usable on their own, like
-    `verify`, enter it too, so they behave the same whether or not they run under the group)."""
+    `verify`, enter it too, so they behave the same whether or not they run under the group). With `--json`
+    the error is a JSON object on stdout: {"error", "exit_code", "kind"} (+ "needs", "skeleton")."""
     try:
         yield
     except AthelasError as exc:
         if debug:
             raise
-        _err(str(exc))
+        if json_mode:
+            payload = {"error": str(exc), "exit_code": exc.exit_code, "kind": type(exc).__name__}
+            if getattr(exc, "needs", None):
+                payload["needs"] = [{"key": n.key, "why": n.why} for n in exc.needs]
+                payload["skeleton"] = exc.skeleton
+            click.echo(json.dumps(payload, indent=2, default=str))
+        else:
+            _err(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _err("interrupted; no output was left behind")
@@ -112,11 +121,10 @@ def _needs_boundary(write_config: str | None, force: bool = False):
         except MissingInformationError as exc:
             if not write_config or exc.skeleton is None:
                 raise
-            if os.path.exists(write_config) and not force:
-                from .errors import OutputExistsError
-
-                raise OutputExistsError(f"{write_config} exists; pass --force to replace it") from exc
             from .io.writer import atomic_output
+            from .outputs import prepare_output
+
+            prepare_output(write_config, force)
 
             with atomic_output(write_config) as fh:
                 fh.write((json.dumps(exc.skeleton, indent=2, sort_keys=True) + "\n").encode())
@@ -239,10 +247,10 @@ def audit_cmd(old, to, sets, config_file, bert_config, fmt, output, force, write
     """Report every rename, drop and hyper-parameter edit of migrating OLD, writing no checkpoint."""
     from .api import audit
 
-    if output and os.path.exists(output) and not force:
-        from .errors import OutputExistsError
+    if output:
+        from .outputs import prepare_output
 
-        raise OutputExistsError(f"{output} exists; pass --force to replace it")
+        prepare_output(output, force, inputs=(old,))
     with _needs_boundary(write_config, force):
         report = audit(old, to=to, overrides=_overrides(sets, config_file, bert_config))
     if fmt in ("json", "md"):

@@ -141,9 +141,14 @@ def predict_cmd(ckpt: str, data: str, out: str, vocab: str | None, text_col: str
 
     Output columns: row (or --id-col), prob_0 .. prob_{C-1}, prediction, and label when DATA has it.
     """
+    from .outputs import prepare_output, read_inputs_first
+
+    overrides = parse_overrides(sets, config_file)  # usage errors first, before any heavy import
+    prepare_output(out, force, inputs=(ckpt, data))
+    read_inputs_first(ckpt)
     from .predict import predict
 
-    result = predict(ckpt, data, out, vocab=vocab, overrides=parse_overrides(sets, config_file),
+    result = predict(ckpt, data, out, vocab=vocab, overrides=overrides,
                      text_col=text_col, label_col=label_col, id_col=id_col, batch_size=batch_size,
                      force=force)
     console = _console()
@@ -181,14 +186,19 @@ def export_cmd(ckpt: str, out: str, atol: float, opset: int, batch_sizes: str, s
     model's batch keys. On a parity mismatch nothing is written and the exit code is 1.
     """
     from .errors import UsageError
-    from .export import export_onnx, render_result
+    from .outputs import prepare_output, read_inputs_first
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:
         raise UsageError(f"--batch-sizes {batch_sizes!r}: expected integers such as 1,4,16") from None
-    result = export_onnx(ckpt, out, overrides=parse_overrides(sets, config_file, bert_config), atol=atol, opset=opset,
-                         batch_sizes=sizes, seed=seed, force=force)
+    overrides = parse_overrides(sets, config_file, bert_config)  # usage errors first, before any heavy import
+    prepare_output(out, force, inputs=(ckpt,))
+    read_inputs_first(ckpt)
+    from .export import export_onnx, render_result
+
+    result = export_onnx(ckpt, out, overrides=overrides, atol=atol, opset=opset, batch_sizes=sizes, seed=seed,
+                         force=force)
     render_result(result, _console())
 
 

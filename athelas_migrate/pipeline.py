@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .errors import MalformedSourceError, UsageError, ValidationError
+from .errors import MalformedSourceError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
 from .families.base import refuse_marked
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
@@ -312,18 +312,9 @@ def _provenance(result: MigrationResult) -> dict[str, Any]:
 
 def write_result(result: MigrationResult, dst: str, force: bool = False) -> None:
     """Write atomically; never over the input, never over an existing file without `force`."""
-    src_abs, dst_abs = os.path.realpath(result.raw.path), os.path.realpath(dst)
-    if src_abs == dst_abs or (os.path.exists(dst) and os.path.samefile(result.raw.path, dst)):
-        raise UsageError("NEW is the same file as OLD; the input is never overwritten")
-    if os.path.isdir(dst):
-        raise UsageError(f"{dst} is a directory; give a file name")
-    if os.path.exists(dst) and not force:
-        from .errors import OutputExistsError
+    from .outputs import prepare_output
 
-        raise OutputExistsError(f"{dst} exists; pass --force to replace it")
-    parent = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(parent):
-        raise UsageError(f"output directory {parent} does not exist")
+    prepare_output(dst, force, inputs=(result.raw.path,))
     if result.noop and not dst.endswith(".safetensors"):
         copy_verbatim(result.raw.path, dst)
         return

@@ -142,10 +142,10 @@ CASES = [
     Case("conflicting --set values", lambda d: FIXTURES / V1["file"], 2, "conflicting --set values for label_name",
          args=(*SETS, "--set", "label_name=target")),
     Case("NEW is OLD", lambda d: _write("same.ckpt", (FIXTURES / V1["file"]).read_bytes())(d), 2,
-         "NEW is the same file as OLD", new="same.ckpt"),
+         "is the input", new="same.ckpt"),
     Case("NEW already exists (no --force)", _existing, 2, "exists; pass --force to replace it"),
-    Case("NEW in a missing directory", lambda d: FIXTURES / V1["file"], 2, "does not exist",
-         new="no/such/dir/new.ckpt"),
+    Case("NEW under a regular file", lambda d: (_write("notadir", b"x")(d), FIXTURES / V1["file"])[1], 4,
+         "cannot create the output directory", new="notadir/new.ckpt"),
     Case("unknown --to version", lambda d: FIXTURES / V1["file"], 2, "has no layout version 'v9'",
          args=(*SETS, "--to", "v9")),
     Case("a pickled os.system call in hyper_parameters", _malicious, 3,
@@ -199,6 +199,16 @@ def test_bad_input_gets_one_line_a_code_and_no_output(case, tmp_path, cli, monke
     assert not [p for p in os.listdir(new.parent if new.parent.exists() else tmp_path)
                 if p.endswith(".partial")]
     assert not (tmp_path / "case" / "pwned").exists()
+
+
+def test_missing_output_directories_are_created(tmp_path, cli):
+    """The same rule in every command: parent directories of an output are created."""
+    new = tmp_path / "no" / "such" / "dir" / "new.ckpt"
+    code, _, err = cli("ckpt", FIXTURES / V1["file"], new, *SETS)
+    assert code == 0 and new.exists(), err
+    report = tmp_path / "reports" / "audit.md"
+    code, _, err = cli("audit", FIXTURES / V1["file"], "--format", "md", "-o", report, *SETS)
+    assert code == 0 and report.exists(), err
 
 
 def test_force_replaces_an_existing_output(tmp_path, cli):

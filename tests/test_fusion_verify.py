@@ -146,8 +146,8 @@ def test_cli_bert_config_exit_codes(migrated, tmp_path):
     def run(*args):
         return CliRunner().invoke(verify_cmd, [old, *map(str, args), "--no-training"])
 
-    ok = run(new, "--bert-config", tmp_path / "bert.json", "--config", tmp_path / "cfg.json", "--json",
-             tmp_path / "r.json")
+    ok = run(new, "--bert-config", tmp_path / "bert.json", "--config", tmp_path / "cfg.json",
+             "--json-report", tmp_path / "r.json")
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
     assert run(new, "-q").exit_code == 0  # BERT config and fields from NEW's hyper-parameters

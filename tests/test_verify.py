@@ -163,7 +163,7 @@ def test_inputs_file_io_pt_and_list_of_batches(migrated, tmp_path):
     torch.save(batches, path)
     jpath = tmp_path / "r.json"
     out = CliRunner().invoke(verify_cmd, [str(FIX / V1["file"]), str(migrated[V1["file"]]), "--inputs", str(path),
-                                          "--no-domain", "--json", str(jpath), *_set_args(V1["overrides"])])
+                                          "--no-domain", "--json-report", str(jpath), *_set_args(V1["overrides"])])
     assert out.exit_code == 0, out.output
     data = json.loads(jpath.read_text())
     assert data["inputs"].endswith("batches.pt: 4 batch(es)")
@@ -180,7 +180,7 @@ def test_perturbed_new_fails_with_exit_1_and_is_localised(migrated, tmp_path):
     bad = tmp_path / "perturbed.ckpt"
     torch.save(ck, bad)
     jpath, xpath = tmp_path / "r.json", tmp_path / "r.xml"
-    out = CliRunner().invoke(verify_cmd, [str(FIX / V1["file"]), str(bad), "--json", str(jpath), "--junit",
+    out = CliRunner().invoke(verify_cmd, [str(FIX / V1["file"]), str(bad), "--json-report", str(jpath), "--junit",
                                           str(xpath), "--no-domain", *_set_args(V1["overrides"])])
     assert out.exit_code == 1, out.output
     assert "fusion.fusion.1" in out.output and "FAIL" in out.output

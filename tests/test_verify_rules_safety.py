@@ -62,7 +62,7 @@ def test_verify_prints_a_path_with_markup_literally(tmp_path, text_v2):
     old = odd / "old[bold].ckpt"
     old.write_bytes(TEXT.read_bytes())
     res = CliRunner().invoke(main, ["verify", str(old), str(text_v2), "-q", "--no-training", "--no-domain",
-                                    "--json", str(odd / "r.json")])
+                                    "--json-report", str(odd / "r.json")])
     assert res.exit_code == 0, res.output
     assert f"PASS {old} -> {text_v2}" in res.output and f"JSON report written to {odd / 'r.json'}" in res.output
 

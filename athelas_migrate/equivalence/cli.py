@@ -49,8 +49,10 @@ from rich.text import Text
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where to run (cuda: TF32 off, deterministic kernels).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str),
-              help="Write the full report as JSON.")
+@click.option("--json", "json_out", is_flag=True, help="Print the full report as JSON on stdout (and nothing else).")
+@click.option("--json-report", "json_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the full report as JSON to this file.")
+@click.option("--force", is_flag=True, help="Replace existing report files.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write a JUnit XML report (each check a testcase).")
 @click.option("--no-training", is_flag=True, help="Skip the training-equivalence section (= --skip-check training).")
@@ -63,15 +65,30 @@ from rich.text import Text
 @click.pass_context
 def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...],
                config_file: str | None, bert_config: str | None, inputs_file: str | None, seed: int, device: str,
-               json_path: str | None, junit_path: str | None, no_training: bool, no_domain: bool,
-               skip_checks: tuple[str, ...], verbose: bool, quiet: bool) -> None:
+               json_out: bool, json_path: str | None, force: bool, junit_path: str | None, no_training: bool,
+               no_domain: bool, skip_checks: tuple[str, ...], verbose: bool, quiet: bool) -> None:
     from ..cli import error_boundary
+    from ..outputs import prepare_output
 
     root = ctx.find_root()
-    with error_boundary(bool(root.params.get("debug")) if root is not ctx else False):
+    with error_boundary(bool(root.params.get("debug")) if root is not ctx else False, json_out):
+        from ..outputs import read_inputs_first
+
+        for path in (json_path, junit_path):
+            if path:
+                prepare_output(path, force, inputs=(old, new))
+        from ..overrides import parse_overrides
+
+        parse_overrides(sets, config_file, bert_config)  # usage errors first, before any heavy import
+        read_inputs_first(old, new)
         report = _run(old, new, atol, rtol, sets, config_file, bert_config, inputs_file, seed, device, json_path,
                       junit_path, no_training, no_domain, skip_checks)
-        _print(report, old, new, json_path, junit_path, verbose, quiet)
+        if json_out:
+            import json
+
+            click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        else:
+            _print(report, old, new, json_path, junit_path, verbose, quiet)
     ctx.exit(report.exit_code)
 
 
