@@ -5,7 +5,7 @@ and, when there are tabular fields, a ``TabAE`` (``tab_subnetwork``), then merge
 with ``ReLU -> Linear``. Their state dicts are identical; they differ in the text
 batch key (v0 reads ``{text_name}_processed_{key}``, v1 ``{text_name}_{key}``) and in
 what they save as hyper-parameters (v0: ``config``, ``vocab_size``, ``word_embeddings``;
-v1: a whitelisted flat subset of the config). See ``shared/spec/legacy-layouts.md``.
+v1: a whitelisted flat subset of the config). See ``docs/layouts/legacy-layouts.md``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Frozen history: reproduces the pre-refactor tabular embedding exactly
 (``embedding_layer = LayerNorm -> Linear -> ReLU``, the validated flat
 hyper-parameters, the ``combine_tab_data`` rules). The original validated its
 config with a small pydantic model; the same checks are done here by hand.
-See ``shared/spec/legacy-layouts.md``.
+See ``docs/layouts/legacy-layouts.md``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Frozen history: this class reproduces the pre-refactor module exactly (parameter
 names, registration order, shapes, forward arithmetic, saved hyper-parameters) so
 that checkpoints written by the real old code load strictly into it and vice versa.
 Do not "fix" anything here; quirks are part of the layout. See
-``shared/spec/legacy-layouts.md``.
+``docs/layouts/legacy-layouts.md``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Multi-branch 1-D CNN text encoder (v2 layout).
 
-Layout (see ``shared/spec/target-layout.md``)::
+Layout (see ``docs/layouts/target-layout.md``)::
 
     embeddings   nn.Embedding(vocab_size, embedding_dim) or None
     convs        nn.ModuleList of one nn.Sequential per kernel size k:

@@ -1,6 +1,6 @@
 """The CNN families: TextCNN, TabAE and BimodalCNN (v0 MultimodalCNN, v1, v2 components).
 
-Facts from shared/spec/legacy-layouts.md and target-layout.md: key layouts are
+Facts from docs/layouts/legacy-layouts.md and target-layout.md: key layouts are
 computed from the config here, and tests check them against the real classes.
 """
 

@@ -1,7 +1,7 @@
 """The flat legacy config: defaults table, resolution and the text batch key.
 
 All CNN-family models (legacy and v2) share one flat config dict. The keys
-and defaults below are those of ``shared/spec/legacy-layouts.md``.
+and defaults below are those of ``docs/layouts/legacy-layouts.md``.
 """
 
 from __future__ import annotations

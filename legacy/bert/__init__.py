@@ -1,4 +1,4 @@
-"""Legacy (v1) BERT fusion classes, frozen: see ``shared/spec/fusion-layouts.md``.
+"""Legacy (v1) BERT fusion classes, frozen: see ``docs/layouts/fusion-layouts.md``.
 
 ``BERT_LEGACY_CLASS_PATHS`` maps the historical class paths (as a pickled
 checkpoint or ``torch.save(model)`` would reference them) to these classes.
