@@ -151,16 +151,16 @@ def check_plan(base: str, dst: str, inputs: list[str], fmt: str | None) -> dict[
             except OSError:
                 pass
         if hit is not None:
-            problems.append(f"output {out_rel} would replace input {hit}")
+            problems.append(f"output {out} would replace input {os.path.join(base, hit)}")
         key = _resolved(out)
         if key in writers:
-            problems.append(f"inputs {writers[key]} and {rel} would both write {out_rel}")
+            problems.append(f"inputs {writers[key]} and {rel} would both write {out}")
         writers[key] = rel
         plan[rel] = out_rel
     if problems:
         more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
         raise UsageError(f"refused, nothing written: {len(problems)} output(s) collide with this run's inputs "
-                         f"or each other; use a DST outside SRC: {'; '.join(problems[:MAX_LISTED])}{more}")
+                         f"or each other (choose a DST apart from SRC): {'; '.join(problems[:MAX_LISTED])}{more}")
     return plan
 
 
