@@ -24,6 +24,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 ENGINE_MODULES = ["athelas_migrate.pipeline"]
+DEPTH = 2  # tasks per worker: the running one and the next
 
 
 def start_method(parent_had_torch: bool) -> str:
@@ -68,7 +69,7 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, init, initargs, fn), daemon=True)
         self.proc.start()
         child.close()
-        self.task: dict | None = None
+        self.tasks: deque[dict] = deque()  # sent, not yet answered; the first is the one running
 
 
 class WorkerPool:
@@ -93,51 +94,54 @@ class WorkerPool:
             on_death: Callable[[dict, int | None], dict]) -> None:
         """Run every task; `on_result(record)` per finished file, in the calling process.
 
-        A worker that dies holding a task yields `on_death(task, exitcode)` for that task only."""
+        Each worker holds up to DEPTH tasks (the one it runs, the next one queued in its pipe, so it never
+        waits for the parent) and answers them in order: when it dies, the oldest unanswered task is the
+        one it was running, which yields `on_death(task, exitcode)`; the queued ones never started and go
+        back to the others."""
         pending = deque(tasks)
         idle_deaths = 0
         try:
             while True:
                 for w in self.workers:
-                    if w.task is None and pending:
-                        w.task = pending.popleft()
-                        w.conn.send(w.task)
-                busy = [w for w in self.workers if w.task is not None]
-                if not busy:
+                    while len(w.tasks) < DEPTH and pending:
+                        w.tasks.append(pending.popleft())
+                        w.conn.send(w.tasks[-1])
+                if not any(w.tasks for w in self.workers):
                     return
                 ready = set(wait([w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers]))
                 for i, w in enumerate(list(self.workers)):
-                    if w.conn in ready or w.proc.sentinel in ready:
-                        msg = self._receive(w)
-                        if msg is None:  # the worker died
-                            w.proc.join()
-                            if w.task is not None:
-                                task, w.task = w.task, None
-                                on_result(on_death(task, w.proc.exitcode))
-                            else:
-                                idle_deaths += 1
-                                if idle_deaths > 2 * len(self.workers):
-                                    raise RuntimeError(f"batch workers die on start ({death_reason(w.proc.exitcode)})")
-                            w.conn.close()
-                            self.workers[i] = self._replacement()
-                        elif msg[0] == "wait":
-                            continue
-                        elif msg[0] == "ready":
-                            self.pids.add(msg[1])
-                            if msg[2]:
-                                self.torch_pids.add(msg[1])
+                    if w.conn not in ready and w.proc.sentinel not in ready:
+                        continue
+                    msg = self._receive(w)
+                    if msg is None:  # the worker died
+                        w.proc.join()
+                        w.conn.close()
+                        if w.tasks:
+                            running = w.tasks.popleft()
+                            pending.extendleft(reversed(w.tasks))
+                            w.tasks.clear()
+                            on_result(on_death(running, w.proc.exitcode))
                         else:
-                            task, w.task = w.task, None
-                            if pending:  # keep the worker busy before the parent's bookkeeping
-                                w.task = pending.popleft()
-                                w.conn.send(w.task)
-                            rec = msg[1]
-                            if rec.get("torch_loaded"):
-                                self.torch_pids.add(rec["pid"])
-                            on_result(rec)
+                            idle_deaths += 1
+                            if idle_deaths > 2 * len(self.workers):
+                                raise RuntimeError(f"batch workers die on start ({death_reason(w.proc.exitcode)})")
+                        self.workers[i] = self._replacement()
+                    elif msg[0] == "ready":
+                        self.pids.add(msg[1])
+                        if msg[2]:
+                            self.torch_pids.add(msg[1])
+                    elif msg[0] == "done":
+                        w.tasks.popleft()
+                        if pending:  # refill before the parent's bookkeeping
+                            w.tasks.append(pending.popleft())
+                            w.conn.send(w.tasks[-1])
+                        rec = msg[1]
+                        if rec.get("torch_loaded"):
+                            self.torch_pids.add(rec["pid"])
+                        on_result(rec)
         finally:
             for w in self.close():
-                on_death(w.task, w.proc.exitcode)  # interrupted: only to remove its temporary output
+                on_death(w.tasks[0], w.proc.exitcode)  # interrupted: only to remove its temporary output
 
     @staticmethod
     def _receive(w: _Worker) -> tuple | None:
@@ -153,7 +157,7 @@ class WorkerPool:
         returned."""
         for w in self.workers:
             try:
-                if w.task is None:
+                if not w.tasks:
                     w.conn.send(None)
                 else:
                     w.proc.terminate()
@@ -162,7 +166,7 @@ class WorkerPool:
         for w in self.workers:
             w.proc.join()
             w.conn.close()
-        stopped = [w for w in self.workers if w.task is not None]
+        stopped = [w for w in self.workers if w.tasks]
         self.workers = []
         return stopped
 
