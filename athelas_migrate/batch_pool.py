@@ -104,8 +104,7 @@ class WorkerPool:
             while True:
                 for w in self.workers:
                     while len(w.tasks) < DEPTH and pending:
-                        w.tasks.append(pending.popleft())
-                        w.conn.send(w.tasks[-1])
+                        self._send(w, pending.popleft())
                 if not any(w.tasks for w in self.workers):
                     return
                 ready = set(wait([w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers]))
@@ -133,8 +132,7 @@ class WorkerPool:
                     elif msg[0] == "done":
                         w.tasks.popleft()
                         if pending:  # refill before the parent's bookkeeping
-                            w.tasks.append(pending.popleft())
-                            w.conn.send(w.tasks[-1])
+                            self._send(w, pending.popleft())
                         rec = msg[1]
                         if rec.get("torch_loaded"):
                             self.torch_pids.add(rec["pid"])
@@ -142,6 +140,14 @@ class WorkerPool:
         finally:
             for w in self.close():
                 on_death(w.tasks[0], w.proc.exitcode)  # interrupted: only to remove its temporary output
+
+    @staticmethod
+    def _send(w: _Worker, task: dict) -> None:
+        w.tasks.append(task)
+        try:
+            w.conn.send(task)
+        except BrokenPipeError:
+            pass  # the worker is gone: its sentinel is ready, and the death handling accounts for `task`
 
     @staticmethod
     def _receive(w: _Worker) -> tuple | None:
