@@ -232,3 +232,18 @@ def test_verify_measures_torch_before_importing_it_and_forks_a_clean_parent(tmp_
     assert s["counts"] == {"failed": 1}
     # the worker imported the runner (torch) once at start; the parent never did, so it could fork
     assert s["start_method"] == "fork" and s["torch_imports"] == 1
+
+
+def test_a_directory_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
+    src = _copies(tmp_path / "src", ["ok.ckpt", "locked/x.ckpt"])
+    real = os.scandir
+
+    def scandir(path="."):  # as root, chmod 000 does not stop listing: refuse the way the kernel would
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found, skipped = batch.scan(str(src))
+    assert found == ["ok.ckpt"]
+    assert skipped == [{"path": "locked", "reason": "directory cannot be listed: Permission denied"}]
