@@ -12,7 +12,6 @@ Only click is imported when the CLI starts; the engine is imported in the proces
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -21,190 +20,12 @@ from typing import Any
 
 import click
 
-from .errors import EXIT_CHECK_FAILED, InputError, UsageError
+from .batch_plan import SUFFIXES, check_plan, discover, output_name, parse_shard, scan, shard_of  # noqa: F401
+from .batch_worker import migrate_one, worker_imports, worker_init
+from .errors import EXIT_CHECK_FAILED, InputError, OutputError, UsageError
 
-SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 SCHEMA = "athelas-migrate/batch-summary/1"
 OK_STATUSES = ("migrated", "verified", "unchanged")
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def discover(src: str, exclude: str | None = None) -> list[str]:
-    """Relative paths (POSIX separators, sorted) of the checkpoint files under `src` (a file gives
-    itself). Hidden files (temporaries such as `.NAME.*.partial`) and the `exclude` tree are skipped;
-    symbolic links to directories are not followed."""
-    src = os.path.abspath(src)
-    if os.path.isfile(src):
-        return [os.path.basename(src)]
-    if not os.path.isdir(src):
-        raise UsageError(f"SRC {src} does not exist")
-    exclude = os.path.realpath(exclude) if exclude else None
-    found = []
-    for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and os.path.realpath(os.path.join(root, d)) != exclude)
-        for name in files:
-            if name.startswith(".") or not name.lower().endswith(SUFFIXES):
-                continue
-            full = os.path.join(root, name)
-            if os.path.isfile(full):
-                found.append(os.path.relpath(full, src).replace(os.sep, "/"))
-    return sorted(found)
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard takes K/N (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= k < n:
-        raise UsageError(f"--shard K/N needs 0 <= K < N, got {text!r}")
-    return k, n
-
-
-def shard_of(rel: str, count: int) -> int:
-    """The shard of a relative path: a hash of the path alone, so adding or removing other files never
-    moves a file to another shard (and the split is the same on every machine and Python version)."""
-    digest = hashlib.sha256(rel.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count
-
-
-def output_name(rel: str, fmt: str | None) -> str:
-    """DST-relative output path: the same path, with the suffix the output format needs."""
-    stem, ext = os.path.splitext(rel)
-    if fmt == "safetensors":
-        return stem + ".safetensors"
-    if fmt == "ckpt" and ext.lower() == ".safetensors":
-        return stem + ".ckpt"
-    return rel
-
-
-# ----------------------------------------------------------------------------- one file (in a worker)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 400 else line[:397] + "..."
-
-
-def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
-    """Migrate (and verify) one file; never raises: failures come back as a record with `error`."""
-    t0 = time.perf_counter()
-    rec: dict[str, Any] = {"path": task["rel"], "output": task["out_rel"], "status": "failed", "error": None}
-    src, dst = task["src"], task["dst"]
-    try:
-        from .errors import AthelasError
-        from .pipeline import plan_and_apply, write_result
-
-        try:
-            result = plan_and_apply(src, to=task["to"], overrides=task["overrides"])
-            os.makedirs(os.path.dirname(dst), exist_ok=True)  # only for files that will be written
-            rec.update({"family": result.family.name, "from": result.source_version, "to": result.target_version,
-                        "warnings": list(result.warnings)})
-            same_format = dst.endswith(".safetensors") == (result.raw.kind == "safetensors")
-            if result.noop and same_format:
-                _copy_verbatim(src, dst, task["force"])
-                rec["status"] = "unchanged"
-            else:
-                write_result(result, dst, force=task["force"])
-                rec["status"] = "migrated"
-            rec["bytes"] = os.path.getsize(dst)
-            if task["verify"] and rec["status"] == "migrated":
-                from .equivalence import run_verify
-
-                report = run_verify(src, dst, overrides=task["overrides"])
-                rec["status"] = "verified" if report.passed else "verify_failed"
-                if not report.passed:
-                    rec["error"] = _verify_reason(report)
-        except AthelasError as exc:
-            rec["status"], rec["error"], rec["exit_code"] = "failed", _one_line(exc), exc.exit_code
-        except (OSError, MemoryError) as exc:
-            rec["status"], rec["error"] = "failed", _one_line(exc) if str(exc) else type(exc).__name__
-    except Exception as exc:  # a bug, not the file's fault: still never stops the others
-        rec["status"], rec["error"] = "failed", f"internal error: {type(exc).__name__}: {_one_line(exc)}"
-    rec["seconds"] = round(time.perf_counter() - t0, 4)
-    rec["pid"] = os.getpid()
-    rec["torch_loaded"] = "torch" in sys.modules
-    return rec
-
-
-def _verify_reason(report: Any) -> str:
-    if getattr(report, "error", None):
-        return f"verification could not run: {_one_line(Exception(report.error))}"
-    try:
-        failed = report.failed_checks()
-        if failed:
-            section, check = failed[0]
-            name = f"{getattr(section, 'name', '?')}: {getattr(check, 'name', '?')}"
-            if getattr(check, "detail", ""):
-                name += f" ({_one_line(Exception(check.detail))[:200]})"
-            return f"verification failed: {name} (and {len(failed) - 1} more)" if len(failed) > 1 \
-                else f"verification failed: {name}"
-    except Exception:  # pragma: no cover - report shape from another module
-        pass
-    return "verification failed"
-
-
-def _copy_verbatim(src: str, dst: str, force: bool) -> None:
-    """An input already at the target layout: copied as it is (atomically), so DST mirrors SRC fully."""
-    from .errors import OutputExistsError
-    from .io.writer import atomic_output
-
-    if os.path.exists(dst) and not force:
-        raise OutputExistsError(f"{dst} exists; pass --force to replace it")
-    if os.path.exists(dst) and os.path.samefile(src, dst):
-        raise UsageError("NEW is the same file as OLD; the input is never overwritten")
-    with atomic_output(dst) as fh, open(src, "rb") as inp:
-        fh.flush()
-        size, off = os.fstat(inp.fileno()).st_size, 0
-        while off < size:
-            try:
-                n = os.copy_file_range(inp.fileno(), fh.fileno(), min(size - off, 64 << 20))
-            except OSError:
-                n = 0
-            if n <= 0:
-                chunk = inp.read(1 << 24)
-                if not chunk:
-                    break
-                fh.write(chunk)
-                fh.flush()
-                n = len(chunk)
-            off += n
-
-
-def _start_methods() -> list[str]:
-    import multiprocessing
-
-    return multiprocessing.get_all_start_methods()
-
-
-def _worker_imports() -> None:
-    """What every file needs: the engine and numpy (no torch on the rename path)."""
-    import contextlib
-
-    with contextlib.suppress(ImportError):
-        import numpy  # noqa: F401  (class weights are read with it)
-
-        from . import pipeline  # noqa: F401
-
-
-def _worker_init(verify: bool = False) -> None:  # pragma: no cover - runs in worker processes
-    """Workers ignore SIGINT (the parent handles Ctrl-C and shuts the pool down) and import what every file
-    needs once, at start, while the parent is still listing the inputs."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import contextlib
-
-    _worker_imports()
-    if verify:
-        with contextlib.suppress(ImportError):
-            from .equivalence import runner  # noqa: F401  (imports torch, once per worker)
 
 
 # ----------------------------------------------------------------------------- running
@@ -212,124 +33,92 @@ def _worker_init(verify: bool = False) -> None:  # pragma: no cover - runs in wo
 
 def run_batch(src: str, dst: str, to: str | None = None, overrides: dict[str, Any] | None = None,
               fmt: str | None = None, jobs: int = 1, verify: bool = False, shard: tuple[int, int] | None = None,
-              force: bool = False, progress: Any = None, on_start: Any = None) -> dict[str, Any]:
+              force: bool = False, progress: Any = None, on_start: Any = None,
+              isolate: bool = True) -> dict[str, Any]:
     """Migrate every checkpoint under `src` into `dst`; returns the summary (see docs/batch.md).
 
     `on_start(total)` is called once the work is about to run (worker processes already started), then
-    `progress(record)` once per finished file, both in the calling process."""
+    `progress(record)` once per finished file, both in the calling process. `isolate=False` migrates in
+    this process (no crash isolation; for tests that patch the engine)."""
+    parent_had_torch = "torch" in sys.modules  # before anything here can import it
     t0 = time.perf_counter()
     src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if os.path.isdir(src_abs) and os.path.realpath(src_abs) == os.path.realpath(dst_abs):
         raise UsageError("DST is SRC: outputs would replace their inputs; give another directory")
-    if os.path.exists(dst_abs) and not os.path.isdir(dst_abs):
-        raise UsageError(f"DST {dst} exists and is not a directory")
+    if os.path.lexists(dst_abs) and not os.path.isdir(dst_abs):
+        raise OutputError(f"cannot write into DST {dst}: it exists and is not a directory")
     if verify:
-        try:
-            from .equivalence import run_verify  # noqa: F401  (checked here, imported again in the workers)
-        except ImportError as exc:
-            raise UsageError(f"--verify needs the equivalence runner (athelas_migrate.equivalence): {exc}") from exc
-    parent_had_torch = "torch" in sys.modules
-    if jobs > 1 and "fork" in _start_methods():
-        _worker_imports()  # once here; forked workers inherit it instead of importing it each
-    pool, warm = _start_pool(jobs, verify) if jobs > 1 else (None, [])
+        import importlib.util
+
+        missing = [m for m in ("torch", "athelas_migrate.equivalence") if importlib.util.find_spec(m) is None]
+        if missing:  # found without importing: importing torch here would make the workers inherit it
+            raise UsageError(f"--verify needs the equivalence runner; not installed: {', '.join(missing)}")
+    pool = None
+    if isolate:
+        from .batch_pool import WorkerPool, start_method
+
+        method = start_method(parent_had_torch)
+        if method == "fork":
+            worker_imports()  # once here; forked workers inherit it instead of importing it each
+        pool = WorkerPool(jobs, migrate_one, worker_init, (verify,), method)
+    records: list[dict] = []
     try:
-        every = discover(src_abs, exclude=dst_abs)
+        every, skipped = scan(src_abs, exclude=dst_abs)
         if not every:
             raise UsageError(f"no checkpoints ({' '.join(SUFFIXES)}) under {src}")
-        mine = [r for r in every if shard is None or shard_of(r, shard[1]) == shard[0]]
         base = src_abs if os.path.isdir(src_abs) else os.path.dirname(src_abs)
-        tasks, seen, records = [], {}, []
-        for rel in mine:
-            out_rel = output_name(rel, fmt)
-            if out_rel in seen:  # a.pt and a.safetensors with --format safetensors
-                records.append({"path": rel, "output": out_rel, "status": "failed", "seconds": 0.0,
-                                "error": f"output {out_rel} would also be written from {seen[out_rel]}"})
-                continue
-            seen[out_rel] = rel
-            tasks.append({"rel": rel, "out_rel": out_rel, "src": os.path.join(base, rel),
-                          "dst": os.path.join(dst_abs, out_rel), "to": to, "overrides": dict(overrides or {}),
-                          "verify": verify, "force": force})
-        os.makedirs(dst_abs, exist_ok=True)
+        plan = check_plan(base, dst_abs, every, fmt)
+        if shard is not None:
+            skipped = [s for s in skipped if shard_of(s["path"], shard[1]) == shard[0]]
+        tasks = [{"rel": rel, "out_rel": plan[rel], "src": os.path.join(base, rel),
+                  "dst": os.path.join(dst_abs, plan[rel]), "to": to, "overrides": dict(overrides or {}),
+                  "verify": verify, "force": force}
+                 for rel in every if shard is None or shard_of(rel, shard[1]) == shard[0]]
+        try:
+            os.makedirs(dst_abs, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create DST {dst}: {exc.strerror}") from exc
 
-        def start() -> None:
-            if on_start:
-                on_start(len(tasks) + len(records))
-            for rec in records:
-                if progress:
-                    progress(rec)
+        def done(rec: dict) -> None:
+            records.append(rec)
+            if progress:
+                progress(rec)
 
+        if on_start:
+            on_start(len(tasks))
         if pool is None:
-            start()
             for task in tasks:
-                rec = migrate_one(task)
-                records.append(rec)
-                if progress:
-                    progress(rec)
-            workers: set[int] = set()
+                done(migrate_one(task))
         else:
-            records += _run_pool(pool, tasks, progress, start)
-            workers = {w.result()[0] for w in warm} | {r["pid"] for r in records if "pid" in r}
+            pool.run(tasks, done, _worker_died)
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
     records.sort(key=lambda r: r["path"])
-    torch_pids = {r["pid"] for r in records if r.get("torch_loaded")} | {p for p, t in (w.result() for w in warm) if t}
-    torch_imports = len(torch_pids - {os.getpid()}) + (1 if os.getpid() in torch_pids and not parent_had_torch else 0)
-    return _summary(src_abs, dst_abs, to, overrides, fmt, verify, shard, len(every), records,
-                    time.perf_counter() - t0, jobs, len(workers), torch_imports)
+    if pool is None:
+        workers, torch_pids, method = set(), {r["pid"] for r in records if r.get("torch_loaded")}, "in-process"
+    else:
+        workers = pool.pids | {r["pid"] for r in records if "pid" in r}
+        torch_pids = pool.torch_pids
+    torch_imports = len(torch_pids - {os.getpid()}) + ("torch" in sys.modules and not parent_had_torch)
+    summary = _summary(src_abs, dst_abs, to, overrides, fmt, verify, shard, len(every), records,
+                       time.perf_counter() - t0, jobs, len(workers), torch_imports)
+    summary.update(skipped=skipped, start_method=method)
+    return summary
 
 
-def _start_pool(jobs: int, verify: bool) -> tuple[Any, list]:
-    """One persistent pool of `jobs` processes for all files, started now (fork where available: workers
-    start with only what this process imported, click; each imports the engine once, at start)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def _worker_died(task: dict, exitcode: int | None) -> dict[str, Any]:
+    """The record of a file whose worker died; its temporary output (the worker could not clean up) goes."""
+    from .batch_pool import death_reason
+    from .io import writer
 
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(verify,))
-    # with fork, the first submit starts every worker, before this process starts any thread of its own
-    return pool, [pool.submit(_worker_ready) for _ in range(jobs)]
-
-
-def _worker_ready() -> tuple[int, bool]:
-    return os.getpid(), "torch" in sys.modules
-
-
-def _migrate_chunk(tasks: list[dict]) -> list[dict]:  # pragma: no cover - runs in worker processes
-    return [migrate_one(t) for t in tasks]
-
-
-def _run_pool(pool: Any, tasks: list[dict], progress: Any, start: Any) -> list[dict]:
-    """Files go to the workers in small chunks: one round trip per chunk instead of per file (a small
-    checkpoint migrates in ~13 ms, comparable to the IPC and the parent's bookkeeping per future)."""
-    from concurrent.futures import as_completed
-
-    jobs = getattr(pool, "_max_workers", 1)
-    size = max(1, min(4, len(tasks) // (8 * jobs)))
-    chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-    out = []
-    futures = {pool.submit(_migrate_chunk, c): c for c in chunks}
-    start()
-    try:
-        for fut in as_completed(futures):
-            try:
-                recs = fut.result()
-            except Exception as exc:  # the worker died (killed, out of memory): its files failed
-                recs = [{"path": t["rel"], "output": t["out_rel"], "status": "failed", "seconds": 0.0,
-                         "error": f"worker process failed: {type(exc).__name__}: {_one_line(exc)}"}
-                        for t in futures[fut]]
-            for rec in recs:
-                out.append(rec)
-                if progress:
-                    progress(rec)
-    except KeyboardInterrupt:
-        for f in futures:
-            f.cancel()
-        raise
-    return out
+    cleanup = getattr(writer, "clean_stale_partials", None)  # named temporaries only (not O_TMPFILE ones)
+    if cleanup is not None:
+        cleanup(task["dst"])
+    return {"path": task["rel"], "output": task["out_rel"], "status": "failed", "seconds": 0.0,
+            "error": death_reason(exitcode)}
 
 
 def _summary(src: str, dst: str, to: str | None, overrides: dict | None, fmt: str | None, verify: bool,
@@ -371,6 +160,7 @@ def merge_summaries(summaries: list[tuple[str, dict[str, Any]]]) -> dict[str, An
     by_index: dict[int, str] = {}
     owner: dict[str, str] = {}
     files: list[dict] = []
+    skipped: dict[str, dict] = {}
     for name, s in summaries:
         if not isinstance(s, dict) or s.get("schema") != SCHEMA:
             raise InputError(f"{name}: not a batch summary ({SCHEMA})")
@@ -398,6 +188,7 @@ def merge_summaries(summaries: list[tuple[str, dict[str, Any]]]) -> dict[str, An
                                  f"not {idx}")
             owner[path] = name
             files.append(r)
+        skipped.update((e.get("path"), e) for e in s.get("skipped") or [])
     missing = sorted(set(range(shard_count or 1)) - set(by_index))
     if not missing and len(files) != first.get("inputs_total"):
         raise InputError(f"inconsistent shards: all {shard_count} shards hold {len(files)} files but SRC had "
@@ -419,6 +210,7 @@ def merge_summaries(summaries: list[tuple[str, dict[str, Any]]]) -> dict[str, An
         "complete": not missing,
         "inputs_total": first.get("inputs_total"),
         "files": files,
+        "skipped": sorted(skipped.values(), key=lambda e: str(e.get("path"))),
         "counts": counts,
         "failed": sum(1 for r in files if r["status"] not in OK_STATUSES),
         "seconds": round(sum(float(s.get("seconds") or 0) for _, s in summaries), 3),
@@ -435,13 +227,19 @@ def _write_json(path: str, obj: dict) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(f"directory of {path} does not exist")
-    with atomic_output(path) as fh:
-        fh.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    try:
+        with atomic_output(path) as fh:
+            fh.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def render_summary(summary: dict[str, Any], console: Any = None) -> None:
+    """The table and the failure lines. Paths, errors and warnings come from the checkpoints (file names,
+    keys): they are printed as plain `Text`, never parsed as rich markup (`[/]` in a key is just text)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     con = console or Console(highlight=False)
     files = summary["files"]
@@ -453,31 +251,39 @@ def render_summary(summary: dict[str, Any], console: Any = None) -> None:
         table.add_column(col, justify=just)
     groups: dict[tuple, list[dict]] = {}
     for r in files:
-        key = (r["status"], r.get("family") or "-", f"{r['from']} -> {r['to']}" if r.get("from") else "-")
+        key = (str(r["status"]), str(r.get("family") or "-"), f"{r['from']} -> {r['to']}" if r.get("from") else "-")
         groups.setdefault(key, []).append(r)
     colours = {"migrated": "green", "verified": "green", "unchanged": "cyan", "failed": "red",
                "verify_failed": "red"}
     for (status, fam, edge), rs in sorted(groups.items()):
-        table.add_row(f"[{colours.get(status, 'white')}]{status}[/]", fam, edge, str(len(rs)),
+        table.add_row(Text(status, style=colours.get(status, "white")), Text(fam), Text(edge), str(len(rs)),
                       f"{sum(r.get('bytes') or 0 for r in rs) / 1e6:,.1f}",
                       f"{sum(r.get('seconds') or 0 for r in rs):.2f}")
     con.print(table)
+
+    def line(tag: str, style: str, path: str, text: str) -> None:
+        con.print(Text.assemble((tag, style), f" {path}: {text}"))
+
     bad = [r for r in files if r["status"] not in OK_STATUSES]
     for r in bad:
-        con.print(f"[red]{r['status']}[/] {r['path']}: {r.get('error') or ''}", markup=True)
+        line(str(r["status"]), "red", str(r["path"]), str(r.get("error") or ""))
     warned = [r for r in files if r.get("warnings")]
     for r in warned[:20]:
-        con.print(f"[yellow]warning[/] {r['path']}: {r['warnings'][0]}")
+        line("warning", "yellow", str(r["path"]), str(r["warnings"][0]))
+    skipped = summary.get("skipped") or []
+    for e in skipped:
+        line("skipped", "yellow", str(e.get("path")), str(e.get("reason")))
     extra = []
     if "torch_imports" in summary:
         extra.append(f"torch imported {summary['torch_imports']} time(s)")
     if summary.get("workers"):
         extra.append(f"{summary['workers']} worker process(es)")
     if summary.get("missing_shards"):
-        con.print(f"[yellow]incomplete: missing shard(s) {summary['missing_shards']} of {summary['shards']}[/]")
+        con.print(Text(f"incomplete: missing shard(s) {summary['missing_shards']} of {summary['shards']}",
+                       style="yellow"))
     ok = len(files) - len(bad)
-    con.print(f"{ok} ok, {len(bad)} failed, in {summary['seconds']:.2f} s" + (f" ({'; '.join(extra)})" if extra
-                                                                             else ""))
+    con.print(Text(f"{ok} ok, {len(bad)} failed" + (f", {len(skipped)} skipped" if skipped else "")
+                   + f", in {summary['seconds']:.2f} s" + (f" ({'; '.join(extra)})" if extra else "")))
 
 
 # ----------------------------------------------------------------------------- commands
@@ -573,5 +379,5 @@ def merge_summaries_cmd(out, inputs) -> None:
         sys.exit(EXIT_CHECK_FAILED)
 
 
-__all__ = ["batch_cmd", "merge_summaries_cmd", "run_batch", "merge_summaries", "discover", "shard_of",
-           "parse_shard", "migrate_one"]
+__all__ = ["batch_cmd", "merge_summaries_cmd", "run_batch", "merge_summaries", "discover", "scan", "shard_of",
+           "parse_shard", "output_name", "migrate_one"]

@@ -165,7 +165,7 @@ def test_verify_failures_are_reported(tmp_path, monkeypatch):
     src = _tree(tmp_path, n=2, bad=False)
     summary = batch.run_batch(str(src), str(tmp_path / "dst"), overrides=json.loads(
         '{"tab_field_list": ["ttm_conc_count","net_conc_amt","days_since_first_txn"], "label_name": "label"}'),
-        verify=True)
+        verify=True, isolate=False)  # in this process: the patched runner is what runs
     assert summary["counts"] == {"verify_failed": 2} and summary["failed"] == 2
     assert all("outputs: logits" in f["error"] for f in summary["files"])
 

@@ -1,0 +1,160 @@
+"""One file of a `batch` run, as a worker process runs it: migrate (and verify), and never raise.
+
+Only the standard library is imported at module load; the engine is imported by `worker_init` (or was
+imported by the parent before forking), so a spawned worker starts as light as possible.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+TEST_KILL_ENV = "ATHELAS_MIGRATE_TEST_KILL"
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
+def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Migrate (and verify) one file; never raises: failures come back as a record with `error`."""
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"path": task["rel"], "output": task["out_rel"], "status": "failed", "error": None}
+    src, dst = task["src"], task["dst"]
+    try:
+        from .errors import AthelasError, OutputError
+        from .pipeline import plan_and_apply, write_result
+
+        try:
+            result = plan_and_apply(src, to=task["to"], overrides=task["overrides"])
+            try:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)  # only for files that will be written
+            except OSError as exc:
+                raise OutputError(f"cannot create {os.path.dirname(dst)}: {exc.strerror}") from exc
+            _test_kill_hook(task)
+            rec.update({"family": result.family.name, "from": result.source_version, "to": result.target_version,
+                        "warnings": list(result.warnings)})
+            same_format = dst.endswith(".safetensors") == (result.raw.kind == "safetensors")
+            if result.noop and same_format:
+                copy_verbatim(src, dst, task["force"])
+                rec["status"] = "unchanged"
+            else:
+                write_result(result, dst, force=task["force"])
+                rec["status"] = "migrated"
+            rec["bytes"] = os.path.getsize(dst)
+            if task["verify"] and rec["status"] == "migrated":
+                from .equivalence import run_verify
+
+                report = run_verify(src, dst, overrides=task["overrides"])
+                rec["status"] = "verified" if report.passed else "verify_failed"
+                if not report.passed:
+                    rec["error"] = _verify_reason(report)
+        except AthelasError as exc:
+            rec["status"], rec["error"], rec["exit_code"] = "failed", one_line(exc), exc.exit_code
+        except (OSError, MemoryError) as exc:
+            rec["status"], rec["error"] = "failed", one_line(exc) if str(exc) else type(exc).__name__
+    except Exception as exc:  # a bug, not the file's fault: still never stops the others
+        rec["status"], rec["error"] = "failed", f"internal error: {type(exc).__name__}: {one_line(exc)}"
+    rec["seconds"] = round(time.perf_counter() - t0, 4)
+    rec["pid"] = os.getpid()
+    rec["torch_loaded"] = "torch" in sys.modules
+    return rec
+
+
+def _test_kill_hook(task: dict[str, Any]) -> None:
+    """Test-only: `ATHELAS_MIGRATE_TEST_KILL=REL[:SIGNAL]` makes the worker migrating REL kill itself with
+    SIGNAL (default SIGKILL) while its temporary output exists, as the OOM killer would mid-write."""
+    spec = os.environ.get(TEST_KILL_ENV)
+    if not spec:
+        return
+    rel, _, sig = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "9")
+    if rel != task["rel"]:
+        return
+    from .io.writer import atomic_output
+
+    with atomic_output(task["dst"]) as fh:
+        fh.write(b"partial")
+        fh.flush()
+        os.kill(os.getpid(), int(sig))
+
+
+def _verify_reason(report: Any) -> str:
+    if getattr(report, "error", None):
+        return f"verification could not run: {one_line(Exception(report.error))}"
+    try:
+        failed = report.failed_checks()
+        if failed:
+            section, check = failed[0]
+            name = f"{getattr(section, 'name', '?')}: {getattr(check, 'name', '?')}"
+            if getattr(check, "detail", ""):
+                name += f" ({one_line(Exception(check.detail))[:200]})"
+            return f"verification failed: {name} (and {len(failed) - 1} more)" if len(failed) > 1 \
+                else f"verification failed: {name}"
+    except Exception:  # pragma: no cover - report shape from another module
+        pass
+    return "verification failed"
+
+
+def copy_verbatim(src: str, dst: str, force: bool) -> None:
+    """An input already at the target layout: copied as it is (atomically), so DST mirrors SRC fully.
+
+    The copy must be the whole input as it was when opened: a source that shrinks, grows or is rewritten
+    meanwhile raises InputError and nothing is published (a short read is not the end of the file)."""
+    from .errors import InputError, OutputExistsError, UsageError
+    from .io.writer import atomic_output
+
+    if os.path.exists(dst) and not force:
+        raise OutputExistsError(f"{dst} exists; pass --force to replace it")
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise UsageError("NEW is the same file as OLD; the input is never overwritten")
+    with atomic_output(dst) as fh, open(src, "rb") as inp:
+        fh.flush()
+        before = os.fstat(inp.fileno())
+        size, off = before.st_size, 0
+        while off < size:
+            try:
+                n = os.copy_file_range(inp.fileno(), fh.fileno(), size - off)
+            except OSError:
+                n = 0
+            if n <= 0:
+                chunk = inp.read(min(size - off, 1 << 24))
+                if not chunk:
+                    break
+                fh.write(chunk)
+                fh.flush()
+                n = len(chunk)
+            off += n
+        after = os.fstat(inp.fileno())
+        if off != size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise InputError(f"{src} changed while being copied ({size} bytes when opened, {after.st_size} now, "
+                             f"{off} copied); nothing was written")
+
+
+def worker_imports() -> None:
+    """What every file needs: the engine and numpy (no torch on the rename path)."""
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import numpy  # noqa: F401  (class weights are read with it)
+
+        from . import pipeline  # noqa: F401
+
+
+def worker_init(verify: bool = False) -> None:  # pragma: no cover - runs in worker processes
+    """Workers ignore SIGINT (the parent handles Ctrl-C and stops them) and import what every file needs
+    once, at start, while the parent is still planning."""
+    import contextlib
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_imports()
+    if verify:
+        with contextlib.suppress(ImportError):
+            from .equivalence import runner  # noqa: F401  (imports torch, once per worker)
+
+
+__all__ = ["migrate_one", "copy_verbatim", "worker_init", "worker_imports", "one_line", "TEST_KILL_ENV"]
