@@ -100,38 +100,13 @@ def _verify_reason(report: Any) -> str:
 
 
 def copy_verbatim(src: str, dst: str, force: bool) -> None:
-    """An input already at the target layout: copied as it is (atomically), so DST mirrors SRC fully.
+    """An input already at the target layout: copied as it is (atomically), so DST mirrors SRC fully; a source
+    that changes during the copy is refused (see pipeline.copy_verbatim)."""
+    from .outputs import prepare_output
+    from .pipeline import copy_verbatim as copy
 
-    The copy must be the whole input as it was when opened: a source that shrinks, grows or is rewritten
-    meanwhile raises InputError and nothing is published (a short read is not the end of the file)."""
-    from .errors import InputError, OutputExistsError, UsageError
-    from .io.writer import atomic_output
-
-    if os.path.exists(dst) and not force:
-        raise OutputExistsError(f"{dst} exists; pass --force to replace it")
-    if os.path.exists(dst) and os.path.samefile(src, dst):
-        raise UsageError("NEW is the same file as OLD; the input is never overwritten")
-    with atomic_output(dst) as fh, open(src, "rb") as inp:
-        fh.flush()
-        before = os.fstat(inp.fileno())
-        size, off = before.st_size, 0
-        while off < size:
-            try:
-                n = os.copy_file_range(inp.fileno(), fh.fileno(), size - off)
-            except OSError:
-                n = 0
-            if n <= 0:
-                chunk = inp.read(min(size - off, 1 << 24))
-                if not chunk:
-                    break
-                fh.write(chunk)
-                fh.flush()
-                n = len(chunk)
-            off += n
-        after = os.fstat(inp.fileno())
-        if off != size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise InputError(f"{src} changed while being copied ({size} bytes when opened, {after.st_size} now, "
-                             f"{off} copied); nothing was written")
+    prepare_output(dst, force, inputs=(src,))
+    copy(src, dst)
 
 
 def worker_imports() -> None:

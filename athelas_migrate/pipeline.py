@@ -329,28 +329,34 @@ def write_result(result: MigrationResult, dst: str, force: bool = False) -> None
 
 def copy_verbatim(src: str, dst: str) -> None:
     """A file already at the target layout: NEW is a byte-for-byte copy (exit 0 always means NEW exists).
-    `copy_file_range` lets reflink file systems share the blocks instead of copying them."""
+
+    `copy_file_range` lets reflink file systems share the blocks. The copy must be the whole input as it was
+    when opened: a source that shrinks, grows or is rewritten meanwhile raises InputError and nothing is
+    published (a short read is not the end of the file)."""
+    from .errors import InputError
     from .io.writer import atomic_output
 
-    with open(src, "rb") as fin, atomic_output(dst) as fh:
+    with atomic_output(dst) as fh, open(src, "rb") as inp:
         fh.flush()
-        size, done = os.fstat(fin.fileno()).st_size, 0
-        try:
-            while done < size:
-                n = os.copy_file_range(fin.fileno(), fh.fileno(), size - done, done, done)
-                if n == 0:
+        before = os.fstat(inp.fileno())
+        size, off = before.st_size, 0
+        while off < size:
+            try:
+                n = os.copy_file_range(inp.fileno(), fh.fileno(), size - off)
+            except OSError:
+                n = 0
+            if n <= 0:
+                chunk = inp.read(min(size - off, 1 << 24))
+                if not chunk:
                     break
-                done += n
-        except OSError:
-            done = 0
-        if done != size:  # no copy_file_range here (or a short copy): plain read/write from the start
-            fin.seek(0)
-            fh.seek(0)
-            fh.truncate()
-            while chunk := fin.read(1 << 24):
                 fh.write(chunk)
-        else:
-            fh.seek(size)
+                fh.flush()
+                n = len(chunk)
+            off += n
+        after = os.fstat(inp.fileno())
+        if off != size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise InputError(f"{src} changed while being copied ({size} bytes when opened, {after.st_size} now, "
+                             f"{off} copied); nothing was written")
 
 
 def _jsonable(obj: Any) -> Any:
