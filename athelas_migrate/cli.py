@@ -20,7 +20,7 @@ import click
 from .errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AthelasError
 
 #: Flags of the root command accepted anywhere on the line (`ckpt OLD NEW --debug` as well as `--debug ckpt`).
-GLOBAL_FLAGS = ("--debug", "--allow-unknown-keys")
+GLOBAL_FLAGS = ("--debug", "--allow-unknown-keys", "-q", "--quiet", "-v", "--verbose")
 
 
 class _Group(click.Group):
@@ -141,10 +141,12 @@ bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_o
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result (any command).")
+@click.option("-v", "--verbose", is_flag=True, help="Print more detail (any command).")
 @click.option("--allow-unknown-keys", is_flag=True,
               help="Accept --set keys this tool does not know (recorded as given) instead of refusing them.")
 @click.version_option(None, "-V", "--version", package_name="athelas-migrate")
-def main(debug: bool, allow_unknown_keys: bool) -> None:
+def main(debug: bool, quiet: bool, verbose: bool, allow_unknown_keys: bool) -> None:
     """Migrate, verify and audit athelas Lightning checkpoints across layout versions.
 
     Exit codes: 0 success, 1 verification or check failed, 2 usage error,
@@ -178,6 +180,10 @@ def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_r
     elapsed = time.perf_counter() - t0
     if json_out:
         click.echo(json.dumps(_result_summary(result, new, dry_run, elapsed), indent=2))
+        return
+    if click.get_current_context().find_root().params.get("quiet"):
+        if not dry_run:
+            click.echo(os.path.abspath(new))
         return
     _render_result(result, new, dry_run, elapsed)
 
@@ -308,6 +314,15 @@ def history_cmd(family) -> None:
     from .rules.graph import load_rule_files
     from .rules.inverse import hparam_rollback, invert_file
 
+    if family is not None:
+        from .errors import UsageError
+        from .families import FAMILIES
+
+        known = sorted({rf.family for rf in load_rule_files()} | set(FAMILIES))
+        match = [k for k in known if k.lower() == family.lower()]
+        if not match:
+            raise UsageError(f"unknown family {family!r} (known: {', '.join(known)})")
+        family = match[0]
     files = [rf for rf in load_rule_files() if family in (None, rf.family)]
     if not files:
         raise AthelasError(f"no rule files for family {family!r}")

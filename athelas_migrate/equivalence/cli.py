@@ -71,6 +71,8 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
     from ..outputs import prepare_output
 
     root = ctx.find_root()
+    quiet = quiet or bool(root.params.get("quiet"))  # -q/-v also work before the command name
+    verbose = verbose or bool(root.params.get("verbose"))
     with error_boundary(bool(root.params.get("debug")) if root is not ctx else False, json_out):
         from ..outputs import read_inputs_first
 

@@ -22,10 +22,11 @@ def _load_bert_families() -> None:
 
 
 def get_family(name: str) -> Family:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise UnknownLayoutError(f"unknown family {name!r} (known: {', '.join(sorted(FAMILIES))})") from None
+    """The family named `name`, matched case-insensitively; an unknown name lists the known ones."""
+    fam = FAMILIES.get(name) or next((f for n, f in FAMILIES.items() if n.lower() == str(name).lower()), None)
+    if fam is None:
+        raise UnknownLayoutError(f"unknown family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+    return fam
 
 
 def detect(raw: RawCheckpoint) -> Detection:
