@@ -12,6 +12,7 @@ import hashlib
 import mmap
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ DTYPES: dict[str, tuple[int, str, str]] = {
     "complex64": (8, "ComplexFloatStorage", "C64"),
     "complex128": (16, "ComplexDoubleStorage", "C128"),
 }
+INT64 = 2**63  # sizes, strides and offsets are int64 in torch
 STORAGE_CLASS_TO_DTYPE = {v[1]: k for k, v in DTYPES.items()}
 SAFETENSORS_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
 FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
@@ -60,22 +62,58 @@ class StorageRef:
         self.verify()
         return _mapped(self.path)[self.offset : self.offset + self.nbytes]
 
+    def read_bytes(self) -> bytes:
+        """The raw bytes as a copy, read with pread rather than a memory map, for the write path: a source
+        truncated meanwhile is an InputError there, never a SIGBUS. CRC-checked like `read`."""
+        if self.data is not None:
+            return bytes(self.data)
+        assert self.path is not None
+        self.verify()
+        return b"".join(read_chunks(self.path, self.offset, self.nbytes, f"storage record {self.key!r}"))
+
     def verify(self) -> None:
         """Check the source record's CRC32 once per process, so corrupted tensor bytes are never
-        decoded or copied into an output (torch itself does not check them)."""
+        decoded or copied into an output (torch itself does not check them). Reads with pread, not a memory
+        map: this runs while the writer copies, and a source truncated meanwhile must be an error, not SIGBUS."""
         if self.data is not None or self.path is None or self.record is None:
             return
         size, crc = self.record
-        view = _mapped(self.path)
         key = (self.path, _identity(self.path), self.offset, size, crc)
         if key in _VERIFIED:
             return
         from ..errors import InputError
 
-        if self.offset + size > len(view) or crc32(view[self.offset : self.offset + size]) != crc:
+        value = 0
+        for chunk in read_chunks(self.path, self.offset, size, f"storage record {self.key!r}"):
+            value = crc32(chunk, value)
+        if value != crc:
             raise InputError(f"{self.path}: corrupted checkpoint: storage record {self.key!r} fails its CRC "
                              "check (the tensor bytes were changed after torch wrote them)")
         _VERIFIED.add(key)
+
+
+def read_chunks(path: str, offset: int, size: int, what: str, chunk: int = 16 << 20) -> Iterator[bytes]:
+    """`size` bytes of `path` from `offset`, in bounded pieces; a file shorter than that is an InputError."""
+    from ..errors import InputError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the source: {exc.strerror}") from exc
+    try:
+        end = offset + size
+        while offset < end:
+            try:
+                data = os.pread(fd, min(chunk, end - offset), offset)
+            except OSError as exc:
+                raise InputError(f"{path}: cannot read the source: {exc.strerror}") from exc
+            if not data:
+                raise InputError(f"{path}: {what} ends {end - offset} bytes early (truncated or changed while "
+                                 "being read?)")
+            offset += len(data)
+            yield data
+    finally:
+        os.close(fd)
 
 
 _VERIFIED: set[tuple] = set()
@@ -99,7 +137,12 @@ _MAX_MAPS = 64
 
 
 def _identity(path: str) -> tuple[int, ...]:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        from ..errors import InputError
+
+        raise InputError(f"{path}: cannot read the source: {exc.strerror}") from exc
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
@@ -174,6 +217,25 @@ class TensorRef:
                 return False
             expected *= size
         return True
+
+    def geometry_problem(self) -> str | None:
+        """Why torch could not rebuild this view from a checkpoint (None when it can): sizes, strides and
+        offset must be int64-sized and non-negative, and the view must lie inside its storage, even with no
+        elements (torch refuses or overflows otherwise, and then the whole file fails to load)."""
+        item = DTYPES[self.dtype][0] if self.dtype in DTYPES else 0
+        values = (self.offset, self.storage.numel, *self.shape, *self.stride)
+        if not item or any(type(v) is not int or not 0 <= v < INT64 for v in values):
+            return (f"dtype {self.dtype}, size {list(self.shape)}, stride {list(self.stride)}, offset {self.offset} "
+                    "(each must be a non-negative 64-bit integer)")[:300]
+        if len(self.shape) != len(self.stride):
+            return f"size {list(self.shape)} and stride {list(self.stride)} differ in length"
+        if self.storage.numel * item >= INT64 or self.numel * item >= INT64:
+            return "more than 2**63 bytes"
+        extent = self.offset + (sum((s - 1) * st for s, st in zip(self.shape, self.stride)) + 1 if self.numel else 0)
+        if extent > self.storage.numel:
+            return (f"size {list(self.shape)}, stride {list(self.stride)}, offset {self.offset} address elements past "
+                    f"the end of its storage of {self.storage.numel}")[:300]
+        return None
 
     def byte_range(self) -> tuple[int, int] | None:
         """(start, end) in the storage when the view is one contiguous run of bytes."""
