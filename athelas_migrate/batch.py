@@ -154,6 +154,7 @@ def _copy_verbatim(src: str, dst: str, force: bool) -> None:
     """An input already at the target layout: copied as it is (atomically), so DST mirrors SRC fully."""
     from .errors import OutputExistsError
     from .io.writer import atomic_output
+    from .io.zip_archive import copy_range
 
     if os.path.exists(dst) and not force:
         raise OutputExistsError(f"{dst} exists; pass --force to replace it")
@@ -161,20 +162,8 @@ def _copy_verbatim(src: str, dst: str, force: bool) -> None:
         raise UsageError("NEW is the same file as OLD; the input is never overwritten")
     with atomic_output(dst) as fh, open(src, "rb") as inp:
         fh.flush()
-        size, off = os.fstat(inp.fileno()).st_size, 0
-        while off < size:
-            try:
-                n = os.copy_file_range(inp.fileno(), fh.fileno(), min(size - off, 64 << 20))
-            except OSError:
-                n = 0
-            if n <= 0:
-                chunk = inp.read(1 << 24)
-                if not chunk:
-                    break
-                fh.write(chunk)
-                fh.flush()
-                n = len(chunk)
-            off += n
+        # exactly the size seen now: a source that shrinks meanwhile is an error, never a truncated copy
+        copy_range(inp.fileno(), fh.fileno(), 0, os.fstat(inp.fileno()).st_size, what=src, dst=dst)
 
 
 def _start_methods() -> list[str]:

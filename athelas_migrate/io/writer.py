@@ -31,6 +31,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import OutputError
 from .pickle_writer import dumps
 from .tensor_ref import DTYPES, TensorRef
 from .zip_archive import Member, ZipWriter, output_error, write_members
@@ -98,9 +99,13 @@ class _Pending:
             self.dir_fd = os.open(os.path.dirname(self.dst), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise output_error(self.dst, exc) from exc
-        self.fh = OutputFile(io.FileIO(self._create(), "wb"))
+        self.fh = OutputFile(self._raw(self._create()))
         self.fh.dst = self.dst
         return self.fh
+
+    @staticmethod
+    def _raw(fd: int) -> io.FileIO:  # a seam for tests that simulate a full disk
+        return io.FileIO(fd, "wb")
 
     def _create(self) -> int:
         if _anonymous_supported():
@@ -138,8 +143,8 @@ class _Pending:
         if self.fh is not None:
             try:
                 self.fh.close()
-            except OSError:
-                pass  # the raw descriptor is closed even when the final flush fails
+            except (OSError, OutputError):
+                pass  # the same failure again (ENOSPC on the final flush); the descriptor is closed regardless
         if self.name is not None:
             try:
                 os.unlink(self.name, dir_fd=self.dir_fd)
