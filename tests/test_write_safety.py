@@ -305,7 +305,7 @@ def test_temp_names_fit_name_max(base):
 
 # --- 4/16. sources that change while copied; descriptors -----------------------------------------------------
 
-def _big_source(path, n=(17 << 20) // 4):  # > one 16 MiB read: the truncation lands between two reads
+def _big_source(path, n=(3 << 20) // 4):  # > one 1 MiB read: the truncation lands between two reads
     ref = StorageRef("float32", n, data=bytes(range(256)) * (n * 4 // 256))
     write_torch_zip(str(path), {"state_dict": OrderedDict(w=TensorRef(ref, 0, (n,), (1,)))})
     return path
