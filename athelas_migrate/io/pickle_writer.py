@@ -143,8 +143,8 @@ def check_writable(obj: Any) -> None:
         kind = type(value)
         if kind is int:
             if not -INT_LIMIT < value < INT_LIMIT:
-                raise InputError(f"{path}: an integer of about {int((value.bit_length() - 1) * 0.30103) + 1} digits "
-                                 f"cannot be written (torch.load reads at most {INT_DIGITS} digits)")
+                raise InputError(f"{path}: an integer of {_digits(value)} digits cannot be written (torch.load "
+                                 f"reads at most {INT_DIGITS} digits)")
             continue
         if kind in (str, float, bool, bytes, complex) or value is None or id(value) in seen:
             continue
@@ -161,3 +161,9 @@ def check_writable(obj: Any) -> None:
             stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
         elif isinstance(value, (set, frozenset)):
             stack.extend((item, f"{path} (a set element)") for item in value)
+
+
+def _digits(value: int) -> int:
+    """Decimal digits of `value`, without str() (refused beyond 4300 digits by default)."""
+    digits = int((abs(value).bit_length() - 1) * 0.30102999566398) + 1
+    return digits + (abs(value) >= 10**digits)
