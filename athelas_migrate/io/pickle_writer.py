@@ -135,32 +135,44 @@ def dumps(obj: Any) -> tuple[bytes, list[StorageRef]]:
 def check_writable(obj: Any) -> None:
     """Refuse (InputError naming the key path) what `torch.load(weights_only=True)` could not read back:
     ints beyond pickle's LONG1 form, tensor views whose size, stride or offset overflow int64 or leave their
-    storage (also for tensors with no elements)."""
+    storage (also for tensors with no elements). Paths are built only for the value refused."""
     seen: set[int] = set()
-    stack: list[tuple[Any, str]] = [(obj, "<root>")]
+    stack: list[tuple[Any, Any]] = [(obj, None)]  # (value, (parent link, step)): a path as a linked list
     while stack:
-        value, path = stack.pop()
+        value, link = stack.pop()
         kind = type(value)
         if kind is int:
             if not -INT_LIMIT < value < INT_LIMIT:
-                raise InputError(f"{path}: an integer of {_digits(value)} digits cannot be written (torch.load "
-                                 f"reads at most {INT_DIGITS} digits)")
+                raise InputError(f"{_path(link)}: an integer of {_digits(value)} digits cannot be written "
+                                 f"(torch.load reads at most {INT_DIGITS} digits)")
             continue
-        if kind in (str, float, bool, bytes, complex) or value is None or id(value) in seen:
+        if kind in _LEAVES or value is None or id(value) in seen:
             continue
         seen.add(id(value))
         if isinstance(value, TensorRef):
             problem = value.geometry_problem()
             if problem:
-                raise InputError(f"{path}: tensor cannot be written so that torch.load reads it back: {problem}")
+                raise InputError(f"{_path(link)}: tensor cannot be written so that torch.load reads it back: "
+                                 f"{problem}")
         elif isinstance(value, dict):
             for key, item in value.items():
-                stack.append((key, f"{path} (a key)"))
-                stack.append((item, f"{path}[{key!r}]"[:300]))
+                stack.append((key, (link, " (a key)")))
+                stack.append((item, (link, key)))
         elif isinstance(value, (list, tuple)):
-            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+            stack.extend((item, (link, i)) for i, item in enumerate(value))
         elif isinstance(value, (set, frozenset)):
-            stack.extend((item, f"{path} (a set element)") for item in value)
+            stack.extend((item, (link, " (a set element)")) for item in value)
+
+
+_LEAVES = (str, float, bool, bytes, complex, StorageRef)
+
+
+def _path(link: Any) -> str:
+    steps = []
+    while link is not None:
+        link, step = link
+        steps.append(step if isinstance(step, str) and step.startswith(" (") else f"[{step!r}]")
+    return ("<root>" + "".join(reversed(steps)))[:300]
 
 
 def _digits(value: int) -> int:

@@ -227,20 +227,26 @@ class TensorRef:
         """Why torch could not rebuild this view from a checkpoint (None when it can): sizes, strides and
         offset must be int64-sized and non-negative, and the view must lie inside its storage, even with no
         elements (torch refuses or overflows otherwise, and then the whole file fails to load)."""
+        shape, stride, offset, available = self.shape, self.stride, self.offset, self.storage.numel
         item = DTYPES[self.dtype][0] if self.dtype in DTYPES else 0
-        values = (self.offset, self.storage.numel, *self.shape, *self.stride)
-        if not item or any(type(v) is not int or not 0 <= v < INT64 for v in values):
-            return (f"dtype {self.dtype}, size {list(self.shape)}, stride {list(self.stride)}, offset {self.offset} "
-                    "(each must be a non-negative 64-bit integer)")[:300]
-        if len(self.shape) != len(self.stride):
-            return f"size {list(self.shape)} and stride {list(self.stride)} differ in length"
-        if self.storage.numel * item >= INT64 or self.numel * item >= INT64:
-            return "more than 2**63 bytes"
-        extent = self.offset + (sum((s - 1) * st for s, st in zip(self.shape, self.stride)) + 1 if self.numel else 0)
-        if extent > self.storage.numel:
-            return (f"size {list(self.shape)}, stride {list(self.stride)}, offset {self.offset} address elements past "
-                    f"the end of its storage of {self.storage.numel}")[:300]
-        return None
+        problem = None if item and len(shape) == len(stride) else "unsupported dtype or rank mismatch"
+        numel, last = 1, 0
+        for size, step in zip(shape, stride):
+            if type(size) is not int or type(step) is not int or not (0 <= size < INT64 and 0 <= step < INT64):
+                problem = "each must be a non-negative 64-bit integer"
+                break
+            numel *= size
+            last += (size - 1) * step
+        if problem is None:
+            if type(offset) is not int or type(available) is not int or not (0 <= offset < INT64 and 0 <= available):
+                problem = "each must be a non-negative 64-bit integer"
+            elif available * item >= INT64 or numel * item >= INT64:
+                problem = "more than 2**63 bytes"
+            elif offset + (last + 1 if numel else 0) > available:
+                problem = f"addresses elements past the end of its storage of {available}"
+        if problem is None:
+            return None
+        return f"dtype {self.dtype}, size {list(shape)}, stride {list(stride)}, offset {offset}"[:240] + f": {problem}"
 
     def byte_range(self) -> tuple[int, int] | None:
         """(start, end) in the storage when the view is one contiguous run of bytes."""
