@@ -474,3 +474,22 @@ def test_cli_refuses_a_checkpoint_whose_hyper_parameter_torch_could_not_read_bac
     code, _, stderr = cli("ckpt", tmp_path / "old.ckpt", tmp_path / "new.ckpt", *v1_args)
     assert code == 3 and "['big']: an integer of 701 digits cannot be written" in stderr
     assert _entries(tmp_path) == ["cfg", "old.ckpt"]
+
+
+def test_signal_during_publish_is_delivered_after_new_is_complete(tmp_path, monkeypatch):
+    """Once the data is synced, a signal no longer abandons the write: NEW is published, then the signal
+    reaches the handler that was there before (here Python's SIGINT handler: KeyboardInterrupt)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT has a custom handler in this process")
+    real = os.replace
+
+    def replace_then_signal(*args, **kw):
+        signal.raise_signal(signal.SIGINT)  # arrives between the rename's decision and the rename
+        return real(*args, **kw)
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    with pytest.raises(KeyboardInterrupt) as err:
+        write_torch_zip(str(tmp_path / "a.ckpt"), {"note": "complete"})
+    assert not isinstance(err.value, writer.Interrupted)  # delivered afterwards, not turned into an abort
+    assert torch.load(tmp_path / "a.ckpt", weights_only=True)["note"] == "complete"
+    assert _entries(tmp_path) == ["a.ckpt"]

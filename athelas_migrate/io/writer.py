@@ -122,12 +122,19 @@ class _Pending:
         self.name = name
         return fd
 
-    def commit(self) -> None:
-        """Flush, fsync, give the file a name if it has none, rename it over NEW, fsync the directory."""
+    def sync(self) -> None:
+        """Flush and fsync the data (the long part: still interruptible)."""
         assert self.fh is not None
         try:
             self.fh.flush()
             os.fsync(self.fh.fileno())
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
+
+    def publish(self) -> None:
+        """Give the file a name if it has none, rename it over NEW, fsync the directory."""
+        assert self.fh is not None
+        try:
             if self.name is None:
                 name = temp_name(self.dst)
                 os.link(f"/proc/self/fd/{self.fh.fileno()}", name, dst_dir_fd=self.dir_fd, follow_symlinks=True)
@@ -210,8 +217,9 @@ def atomic_output(dst: str) -> Iterator[OutputFile]:
             fh = out.open()
             guard.arm()
             yield fh
-            out.commit()
-            guard.disarm()
+            out.sync()
+            guard.disarm()  # from here a signal waits until NEW is published (then reaches the restored handler)
+            out.publish()
         except BaseException as exc:
             guard.disarm()
             out.abort(exc)
