@@ -110,13 +110,11 @@ def run_batch(src: str, dst: str, to: str | None = None, overrides: dict[str, An
 
 
 def _worker_died(task: dict, exitcode: int | None) -> dict[str, Any]:
-    """The record of a file whose worker died; its temporary output (the worker could not clean up) goes."""
+    """The record of a file whose worker died. Its unfinished output was an unnamed O_TMPFILE, which the kernel
+    frees with the process; only where O_TMPFILE is unsupported can one named `.partial` remain (docs/safety.md):
+    it is never guessed at and removed here, since only its creator can prove it is one of ours."""
     from .batch_pool import death_reason
-    from .io import writer
 
-    cleanup = getattr(writer, "clean_stale_partials", None)  # named temporaries only (not O_TMPFILE ones)
-    if cleanup is not None:
-        cleanup(task["dst"])
     return {"path": task["rel"], "output": task["out_rel"], "status": "failed", "seconds": 0.0,
             "error": death_reason(exitcode)}
 

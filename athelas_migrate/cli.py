@@ -2,7 +2,8 @@
 
 Only click is imported at start-up; everything heavy is imported inside the
 command that needs it, so `--help` answers instantly. Errors are mapped to exit
-codes in one place (`_Group.invoke`): 0 ok, 1 check failed, 2 usage, 3 input refused.
+codes in one place (`_Group.invoke`): 0 ok, 1 check failed, 2 usage, 3 input refused, 4 cannot write
+the output, 128+N killed by signal N during a write.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def error_boundary(debug: bool, json_mode: bool = False) -> Iterator[None]:
         else:
             _err(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP/SIGQUIT during a write (io.writer.Interrupted)
         _err("interrupted; no output was left behind")
-        sys.exit(130)
+        sys.exit(128 + getattr(exc, "signum", 2))
     except (click.exceptions.Exit, click.ClickException, SystemExit):
         raise
     except OSError as exc:

@@ -330,33 +330,21 @@ def write_result(result: MigrationResult, dst: str, force: bool = False) -> None
 def copy_verbatim(src: str, dst: str) -> None:
     """A file already at the target layout: NEW is a byte-for-byte copy (exit 0 always means NEW exists).
 
-    `copy_file_range` lets reflink file systems share the blocks. The copy must be the whole input as it was
-    when opened: a source that shrinks, grows or is rewritten meanwhile raises InputError and nothing is
-    published (a short read is not the end of the file)."""
+    Copied kernel-side (`copy_range`: reflink file systems share the blocks). The copy must be the whole input
+    as it was when opened: a source that shrinks, grows or is rewritten meanwhile raises InputError and nothing
+    is published."""
     from .errors import InputError
     from .io.writer import atomic_output
+    from .io.zip_archive import copy_range
 
     with atomic_output(dst) as fh, open(src, "rb") as inp:
         fh.flush()
         before = os.fstat(inp.fileno())
-        size, off = before.st_size, 0
-        while off < size:
-            try:
-                n = os.copy_file_range(inp.fileno(), fh.fileno(), size - off)
-            except OSError:
-                n = 0
-            if n <= 0:
-                chunk = inp.read(min(size - off, 1 << 24))
-                if not chunk:
-                    break
-                fh.write(chunk)
-                fh.flush()
-                n = len(chunk)
-            off += n
+        copy_range(inp.fileno(), fh.fileno(), 0, before.st_size, what=src, dst=dst)
         after = os.fstat(inp.fileno())
-        if off != size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise InputError(f"{src} changed while being copied ({size} bytes when opened, {after.st_size} now, "
-                             f"{off} copied); nothing was written")
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise InputError(f"{src} changed while being copied ({before.st_size} bytes when opened, "
+                             f"{after.st_size} now); nothing was written")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -2,30 +2,38 @@
 
 torch's pickles name its globals (`torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`).
 The C pickler writes a global only if it can import the module and find the very object
-there, so when torch is not loaded the names are served, for the duration of one dump, by
-stand-in modules (removed afterwards, and never installed over a real module); when torch
-is loaded its real objects are used. Either way the bytes are the same, and a rename-only
-migration never imports torch. Output is deterministic: storages are numbered in order of
-first appearance.
+there. Stand-in `torch` modules in `sys.modules` would be seen by every other thread (an
+`import torch` elsewhere would get the stand-in), so instead each torch name is written under
+a placeholder name of this module (`_GLOBAL_<i>`, importable, never `torch`), and the
+placeholder's GLOBAL opcode is then replaced by torch's. Protocol 2 GLOBAL opcodes are
+newline-terminated text with no length or frame around them, so the swap is exact; it is done
+only when each placeholder occurs exactly once (as its opcode); a pickle whose data happens to
+contain a placeholder's bytes is written by the pure-Python pickler instead, which writes the
+torch names directly (same bytes, slower). Output is deterministic: storages are numbered in
+order of first appearance.
+
+Before pickling, the graph is checked for values `torch.load(weights_only=True)` cannot read
+back (see `check_writable`), so the tool never publishes a checkpoint it cannot load.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import pickle
-import sys
-import threading
-import types
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
+from ..errors import InputError
 from .tensor_ref import DTYPES, StorageRef, TensorRef
+
+# torch's weights_only unpickler reads ints in pickle's LONG1 form only (at most 255 bytes, two's complement):
+# |x| < 2**2039, which every int of at most 613 decimal digits satisfies.
+INT_LIMIT = 2**2039
+INT_DIGITS = 613
 
 
 class GlobalRef:
-    """A module-level name written as a GLOBAL opcode."""
+    """A module-level torch name, written as a GLOBAL opcode (via its placeholder in this module)."""
 
     _cache: dict[tuple[str, str], GlobalRef] = {}
 
@@ -34,54 +42,35 @@ class GlobalRef:
         if key not in cls._cache:
             obj = object.__new__(cls)
             obj.module, obj.name = module, name
+            obj.placeholder = f"_GLOBAL_{len(cls._cache)}"
+            obj.__module__ = __name__  # where the C pickler looks the placeholder up
+            globals()[obj.placeholder] = obj
             cls._cache[key] = obj
         return cls._cache[key]
 
     def __call__(self, *args: Any) -> Any:  # pickle requires reduce functions to be callable
         raise TypeError(f"{self.module}.{self.name} is a name to write, not to call")
 
+    def __reduce_ex__(self, protocol: int) -> str:  # written as GLOBAL <this module>\n<placeholder>
+        return self.placeholder
 
-    def __reduce_ex__(self, protocol: int) -> str:  # written as GLOBAL module\nname
-        return self.name
+    def opcode(self, placeholder: bool) -> bytes:
+        module, name = (__name__, self.placeholder) if placeholder else (self.module, self.name)
+        return pickle.GLOBAL + f"{module}\n{name}\n".encode()
 
 
 _REBUILD_TENSOR = GlobalRef("torch._utils", "_rebuild_tensor_v2")
 _REBUILD_PARAMETER = GlobalRef("torch._utils", "_rebuild_parameter")
 _STORAGES = {dtype: GlobalRef("torch", info[1]) for dtype, info in DTYPES.items()}
-for _ref in GlobalRef._cache.values():
-    _ref.__module__ = _ref.module  # where the C pickler looks the name up
-_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def _torch_names() -> Iterator[dict[GlobalRef, Any]]:
-    """Map each GlobalRef to what the pickler should write: the real torch object when torch is loaded,
-    else the GlobalRef itself, served by a stand-in module present only during the dump."""
-    with _LOCK:
-        added: list[str] = []
-        emit: dict[GlobalRef, Any] = {}
-        for ref in GlobalRef._cache.values():
-            if ref.module in sys.modules and ref.module not in added:
-                emit[ref] = getattr(sys.modules[ref.module], ref.name)
-                continue
-            if ref.module not in sys.modules:
-                sys.modules[ref.module] = types.ModuleType(ref.module)
-                added.append(ref.module)
-            setattr(sys.modules[ref.module], ref.name, ref)
-            emit[ref] = ref
-        try:
-            yield emit
-        finally:
-            for name in added:
-                sys.modules.pop(name, None)
+class _Reductions:
+    """torch's reductions of TensorRef and StorageRef, shared by the C and the pure-Python pickler."""
 
-
-class _TorchPickler(pickle.Pickler):
-    def __init__(self, fh: io.BytesIO, emit: dict[GlobalRef, Any]):
-        super().__init__(fh, protocol=2)
+    def _setup(self) -> None:
         self.storages: list[StorageRef] = []
+        self.globals_written: list[GlobalRef] = []
         self._keys: dict[int, str] = {}
-        self._emit = emit
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, StorageRef):
@@ -89,23 +78,104 @@ class _TorchPickler(pickle.Pickler):
             if key is None:
                 key = self._keys[id(obj)] = str(len(self.storages))
                 self.storages.append(obj)
-            return ("storage", self._emit[_STORAGES[obj.dtype]], key, "cpu", obj.numel)
+            return ("storage", _STORAGES[obj.dtype], key, "cpu", obj.numel)
         return None
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, TensorRef):
             if obj.is_parameter:
                 plain = TensorRef(obj.storage, obj.offset, obj.shape, obj.stride, False)
-                return (self._emit[_REBUILD_PARAMETER], (plain, obj.requires_grad, OrderedDict()))
-            return (self._emit[_REBUILD_TENSOR], (obj.storage, obj.offset, tuple(obj.shape), tuple(obj.stride),
-                                                  obj.requires_grad, OrderedDict()))
+                return (_REBUILD_PARAMETER, (plain, obj.requires_grad, OrderedDict()))
+            return (_REBUILD_TENSOR, (obj.storage, obj.offset, tuple(obj.shape), tuple(obj.stride),
+                                      obj.requires_grad, OrderedDict()))
+        if isinstance(obj, GlobalRef):  # called once per global: later uses are memo references
+            self.globals_written.append(obj)
         return NotImplemented
+
+
+class _TorchPickler(_Reductions, pickle.Pickler):
+    def __init__(self, fh: io.BytesIO):
+        super().__init__(fh, protocol=2)
+        self._setup()
+
+
+class _PyTorchPickler(_Reductions, pickle._Pickler):
+    """The pure-Python pickler, writing torch's names directly: the fallback when a placeholder's bytes
+    also occur in the data."""
+
+    def __init__(self, fh: io.BytesIO):
+        super().__init__(fh, protocol=2)
+        self._setup()
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        if not isinstance(obj, GlobalRef):
+            return super().save_global(obj, name)
+        self.write(obj.opcode(placeholder=False))
+        self.memoize(obj)
 
 
 def dumps(obj: Any) -> tuple[bytes, list[StorageRef]]:
     """Pickle `obj` the way torch.save does; returns the bytes and the storages in key order."""
+    check_writable(obj)
     buf = io.BytesIO()
-    with _torch_names() as emit:
-        pickler = _TorchPickler(buf, emit)
-        pickler.dump(obj)
+    pickler = _TorchPickler(buf)
+    pickler.dump(obj)
+    data = buf.getvalue()
+    swaps = [(ref.opcode(placeholder=True), ref.opcode(placeholder=False)) for ref in pickler.globals_written]
+    if data.count(f"{__name__}\n".encode()) == len(swaps) and all(data.count(p) == 1 for p, _ in swaps):
+        for placeholder, real in swaps:
+            data = data.replace(placeholder, real)
+        return data, pickler.storages
+    buf = io.BytesIO()
+    pickler = _PyTorchPickler(buf)
+    pickler.dump(obj)
     return buf.getvalue(), pickler.storages
+
+
+def check_writable(obj: Any) -> None:
+    """Refuse (InputError naming the key path) what `torch.load(weights_only=True)` could not read back:
+    ints beyond pickle's LONG1 form, tensor views whose size, stride or offset overflow int64 or leave their
+    storage (also for tensors with no elements). Paths are built only for the value refused."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, Any]] = [(obj, None)]  # (value, (parent link, step)): a path as a linked list
+    while stack:
+        value, link = stack.pop()
+        kind = type(value)
+        if kind is int:
+            if not -INT_LIMIT < value < INT_LIMIT:
+                raise InputError(f"{_path(link)}: an integer of {_digits(value)} digits cannot be written "
+                                 f"(torch.load reads at most {INT_DIGITS} digits)")
+            continue
+        if kind in _LEAVES or value is None or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, TensorRef):
+            problem = value.geometry_problem()
+            if problem:
+                raise InputError(f"{_path(link)}: tensor cannot be written so that torch.load reads it back: "
+                                 f"{problem}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, (link, " (a key)")))
+                stack.append((item, (link, key)))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, (link, i)) for i, item in enumerate(value))
+        elif isinstance(value, (set, frozenset)):
+            stack.extend((item, (link, " (a set element)")) for item in value)
+
+
+_LEAVES = (str, float, bool, bytes, complex, StorageRef)
+
+
+def _path(link: Any) -> str:
+    steps = []
+    while link is not None:
+        link, step = link
+        steps.append(step if isinstance(step, str) and step.startswith(" (") else f"[{step!r}]")
+    return ("<root>" + "".join(reversed(steps)))[:300]
+
+
+def _digits(value: int) -> int:
+    """Decimal digits of `value`, without str() (refused beyond 4300 digits by default)."""
+    digits = int((abs(value).bit_length() - 1) * 0.30102999566398) + 1
+    return digits + (abs(value) >= 10**digits)

@@ -12,6 +12,7 @@ import hashlib
 import mmap
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ DTYPES: dict[str, tuple[int, str, str]] = {
     "complex64": (8, "ComplexFloatStorage", "C64"),
     "complex128": (16, "ComplexDoubleStorage", "C128"),
 }
+INT64 = 2**63  # sizes, strides and offsets are int64 in torch
 STORAGE_CLASS_TO_DTYPE = {v[1]: k for k, v in DTYPES.items()}
 SAFETENSORS_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
 FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
@@ -60,22 +62,63 @@ class StorageRef:
         self.verify()
         return _mapped(self.path)[self.offset : self.offset + self.nbytes]
 
+    def read_bytes(self) -> bytes:
+        """The raw bytes as a copy, read with pread rather than a memory map, for the write path: a source
+        truncated meanwhile is an InputError there, never a SIGBUS. CRC-checked like `read`."""
+        if self.data is not None:
+            return bytes(self.data)
+        assert self.path is not None
+        self.verify()
+        out = bytearray()
+        for chunk in read_chunks(self.path, self.offset, self.nbytes, f"storage record {self.key!r}"):
+            out += chunk
+        return bytes(out)
+
     def verify(self) -> None:
         """Check the source record's CRC32 once per process, so corrupted tensor bytes are never
-        decoded or copied into an output (torch itself does not check them)."""
+        decoded or copied into an output (torch itself does not check them). Reads with pread, not a memory
+        map: this runs while the writer copies, and a source truncated meanwhile must be an error, not SIGBUS."""
         if self.data is not None or self.path is None or self.record is None:
             return
         size, crc = self.record
-        view = _mapped(self.path)
         key = (self.path, _identity(self.path), self.offset, size, crc)
         if key in _VERIFIED:
             return
         from ..errors import InputError
 
-        if self.offset + size > len(view) or crc32(view[self.offset : self.offset + size]) != crc:
+        value = 0
+        for chunk in read_chunks(self.path, self.offset, size, f"storage record {self.key!r}"):
+            value = crc32(chunk, value)
+        if value != crc:
             raise InputError(f"{self.path}: corrupted checkpoint: storage record {self.key!r} fails its CRC "
                              "check (the tensor bytes were changed after torch wrote them)")
         _VERIFIED.add(key)
+
+
+def read_chunks(path: str, offset: int, size: int, what: str, chunk: int = 1 << 20) -> Iterator[memoryview]:
+    """`size` bytes of `path` from `offset`, as views of one reused buffer (each valid until the next is
+    yielded: a fresh buffer per read costs 3x the CRC itself); a file shorter than that is an InputError."""
+    from ..errors import InputError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the source: {exc.strerror}") from exc
+    try:
+        buf = memoryview(bytearray(min(chunk, size)))
+        end = offset + size
+        while offset < end:
+            try:
+                n = os.preadv(fd, [buf[: min(chunk, end - offset)]], offset)
+            except OSError as exc:
+                raise InputError(f"{path}: cannot read the source: {exc.strerror}") from exc
+            if not n:
+                raise InputError(f"{path}: {what} ends {end - offset} bytes early (truncated or changed while "
+                                 "being read?)")
+            offset += n
+            yield buf[:n]
+    finally:
+        os.close(fd)
 
 
 _VERIFIED: set[tuple] = set()
@@ -99,7 +142,12 @@ _MAX_MAPS = 64
 
 
 def _identity(path: str) -> tuple[int, ...]:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        from ..errors import InputError
+
+        raise InputError(f"{path}: cannot read the source: {exc.strerror}") from exc
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
@@ -174,6 +222,31 @@ class TensorRef:
                 return False
             expected *= size
         return True
+
+    def geometry_problem(self) -> str | None:
+        """Why torch could not rebuild this view from a checkpoint (None when it can): sizes, strides and
+        offset must be int64-sized and non-negative, and the view must lie inside its storage, even with no
+        elements (torch refuses or overflows otherwise, and then the whole file fails to load)."""
+        shape, stride, offset, available = self.shape, self.stride, self.offset, self.storage.numel
+        item = DTYPES[self.dtype][0] if self.dtype in DTYPES else 0
+        problem = None if item and len(shape) == len(stride) else "unsupported dtype or rank mismatch"
+        numel, last = 1, 0
+        for size, step in zip(shape, stride):
+            if type(size) is not int or type(step) is not int or not (0 <= size < INT64 and 0 <= step < INT64):
+                problem = "each must be a non-negative 64-bit integer"
+                break
+            numel *= size
+            last += (size - 1) * step
+        if problem is None:
+            if type(offset) is not int or type(available) is not int or not (0 <= offset < INT64 and 0 <= available):
+                problem = "each must be a non-negative 64-bit integer"
+            elif available * item >= INT64 or numel * item >= INT64:
+                problem = "more than 2**63 bytes"
+            elif offset + (last + 1 if numel else 0) > available:
+                problem = f"addresses elements past the end of its storage of {available}"
+        if problem is None:
+            return None
+        return f"dtype {self.dtype}, size {list(shape)}, stride {list(stride)}, offset {offset}"[:240] + f": {problem}"
 
     def byte_range(self) -> tuple[int, int] | None:
         """(start, end) in the storage when the view is one contiguous run of bytes."""

@@ -1,99 +1,237 @@
 """Atomic writing of `.ckpt` and `.safetensors` outputs.
 
-Everything goes to a temporary file in the destination directory, is flushed
-and fsynced, then renamed over the destination: readers see the old file or
-the complete new one, never a partial write; a failure leaves nothing behind.
+Readers see the old NEW or the complete new one, never a partial write, and no ending leaves a
+temporary file behind. The output is written to an anonymous file in NEW's directory (Linux
+`O_TMPFILE`): it has no name until it is complete, so a crash, a signal or even SIGKILL leaves
+nothing, and no name can be mistaken for someone else's file. To publish it, it is fsynced, linked
+under a fresh random name beside NEW (`linkat`) and renamed over NEW, and the directory is fsynced.
 
-A process killed outright (SIGKILL, power loss) cannot clean up: it leaves its
-temporary file, named `.<NAME>.<HOST>.<PID>.<RANDOM>.partial` beside NEW (and never
-NEW itself). The next write to the same NEW removes such leftovers of processes on
-this host that no longer exist (`clean_stale_partials`); files of live processes and
-of other hosts (a shared file system) are left alone.
+Where `O_TMPFILE` is unsupported (some file systems, non-Linux), a named temporary file
+`.<NEW>.<random>.partial` is created with `O_EXCL` and removed on every ending this process
+survives; only SIGKILL or power loss can leave it. The tool never deletes a file it did not create
+in this process: there is no clean-up of "stale" files guessed from names or PIDs (that once deleted
+an input named like one, and a live writer's file in another PID namespace).
+
+SIGTERM, SIGHUP, SIGQUIT and SIGINT during a write become an `Interrupted` exception (main thread
+only, and only where the signal had its default handler), so the clean-up runs; the CLI then exits
+with 128 + the signal number. OSErrors of the output side become `OutputError` (exit 4).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
-import re
 import secrets
-import socket
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import OutputError
 from .pickle_writer import dumps
 from .tensor_ref import DTYPES, TensorRef
-from .zip_archive import Member, write_members
+from .zip_archive import Member, ZipWriter, output_error, write_members
 
 PARTIAL_SUFFIX = ".partial"
+NAME_MAX = 255  # bytes per file name on Linux file systems
+CAUGHT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGINT") if hasattr(signal, n))
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}  # how kernels and file systems say "no O_TMPFILE"
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+class Interrupted(KeyboardInterrupt):
+    """A termination signal arrived during a write; the partial output has been removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
 
 
-def partial_name(dst: str) -> str:
-    """The temporary file atomic_output writes for `dst` (recognisable: host, PID, random token)."""
-    dst = os.path.abspath(dst)
-    return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.{_host()}.{os.getpid()}."
-                                              f"{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+def temp_name(dst: str) -> str:
+    """A fresh `.<NEW>.<random>.partial` name for `dst`, within NAME_MAX (a long NEW name is shortened)."""
+    token = f".{secrets.token_hex(16)}{PARTIAL_SUFFIX}"
+    base = os.fsencode(os.path.basename(dst))[: NAME_MAX - 1 - len(token)]
+    return "." + base.decode("utf-8", "ignore") + token
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+class OutputFile(io.BufferedWriter):
+    """The handle `atomic_output` yields: an OSError while writing it is the output's fault (OutputError)."""
+
+    dst = ""
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        try:
+            return super().seek(pos, whence)
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
 
 
-def clean_stale_partials(dst: str) -> list[str]:
-    """Remove temporary files of earlier writes to `dst` whose process (on this host) is gone."""
-    dst = os.path.abspath(dst)
-    directory, base = os.path.split(dst)
-    pattern = re.compile(rf"^\.{re.escape(base)}\.{re.escape(_host())}\.(\d+)\.[0-9a-f]+{re.escape(PARTIAL_SUFFIX)}$")
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        m = pattern.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
-                removed.append(name)
-    return removed
+def _anonymous_supported() -> bool:
+    return hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+
+
+class _Pending:
+    """One output being written: an anonymous file, or (fallback) a named temporary this process created."""
+
+    def __init__(self, dst: str):
+        self.dst = dst
+        self.name: str | None = None  # a directory entry this process created and must remove on failure
+        self.fh: OutputFile | None = None
+        self.dir_fd: int | None = None
+
+    def open(self) -> OutputFile:
+        try:
+            self.dir_fd = os.open(os.path.dirname(self.dst), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
+        self.fh = OutputFile(self._raw(self._create()))
+        self.fh.dst = self.dst
+        return self.fh
+
+    @staticmethod
+    def _raw(fd: int) -> io.FileIO:  # a seam for tests that simulate a full disk
+        return io.FileIO(fd, "wb")
+
+    def _create(self) -> int:
+        if _anonymous_supported():
+            try:
+                return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=self.dir_fd)
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise output_error(self.dst, exc) from exc
+        name = temp_name(self.dst)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
+        self.name = name
+        return fd
+
+    def sync(self) -> None:
+        """Flush and fsync the data (the long part: still interruptible)."""
+        assert self.fh is not None
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
+
+    def publish(self) -> None:
+        """Give the file a name if it has none, rename it over NEW, fsync the directory."""
+        assert self.fh is not None
+        try:
+            if self.name is None:
+                name = temp_name(self.dst)
+                os.link(f"/proc/self/fd/{self.fh.fileno()}", name, dst_dir_fd=self.dir_fd, follow_symlinks=True)
+                self.name = name
+            os.replace(self.name, os.path.basename(self.dst), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            self.name = None
+            os.fsync(self.dir_fd)
+        except OSError as exc:
+            raise output_error(self.dst, exc) from exc
+
+    def abort(self, error: BaseException) -> None:
+        """Drop the output. Errors closing a failed file are not news (ENOSPC again): `error` is what is raised."""
+        if self.fh is not None:
+            try:
+                self.fh.close()
+            except (OSError, OutputError):
+                pass  # the same failure again (ENOSPC on the final flush); the descriptor is closed regardless
+        if self.name is not None:
+            try:
+                os.unlink(self.name, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                error.add_note(f"could not remove the temporary file {self.name}: {exc.strerror}")
+            self.name = None
+
+    def close(self) -> None:
+        if self.fh is not None and not self.fh.closed:
+            self.fh.close()
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+
+class _SignalGuard:
+    """Turns termination signals into `Interrupted` while a write is open. Outside the guarded body (while
+    the file is created or removed) a signal is only recorded and raised once that step is over, so it can
+    neither be lost nor interrupt a clean-up halfway."""
+
+    def __init__(self) -> None:
+        self.deferred: int | None = None
+        self.armed = False
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            self.deferred = self.deferred or signum
+            return
+        raise Interrupted(signum)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python runs handlers in the main thread only
+        for sig in CAUGHT_SIGNALS:
+            old = signal.getsignal(sig)
+            if old in (signal.SIG_DFL, signal.default_int_handler):  # ignored and custom handlers stay as they are
+                self.previous[sig] = signal.signal(sig, self._handler)
+
+    def arm(self) -> None:
+        self.armed = True
+        if self.deferred is not None:
+            raise Interrupted(self.deferred)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def restore(self) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+        self.previous.clear()
 
 
 @contextlib.contextmanager
-def atomic_output(dst: str) -> Iterator[Any]:
-    """Yield a binary file handle; on success it replaces `dst` atomically, on failure it vanishes."""
-    dst = os.path.abspath(dst)
-    directory = os.path.dirname(dst)
-    clean_stale_partials(dst)
-    tmp = partial_name(dst)
-    fh = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+def atomic_output(dst: str) -> Iterator[OutputFile]:
+    """Yield a binary file handle; on success it replaces `dst` atomically, on any failure it vanishes."""
+    out, guard = _Pending(os.path.abspath(dst)), _SignalGuard()
+    guard.install()
     try:
-        yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.replace(tmp, dst)
-        dir_fd = os.open(directory, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
+            fh = out.open()
+            guard.arm()
+            yield fh
+            out.sync()
+            guard.disarm()  # from here a signal waits until NEW is published (then reaches the restored handler)
+            out.publish()
+        except BaseException as exc:
+            guard.disarm()
+            out.abort(exc)
+            if guard.deferred is not None and not isinstance(exc, Interrupted):
+                raise Interrupted(guard.deferred) from exc
+            raise
         finally:
-            os.close(dir_fd)
-    except BaseException:
-        fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            out.close()
+    finally:
+        guard.restore()
+    if guard.deferred is not None:  # arrived after NEW was published: deliver it to the restored handler
+        signal.raise_signal(guard.deferred)
 
 
 def write_torch_zip(dst: str, obj: Any, prefix: str = "archive") -> None:
@@ -118,7 +256,7 @@ def write_torch_zip(dst: str, obj: Any, prefix: str = "archive") -> None:
             checks.append(st)  # never publish corrupted bytes under their original CRC: checked during the copy
             members.append(Member(name, src_path=st.path, src_offset=st.offset, size=st.nbytes, crc32=st.crc32))
         else:
-            members.append(Member(name, data=bytes(st.read())))
+            members.append(Member(name, data=st.read_bytes()))  # pread, not mmap: no SIGBUS
         digest.update(f"{key}:{st.crc32 if st.crc32 is not None else members[-1].crc32}".encode())
     members.append(Member(f"{prefix}/version", b"3\n"))
     members.append(Member(f"{prefix}/.data/serialization_id", str(int(digest.hexdigest(), 16))[:40].encode()))
@@ -144,8 +282,6 @@ def _verifying(storages: list) -> Iterator[Any]:
 
 def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[str, str]) -> None:
     """Write safetensors: a JSON header, then each tensor's bytes (copied from the source where possible)."""
-    from .zip_archive import ZipWriter
-
     header: dict[str, Any] = {}
     offset = 0
     for name, t in tensors.items():
@@ -159,21 +295,16 @@ def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[st
     raw += b" " * ((-len(raw)) % 8)
     copied = {id(t.storage): t.storage for t in tensors.values()
               if t.storage.data is None and t.byte_range() is not None}
-    with atomic_output(dst) as fh, _verifying(list(copied.values())) as verified:
+    with atomic_output(dst) as fh, _verifying(list(copied.values())) as verified, ZipWriter(fh) as copier:
         fh.write(len(raw).to_bytes(8, "little") + raw)
-        copier = ZipWriter(fh)
         copier.pos = fh.tell()
         for t in tensors.values():
             span = t.byte_range()
             if t.storage.data is None and span is not None:
-                from .zip_archive import Member as _M
-
                 # CRC-checked by `_verifying` while this copies
-                copier._copy(_M("", src_path=t.storage.path, src_offset=t.storage.offset + span[0], size=t.nbytes))
+                copier._copy(Member("", src_path=t.storage.path, src_offset=t.storage.offset + span[0], size=t.nbytes))
             else:
                 data = bytes(t.raw_bytes())
                 fh.write(data)
                 copier.pos += len(data)
-        for fd in copier._src.values():
-            os.close(fd)
         verified()  # raises for a corrupted source record; the temporary file is then removed

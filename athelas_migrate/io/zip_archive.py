@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 
 ALIGNMENT = 64  # torch aligns storage data to 64 bytes (mmap loading relies on it)
 # Copy speed (measured on ext4, 1 GB record): data placed at the same offset within a 4 KiB page as in the
@@ -143,27 +143,28 @@ class ZipWriter:
         self.fh.flush()
         src_fd = self._src.get(member.src_path)
         if src_fd is None:
-            src_fd = self._src[member.src_path] = os.open(member.src_path, os.O_RDONLY)
+            try:
+                src_fd = self._src[member.src_path] = os.open(member.src_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise InputError(f"{member.src_path}: cannot read the source: {exc.strerror}") from exc
             _advise(src_fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
         dst_fd = self.fh.fileno()
-        remaining, src_off = member.size, member.src_offset
         os.lseek(dst_fd, self.pos, os.SEEK_SET)
-        while remaining:
-            try:
-                n = os.copy_file_range(src_fd, dst_fd, min(remaining, COPY_CHUNK), src_off)
-            except OSError:
-                n = 0
-            if n > 0 and member.size >= COPY_CHUNK:
-                _advise(dst_fd, self.pos, n, "POSIX_FADV_DONTNEED")  # starts writeback of this chunk now
-            if n <= 0:  # filesystem without copy_file_range: fall back to a bounded buffer
-                chunk = os.pread(src_fd, min(remaining, 1 << 24), src_off)
-                if not chunk:
-                    raise InputError(f"source changed while copying record {member.name!r}")
-                n = os.write(dst_fd, chunk)
-            remaining -= n
-            src_off += n
-            self.pos += n
+        copy_range(src_fd, dst_fd, member.src_offset, member.size, what=f"{member.src_path}: record {member.name!r}",
+                   dst=getattr(self.fh, "dst", ""))
+        self.pos += member.size
         self.fh.seek(self.pos)
+
+    def close_sources(self) -> None:
+        """Close every source descriptor opened for copying; called on success and on failure alike."""
+        while self._src:
+            os.close(self._src.popitem()[1])
+
+    def __enter__(self) -> ZipWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_sources()
 
     def close(self) -> None:
         cd_start = self.pos
@@ -186,9 +187,7 @@ class ZipWriter:
             self._write(_LOCATOR64.pack(0x07064B50, 0, eocd64, 1))
         self._write(_EOCD.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF), min(cd_size, _MAX32),
                                min(cd_start, _MAX32), 0))
-        for fd in self._src.values():
-            os.close(fd)
-        self._src.clear()
+        self.close_sources()
 
 
 def _advise(fd: int, offset: int, length: int, advice: str) -> None:
@@ -203,7 +202,42 @@ def _advise(fd: int, offset: int, length: int, advice: str) -> None:
 
 
 def write_members(fh, members: Iterable[Member]) -> None:
-    writer = ZipWriter(fh)
-    for m in members:
-        writer.add(m)
-    writer.close()
+    with ZipWriter(fh) as writer:
+        for m in members:
+            writer.add(m)
+        writer.close()
+
+
+def output_error(dst: str, exc: OSError) -> OutputError:
+    """The one wording of 'cannot write the output' (exit 4): the destination and the system's reason."""
+    return OutputError(f"{dst}: cannot write the output: {exc.strerror or exc}")
+
+
+def copy_range(src_fd: int, dst_fd: int, src_off: int, size: int, what: str, dst: str = "") -> None:
+    """Copy exactly `size` bytes from `src_off` of `src_fd` to the current position of `dst_fd`, kernel-side
+    where possible. Never via mmap (a source truncated meanwhile would kill the process with SIGBUS): a source
+    that ends early is an InputError naming `what`, never a short output; a failed read is the input's fault
+    (InputError), a failed write the output's (OutputError)."""
+    remaining, dst_pos = size, os.lseek(dst_fd, 0, os.SEEK_CUR)
+    while remaining:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(remaining, COPY_CHUNK), src_off)
+        except OSError:
+            n = 0  # unsupported here, or a real error: the plain read and write below report which side
+        if n > 0 and size >= COPY_CHUNK:
+            _advise(dst_fd, dst_pos, n, "POSIX_FADV_DONTNEED")  # starts writeback of this chunk now
+        if n <= 0:  # no copy_file_range, or the source ended: a bounded buffer says which
+            try:
+                chunk = os.pread(src_fd, min(remaining, 1 << 24), src_off)
+            except OSError as exc:
+                raise InputError(f"{what}: cannot read the source: {exc.strerror}") from exc
+            if not chunk:
+                raise InputError(f"{what}: the source ended {remaining} bytes early (truncated while being "
+                                 "copied?)")
+            try:
+                n = os.write(dst_fd, chunk)
+            except OSError as exc:
+                raise output_error(dst, exc) from exc
+        remaining -= n
+        src_off += n
+        dst_pos += n
