@@ -196,7 +196,7 @@ def test_bad_input_gets_one_line_a_code_and_no_output(case, tmp_path, cli, monke
             assert new.read_bytes() == (FIXTURES / V1["file"]).read_bytes()
         else:
             assert not new.exists()
-    assert not [p for p in os.listdir(new.parent if new.parent.exists() else tmp_path)
+    assert not [p for p in os.listdir(new.parent if new.parent.is_dir() else tmp_path)
                 if p.endswith(".partial")]
     assert not (tmp_path / "case" / "pwned").exists()
 
