@@ -138,34 +138,6 @@ def _read_zip(path: str, size: int) -> RawCheckpoint:
     return raw
 
 
-def _check_views(obj: Any, path: str) -> None:
-    """Every tensor view must lie inside its storage (a crafted file could point elsewhere).
-
-    `unpickle` already checks each view as it creates it; this walk is for callers holding
-    TensorRefs from elsewhere."""
-    stack, seen = [obj], set()
-    while stack:
-        cur = stack.pop()
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, TensorRef):
-            if len(cur.shape) != len(cur.stride) or any(s < 0 for s in cur.shape) or \
-                    any(s < 0 for s in cur.stride) or cur.offset < 0:
-                raise InputError(f"{path}: corrupted checkpoint: a tensor has a negative or inconsistent size "
-                                 "or stride")
-            if cur.numel:
-                last = cur.offset + sum((n - 1) * s for n, s in zip(cur.shape, cur.stride))
-                if last >= cur.storage.numel:
-                    raise InputError(f"{path}: corrupted checkpoint: a tensor view lies outside its storage")
-        elif isinstance(cur, dict):
-            stack.extend(cur.values())
-        elif isinstance(cur, list | tuple | set):
-            stack.extend(cur)
-        elif isinstance(cur, Stub) and cur.state is not None:
-            stack.append(cur.state)
-
-
 def _interpret(obj: Any, path: str, size: int) -> RawCheckpoint:
     if isinstance(obj, Stub):
         return _from_module(obj, path, size)
