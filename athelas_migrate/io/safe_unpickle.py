@@ -496,12 +496,20 @@ _EXT_OPS = frozenset(b"\x82\x83\x84")  # EXT1/2/4: copyreg's extension cache ans
 _WATCHED = _MEMO_OPS | _MARK_OPS | _EXT_OPS | {_MARK}
 
 
-def _prescan(data: bytes) -> None:
+def _line_end(data: Any, i: int) -> int:
+    j = data.find(b"\n", i)
+    if j < 0:
+        raise ValueError("a text argument without its newline")
+    return j
+
+
+def _prescan(data: Any, start: int = 0) -> int:
     """Walk the opcodes without executing them: refuse copyreg extension codes, memo indexes no real
     pickle uses (the C unpickler grows its memo table to twice the index and clears it: `LONG_BINPUT
     0xffffffff` is a 64 GiB allocation), more than MAX_MEMO memo entries and MARKs nested deeper than
-    MAX_DEPTH. A tight loop rather than `pickletools.genops`, which is 3x slower."""
-    table, end, i, ops, memo, marks = _OPCODES, len(data), 0, 0, 0, 0
+    MAX_DEPTH. Returns the offset just past STOP. `data` is bytes or an mmap (pickles inside a larger
+    file). A tight loop rather than `pickletools.genops`, which is 3x slower."""
+    table, end, i, ops, memo, marks = _OPCODES, len(data), start, 0, 0, 0
     from_bytes = int.from_bytes
     try:
         while i < end:
@@ -540,14 +548,14 @@ def _prescan(data: bytes) -> None:
             elif n == -5:
                 i += 8 + from_bytes(data[i : i + 8], "little")
             else:
-                j = data.index(b"\n", i)
+                j = _line_end(data, i)
                 if op == _PUT and not 0 <= int(data[i:j]) <= ops:
                     raise InputError(f"malformed checkpoint: pickle memo index {data[i:j][:20]!r} out of range")
                 if n == -6:
-                    j = data.index(b"\n", j + 1)
+                    j = _line_end(data, j + 1)
                 i = j + 1
             if op == _STOP:
-                return
+                return i
         raise ValueError("the pickle ends without STOP")
     except AthelasError:
         raise
@@ -558,9 +566,10 @@ def _prescan(data: bytes) -> None:
 class SafeUnpickler(pickle.Unpickler):
     """Unpickler over a torch zip archive's `data.pkl`; storages resolve through `storage_for`."""
 
-    def __init__(self, stream: io.BytesIO, storage_for: Any):
+    def __init__(self, stream: io.BytesIO, storage_for: Any, legacy: bool = False):
         super().__init__(stream, encoding="utf-8")
         self._storage_for = storage_for
+        self._legacy = legacy
 
     def find_class(self, module: str, name: str) -> Any:
         """GLOBAL, STACK_GLOBAL, INST and OBJ all come here: refuse anything off the allowlist at once."""
@@ -569,6 +578,11 @@ class SafeUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         """Only torch storages: ('storage', type, key, location, numel), plus a view field (always None
         in practice) in the legacy pre-zip format. PERSID's text ids and anything else are refused."""
+        if self._legacy and isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+            # the pre-zip format names each module class once this way (with its source, ignored)
+            if isinstance(pid[1], type) and issubclass(pid[1], Stub) and pid[1].kind == "module":
+                return pid[1]
+            raise InputError(f"malformed checkpoint: unexpected module record {pid[1]!r:.80}")
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
             raise InputError(f"malformed checkpoint: unexpected persistent id {pid!r:.80}")
         if len(pid) == 6 and pid[5] is not None:
@@ -583,7 +597,7 @@ class SafeUnpickler(pickle.Unpickler):
         return ref if isinstance(ref, _StorageRec) else _StorageRec(ref)
 
 
-def unpickle(data: bytes, storage_for: Any) -> Any:
+def unpickle(data: bytes, storage_for: Any, legacy: bool = False) -> Any:
     """Load a pickle safely and convert every record into plain Python values and TensorRefs.
 
     Raises UnsafeCheckpointError naming the first refused global (and where it was: a byte offset of
@@ -595,7 +609,7 @@ def unpickle(data: bytes, storage_for: Any) -> Any:
     ctx = _LoadContext(len(data), stream)
     token = _CTX.set(ctx)
     try:
-        raw = SafeUnpickler(stream, storage_for).load()
+        raw = SafeUnpickler(stream, storage_for, legacy).load()
     except AthelasError:
         raise
     except RecursionError as exc:
