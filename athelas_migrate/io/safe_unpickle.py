@@ -491,7 +491,7 @@ def _opcode_table() -> list[int | None]:
 _OPCODES = _opcode_table()
 _LONG_BINPUT, _PUT, _STOP, _MARK = ord("r"), ord("p"), ord("."), ord("(")
 _MEMO_OPS = frozenset(b"pqr\x94")  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
-_MARK_OPS = frozenset(b"tlde\x90\x91io1")  # what consumes a MARK: TUPLE ... POP_MARK
+_MARK_OPS = frozenset(b"tldeu\x90\x91io1")  # what consumes a MARK: TUPLE ... POP_MARK
 _EXT_OPS = frozenset(b"\x82\x83\x84")  # EXT1/2/4: copyreg's extension cache answers without find_class
 _WATCHED = _MEMO_OPS | _MARK_OPS | _EXT_OPS | {_MARK}
 
