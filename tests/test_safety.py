@@ -59,6 +59,17 @@ def torch_zip(path, pkl: bytes, records=(("0", b"\0" * 16),)) -> None:
         write_members(fh, members)
 
 
+_SPAWNED: list[str] = []  # process starts seen by the audit hook: a payload that ran, without waiting for it
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event in ("os.system", "subprocess.Popen", "os.posix_spawn", "os.exec"):
+        _SPAWNED.append(event)
+
+
+sys.addaudithook(_audit)
+
+
 class Payload:
     """Pickles as `func(*args)`: what a malicious checkpoint author writes."""
 
@@ -106,6 +117,7 @@ def test_code_execution_payloads_are_refused_and_never_run(tmp_path, cli, classp
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     dst = tmp_path / "out.ckpt"
+    _SPAWNED.clear()
     with pytest.raises(UnsafeCheckpointError) as err:
         api.migrate(path, dst, overrides=V1["overrides"])
     assert err.value.classpath == classpath and err.value.keypath.startswith(keypath)
@@ -115,7 +127,7 @@ def test_code_execution_payloads_are_refused_and_never_run(tmp_path, cli, classp
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and "Traceback" not in stderr
     assert f"'{classpath}' at {keypath}" in stderr and "nothing from it was executed" in stderr
     assert cli("inspect", path)[0] == 3
-    time.sleep(0.05)  # a spawned `touch` would have finished by now
+    assert not _SPAWNED
     assert not sentinel.exists() and not dst.exists() and not _leftovers(tmp_path)
 
 

@@ -20,13 +20,13 @@ import zipfile
 
 import pytest
 import torch
+from conftest import FIXTURES, manifest_entries
 
 from athelas_migrate import api
 from athelas_migrate.errors import InputError, UnsafeCheckpointError
 from athelas_migrate.io import safe_unpickle
 from athelas_migrate.io.reader import read_checkpoint
 from athelas_migrate.io.zip_archive import Member, write_members
-from tests.conftest import FIXTURES, manifest_entries
 
 MANIFEST = {e["file"]: e for e in manifest_entries()}
 V1 = MANIFEST["bimodal_cnn_v1.ckpt"]
