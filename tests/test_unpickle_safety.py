@@ -368,3 +368,20 @@ def test_tar_format_is_refused_clearly(tmp_path, cli):
         tar.addfile(info)
     code, _, stderr = cli("inspect", path)
     assert code == 3 and "tar-based torch format" in stderr
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_protocol_0_and_1_reconstructor_bases_are_names_not_callables(tmp_path, protocol):
+    """`copyreg._reconstructor(AttributeDict, dict, state)` reads; `builtins.dict` itself is only a name."""
+    import pickle
+
+    from lightning.fabric.utilities.data import AttributeDict
+
+    pkl = pickle.dumps({"state_dict": {}, "hyper_parameters": AttributeDict(lr=0.1, n=[1, 2])}, protocol=protocol)
+    assert read_checkpoint(torch_zip(tmp_path / "p.ckpt", pkl)).hyper_parameters == {"lr": 0.1, "n": [1, 2]}
+    with pytest.raises(UnsafeCheckpointError, match="builtins.dict"):
+        read_checkpoint(torch_zip(tmp_path / "v.ckpt", P2 + b"}(" + S("state_dict") + b"}" + S("x")
+                                  + G("__builtin__", "dict") + b"u."))
+    called = P2 + call(G("__builtin__", "dict"), b"") + b"0" + EMPTY_SD + b"."
+    with pytest.raises(InputError, match="corrupted pickle"):
+        read_checkpoint(torch_zip(tmp_path / "c.ckpt", called))

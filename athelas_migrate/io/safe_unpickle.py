@@ -365,6 +365,22 @@ def classify(module: str, name: str) -> str:
     return getattr(obj, "kind", "tensor-type")
 
 
+class _Base(_Sealed):
+    """`builtins.object` / `builtins.dict` as the `base` argument of `copyreg._reconstructor`: a name,
+    not callable; anywhere else in the graph it is refused like any class."""
+
+    __slots__ = ("classpath",)
+
+    def __init__(self, classpath: str) -> None:
+        object.__setattr__(self, "classpath", classpath)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(name)
+
+
+_BASES = {c: _Base(c) for c in ("builtins.object", "builtins.dict")}
+
+
 def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
     """Protocol 0/1 objects: `copyreg._reconstructor(cls, base, state)`; state is a dict base's contents."""
     if isinstance(cls, type) and issubclass(cls, Stub):
@@ -466,6 +482,8 @@ def resolve_global(module: str, name: str) -> Any:
         return DtypeName("uint8")
     if module == "torch" and name in _TORCH_DTYPES:
         return DtypeName(f"torch.{name}")
+    if classpath in _BASES:
+        return _BASES[classpath]
     if classpath in _ATTRIBUTE_DICTS:
         return _stub_class(classpath, "attrdict")
     if classpath == "argparse.Namespace":
@@ -715,7 +733,7 @@ class _Converter:
             return self._stub(obj, path, depth)
         if isinstance(obj, type) and issubclass(obj, Stub):
             raise UnsafeCheckpointError(obj.classpath, render(path))
-        if t is _Callable:
+        if t is _Callable or t is _Base:
             raise UnsafeCheckpointError(obj.classpath, render(path))
         if obj is _TENSOR_TYPE or obj is _PARAMETER_TYPE:
             raise UnsafeCheckpointError("torch.Tensor (the class itself)", render(path))
