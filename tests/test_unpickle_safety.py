@@ -385,3 +385,16 @@ def test_protocol_0_and_1_reconstructor_bases_are_names_not_callables(tmp_path, 
     called = P2 + call(G("__builtin__", "dict"), b"") + b"0" + EMPTY_SD + b"."
     with pytest.raises(InputError, match="corrupted pickle"):
         read_checkpoint(torch_zip(tmp_path / "c.ckpt", called))
+
+
+def test_legacy_format_pickled_module_reads_through_stubs(tmp_path):
+    """A whole module saved in the pre-zip format names its classes as ('module', cls, file, source)
+    persistent ids: accepted only for allowlisted module classes, which stay inert stubs."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+    path = tmp_path / "module.pt"
+    torch.save(model, path, _use_new_zipfile_serialization=False)
+    raw = read_checkpoint(path)
+    assert raw.kind == "pickled_module" and raw.format == "legacy"
+    assert raw.module_classes == {"": "torch.nn.modules.container.Sequential", "0": "torch.nn.modules.linear.Linear",
+                                  "1": "torch.nn.modules.activation.ReLU"}
+    assert torch.equal(raw.state_dict["0.weight"].to_torch(), model[0].weight.detach())
