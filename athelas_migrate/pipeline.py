@@ -109,9 +109,10 @@ def source_digests(raw: RawCheckpoint) -> dict[str, str]:
     for files up to VALUE_SCAN_LIMIT, with ATHELAS_MIGRATE_FULL_CHECKS=1, or for safetensors (which has no
     per-record CRCs)."""
     out = {}
-    if raw.kind != "safetensors":
+    zipped = raw.kind != "safetensors" and raw.format == "zip"  # legacy-format files have no CRCs either
+    if zipped:
         out["source_structural_sha256"] = structural_sha256(raw.path)
-    if raw.kind == "safetensors" or full_checks() or raw.size <= VALUE_SCAN_LIMIT:
+    if not zipped or full_checks() or raw.size <= VALUE_SCAN_LIMIT:
         out["source_sha256"] = file_sha256(raw.path)
     return out
 

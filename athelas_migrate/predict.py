@@ -1,9 +1,7 @@
 """Per-row class probabilities from any supported checkpoint (``athelas-migrate predict``).
 
-:func:`load_any_model` turns a checkpoint into a v2 model in eval mode: it uses
-``athelas_migrate.api.load_model`` when that exists; otherwise a v2 Lightning
-checkpoint is loaded with ``Class.load_from_checkpoint`` and anything else is
-migrated in memory (into a temporary ``.ckpt`` that is removed again) first.
+:func:`load_any_model` turns a checkpoint into a v2 model in eval mode with
+``athelas_migrate.api.load_model`` (restricted reader; legacy files migrated in memory).
 
 :func:`predict` tokenizes the text column with the vocabulary saved at training
 time (``--vocab FILE``, else ``vocab_file`` next to the checkpoint, else
@@ -18,7 +16,6 @@ comma separated; the file is written atomically.
 from __future__ import annotations
 
 import csv
-import importlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -32,51 +29,12 @@ __all__ = ["PredictResult", "find_vocabulary", "load_any_model", "predict"]
 
 
 # ============================================================ model loading
-def _api_load_model():
-    try:
-        api = importlib.import_module("athelas_migrate.api")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("athelas_migrate.api",):
-            return None
-        raise
-    return getattr(api, "load_model", None)
-
-
 def load_any_model(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None):
-    """A v2 LightningModule in eval mode from any supported checkpoint (legacy ones are migrated)."""
-    path = os.fspath(path)
-    overrides = dict(overrides or {})
-    load_model = _api_load_model()
-    if load_model is not None:
-        model = load_model(path, overrides) if overrides else load_model(path)
-        return model.eval()
-    return _fallback_load(path, overrides).eval()
+    """A v2 LightningModule in eval mode from any supported checkpoint (legacy ones are migrated in memory,
+    read by the restricted reader: ``athelas_migrate.api.load_model``)."""
+    from .api import load_model
 
-
-def _fallback_load(path: str, overrides: dict[str, Any]):
-    """Used until ``athelas_migrate.api.load_model`` exists."""
-    from .families import FAMILIES
-    from .families.base import load_class
-    from .io.reader import read_checkpoint
-    from .pipeline import plan_and_apply, write_result
-
-    raw = read_checkpoint(path)
-    stamp = raw.stamp or {}
-    family = FAMILIES.get(stamp.get("family", ""))
-    if raw.kind == "lightning" and stamp.get("layout") == "v2" and family is not None:
-        cls = load_class(family.v2_class)
-        kwargs: dict[str, Any] = {}
-        if overrides:
-            config = dict((raw.hyper_parameters or {}).get("config") or {})
-            kwargs["config"] = {**config, **overrides}
-        return cls.load_from_checkpoint(path, map_location="cpu", **kwargs)
-    result = plan_and_apply(path, overrides=overrides, raw=raw)
-    cls = load_class(result.family.v2_class)
-    with tempfile.TemporaryDirectory(prefix="athelas-load-") as tmp:
-        migrated = os.path.join(tmp, "migrated.ckpt")
-        write_result(result, migrated)
-        model = cls.load_from_checkpoint(migrated, map_location="cpu")
-    return model.float()
+    return load_model(os.fspath(path), dict(overrides or {}) or None).eval()
 
 
 # ================================================================ vocabulary

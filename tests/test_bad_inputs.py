@@ -149,7 +149,7 @@ CASES = [
     Case("unknown --to version", lambda d: FIXTURES / V1["file"], 2, "has no layout version 'v9'",
          args=(*SETS, "--to", "v9")),
     Case("a pickled os.system call in hyper_parameters", _malicious, 3,
-         "references 'posix.system' at <root>['hyper_parameters']['callback']"),
+         "references 'posix.system' at byte "),
     Case("a corrupted tensor byte (CRC mismatch)", _corrupt_tensor_byte, 3, "fails its CRC check"),
     Case("corrupted safetensors header", _write("w.safetensors", (40).to_bytes(8, "little") + b'{"w": {"dtype"'
                                                 + b" " * 26), 3, "corrupted safetensors header"),

@@ -82,10 +82,10 @@ def _malicious_checkpoint(tmp_path, classpath: str, where: str):
     payload = Payload(*_attacks(sentinel)[classpath])
     if where == "hyper_parameters":
         ckpt["hyper_parameters"]["note"] = {"nested": [payload]}
-        keypath = "<root>['hyper_parameters']['note']['nested'][0]"
+        keypath = "byte "  # refused at the opcode that names the global, before any key path exists
     else:  # a fake tensor in the state dict
         ckpt["state_dict"]["final_merge_network.1.bias"] = payload
-        keypath = "<root>['state_dict']['final_merge_network.1.bias']"
+        keypath = "byte "
     path = tmp_path / f"evil-{classpath}-{where}.ckpt"
     torch.save(ckpt, path)
     if classpath == "os.system":
@@ -105,7 +105,7 @@ def test_code_execution_payloads_are_refused_and_never_run(tmp_path, cli, classp
     dst = tmp_path / "out.ckpt"
     with pytest.raises(UnsafeCheckpointError) as err:
         api.migrate(path, dst, overrides=V1["overrides"])
-    assert (err.value.classpath, err.value.keypath) == (classpath, keypath)
+    assert err.value.classpath == classpath and err.value.keypath.startswith(keypath)
     assert err.value.exit_code == 3
     code, out, stderr = cli("ckpt", path, dst)
     assert code == 3
@@ -162,24 +162,24 @@ CRAFTED = {
                                                   InputError, "corrupted pickle"),
     "BUILD resizes a tensor": (SD(S("w"), TENSOR() + b"}" + S("shape") + b"K\x40\x85sb"), InputError,
                                "corrupted pickle"),
-    "BUILD on a refused class": (P2 + G("os", "system") + b"}b.", InputError, "corrupted pickle"),
+    "BUILD on a refused class": (P2 + G("os", "system") + b"}b.", UnsafeCheckpointError, "'os.system' at byte"),
     # opcodes that call: INST, OBJ, REDUCE through copyreg, a class stored as a value
-    "INST os.system": (b"(" + S("touch /tmp/x") + b"ios\nsystem\n.", UnsafeCheckpointError, "'os.system' at <root>"),
+    "INST os.system": (b"(" + S("touch /tmp/x") + b"ios\nsystem\n.", UnsafeCheckpointError, "'os.system' at byte"),
     "OBJ builtins.eval": (b"(" + G("builtins", "eval") + S("1+1") + b"o.", UnsafeCheckpointError, "'builtins.eval'"),
     "copyreg._reconstructor(os.system)": (P2 + G("copyreg", "_reconstructor") + b"(" + G("os", "system")
                                           + G("builtins", "object") + b"NtR.", UnsafeCheckpointError, "'os.system'"),
     "a refused class as a value": (SD(S("w"), G("subprocess", "Popen")), UnsafeCheckpointError,
-                                   "'subprocess.Popen' at <root>['state_dict']['w']"),
+                                   "'subprocess.Popen' at byte"),
     "SETITEM of a refused global into a Namespace": (
         P2 + b"}" + S("hyper_parameters") + G("argparse", "Namespace") + b")R}" + S("a") + G("posix", "system")
-        + b"sbs.", UnsafeCheckpointError, "'posix.system' at <root>['hyper_parameters']['a']"),
+        + b"sbs.", UnsafeCheckpointError, "'posix.system' at byte"),
     "tensor subclass": (P2 + G("torch._tensor", "_rebuild_from_type_v2") + b"("
                         + G("torch._utils", "_rebuild_tensor_v2") + G("evil", "Tensor") + b"(" + PID
                         + b"K\x00K\x04\x85K\x01\x85\x89" + G("collections", "OrderedDict") + b")Rt}tR.",
-                        UnsafeCheckpointError, "'tensor subclass evil.Tensor'"),
+                        UnsafeCheckpointError, "'evil.Tensor' at byte"),
     "a refused global in a tensor's backward hooks": (
         SD(S("w"), TENSOR(hooks=b")RK\x00" + G("os", "system") + b"s")), UnsafeCheckpointError,
-        "'os.system' at <root>['state_dict']['w']"),
+        "'os.system' at byte"),
     "persistent id that is not a storage": (P2 + S("x") + b"Q.", InputError, "unexpected persistent id"),
     "storage record missing": (SD(S("w"), TENSOR(pid=PID.replace(S("0"), S("7")))), InputError,
                                "storage record '7' is missing"),
@@ -472,15 +472,15 @@ def test_pickled_legacy_module_migrates_through_stubs(pickled_modules, tmp_path,
 
 
 @pytest.mark.parametrize("name,classpath,keypath", [
-    ("evil_root.pt", "subprocess.Popen", "<root>.__dict__['on_load']"),
-    ("evil_nested.pt", "posix.system", "<root>.__dict__['_modules']['text_subnetwork'].__dict__['callback']"),
-    ("repo_legacy_class.pt", "legacy.bimodal_cnn.BimodalCNN", "<root>"),
+    ("evil_root.pt", "subprocess.Popen", "byte "),
+    ("evil_nested.pt", "posix.system", "byte "),
+    ("repo_legacy_class.pt", "legacy.bimodal_cnn.BimodalCNN", "byte "),
 ])
 def test_foreign_objects_inside_pickled_modules_are_refused(pickled_modules, tmp_path, cli, name, classpath, keypath):
     out, _ = pickled_modules
     with pytest.raises(UnsafeCheckpointError) as err:
         api.migrate(out / name, tmp_path / "x.ckpt", overrides=V1["overrides"])
-    assert (err.value.classpath, err.value.keypath) == (classpath, keypath)
+    assert err.value.classpath == classpath and err.value.keypath.startswith(keypath)
     code, _, stderr = cli("ckpt", out / name, tmp_path / "x.ckpt")
     assert code == 3 and f"'{classpath}' at {keypath}" in stderr
     assert not (out / "pwned").exists() and not (tmp_path / "x.ckpt").exists()

@@ -1,7 +1,8 @@
 """Reading any supported checkpoint file into plain values and lazy tensors, safely.
 
 Supported: torch zip checkpoints (Lightning `.ckpt`, bare `torch.save(state_dict)`,
-whole pickled legacy modules) and `.safetensors`. Every refusal is an InputError
+whole pickled legacy modules), the same in the legacy pre-zip torch format
+(io/legacy_format.py) and `.safetensors`. Every refusal is an InputError
 with a one-line message; no byte of the file is executed.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from .legacy_format import looks_legacy, looks_tar, read_legacy
 from .safe_unpickle import Stub, unpickle
 from .tensor_ref import SAFETENSORS_TO_DTYPE, StorageRef, TensorRef
 from .zip_archive import Record, read_member, read_records
@@ -38,6 +40,7 @@ class RawCheckpoint:
     module_classes: dict[str, str] = field(default_factory=dict)  # submodule name -> classpath
     stamp: dict[str, Any] | None = None
     prefix: str = "archive"
+    format: str = "zip"  # "zip" | "legacy" (pre-zip torch serialization) | "safetensors"
 
     @property
     def dtypes(self) -> set[str]:
@@ -76,7 +79,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     size = _check_path(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(16)
+            head = fh.read(512)
     except PermissionError as exc:
         raise InputError(f"{path}: permission denied") from exc
     except OSError as exc:
@@ -86,6 +89,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
             return _read_zip(path, size)
         if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 1 << 32:
             return _read_safetensors(path, size)
+        if looks_legacy(head):
+            raw = _interpret(read_legacy(path, size), path, size)
+            raw.format = "legacy"
+            return raw
     except InputError as exc:
         if not str(exc).startswith(path):
             exc.args = (f"{path}: {exc}",)
@@ -93,8 +100,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if head[:1] == b"\x80" and len(head) > 1 and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise InputError(f"{path}: legacy (pre-zip) torch serialization is not supported; re-save it with "
-                         "torch>=1.6 (torch.save with the default zip format) in a trusted environment")
+        raise InputError(f"{path}: not a checkpoint: a bare pickle (neither a torch zip archive nor the legacy "
+                         "torch format, whose first pickle is torch's magic number)")
+    if looks_tar(head):
+        raise InputError(f"{path}: the tar-based torch format (torch < 0.4) is not supported (torch.load("
+                         "weights_only=True) cannot read it either); re-save it with a newer torch in a trusted "
+                         "environment")
     if head[:4] in (b"PK\x05\x06", b"PK\x01\x02"):
         raise InputError(f"{path}: truncated or corrupted checkpoint archive (no local file header at the start)")
     kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
@@ -136,34 +147,6 @@ def _read_zip(path: str, size: int) -> RawCheckpoint:
     raw = _interpret(obj, path, size)
     raw.prefix = prefix
     return raw
-
-
-def _check_views(obj: Any, path: str) -> None:
-    """Every tensor view must lie inside its storage (a crafted file could point elsewhere).
-
-    `unpickle` already checks each view as it creates it; this walk is for callers holding
-    TensorRefs from elsewhere."""
-    stack, seen = [obj], set()
-    while stack:
-        cur = stack.pop()
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, TensorRef):
-            if len(cur.shape) != len(cur.stride) or any(s < 0 for s in cur.shape) or \
-                    any(s < 0 for s in cur.stride) or cur.offset < 0:
-                raise InputError(f"{path}: corrupted checkpoint: a tensor has a negative or inconsistent size "
-                                 "or stride")
-            if cur.numel:
-                last = cur.offset + sum((n - 1) * s for n, s in zip(cur.shape, cur.stride))
-                if last >= cur.storage.numel:
-                    raise InputError(f"{path}: corrupted checkpoint: a tensor view lies outside its storage")
-        elif isinstance(cur, dict):
-            stack.extend(cur.values())
-        elif isinstance(cur, list | tuple | set):
-            stack.extend(cur)
-        elif isinstance(cur, Stub) and cur.state is not None:
-            stack.append(cur.state)
 
 
 def _interpret(obj: Any, path: str, size: int) -> RawCheckpoint:
@@ -304,4 +287,4 @@ def _read_safetensors(path: str, size: int) -> RawCheckpoint:
         raise InputError(f"{path}: corrupted safetensors metadata ({str(exc)[:100]})") from exc
     if not isinstance(stamp, dict | None) or not isinstance(hp, dict | None):
         raise InputError(f"{path}: corrupted safetensors metadata (stamp or hyper-parameters are not objects)")
-    return RawCheckpoint(path, size, "safetensors", sd, hyper_parameters=hp, stamp=stamp)
+    return RawCheckpoint(path, size, "safetensors", sd, hyper_parameters=hp, stamp=stamp, format="safetensors")

@@ -2,10 +2,13 @@
 
 `find_class` never returns a callable from outside this module: torch's tensor
 rebuild functions become constructors of lazy tensor records, a short reviewed
-allowlist of harmless classes becomes converters to plain values, whole legacy
-modules become inert `Stub` records, and every other global becomes a
-`RefusedStub` that the caller reports with the key path where it sat. So a
-malicious pickle can at most build inert records; it cannot run anything.
+allowlist of harmless classes becomes converters to plain values, the reviewed
+class paths of whole legacy modules become inert `Stub` records, and every other
+global is refused at the opcode that names it (`UnsafeCheckpointError`), wherever
+its result would have gone: a global that is popped, kept only in the memo or
+hidden in an object's `__dict__` is refused like one in the final object graph.
+Copyreg extension codes (EXT1/2/4), which would bypass `find_class` through
+copyreg's process-wide cache, are refused before loading.
 
 Beyond "no foreign code", the reader also refuses to be abused by the pickle
 machinery itself (see docs/safety.md):
@@ -13,8 +16,8 @@ machinery itself (see docs/safety.md):
 - every object `find_class` or `persistent_load` hands to the pickle VM is
   immutable to it (`BUILD` on a converter, a storage or a tensor record fails), so
   a pickle cannot re-point a storage at another file or patch a converter;
-- memo indexes are bounded by a pre-scan (`LONG_BINPUT 0x7fffffff` would make the C
-  unpickler allocate and clear a 16 GiB memo table);
+- memo indexes, memo entries and MARK nesting are bounded by a pre-scan (`LONG_BINPUT
+  0x7fffffff` would make the C unpickler allocate and clear a 16 GiB memo table);
 - the work the converters and stubs do is charged to a budget proportional to the
   pickle's size (memo references make "billion laughs" expansions cheap to write);
 - the conversion to plain values keeps shared references shared (linear time on
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextvars
+import functools
 import io
 import ntpath
 import operator
@@ -43,13 +47,24 @@ MAX_NDIM = 64
 MAX_TEXT = 1 << 16  # a path or device string longer than this is not a path
 MAX_ARRAY = 1 << 24  # numpy arrays inside hyper-parameters, in elements
 MAX_BROADCAST = 1 << 24  # elements a stride-0 (expanded) view may show beyond its storage
+MAX_MEMO = 1 << 22  # memo entries; a 7B-parameter state dict uses about 10 per tensor
 _BUDGET_PER_BYTE = 16
 _BUDGET_BASE = 1 << 20
 
 
 class _LoadContext:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, stream: io.BytesIO | None = None) -> None:
         self.budget = _BUDGET_PER_BYTE * size + _BUDGET_BASE
+        self.stream = stream
+
+    def where(self) -> str:
+        """Where the pickle VM is, for a refusal that happens before any key path exists."""
+        return f"byte {self.stream.tell()} of its pickle" if self.stream is not None else "its pickle"
+
+
+def _refuse(classpath: str) -> UnsafeCheckpointError:
+    ctx = _CTX.get()
+    return UnsafeCheckpointError(classpath, ctx.where() if ctx is not None else "its pickle")
 
 
 _CTX: contextvars.ContextVar[_LoadContext | None] = contextvars.ContextVar("athelas_unpickle", default=None)
@@ -111,19 +126,9 @@ class Stub:
         return f"<{self.kind} {self.classpath}>"
 
 
-class RefusedStub(Stub):
-    kind = "refused"
-
-
-_STUB_CLASSES: dict[tuple[str, str], type] = {}
-
-
+@functools.lru_cache(maxsize=256)  # keys are allowlisted class paths only; the bound is a second line
 def _stub_class(classpath: str, kind: str) -> type:
-    key = (classpath, kind)
-    if key not in _STUB_CLASSES:
-        base = RefusedStub if kind == "refused" else Stub
-        _STUB_CLASSES[key] = type(classpath.rsplit(".", 1)[-1], (base,), {"classpath": classpath, "kind": kind})
-    return _STUB_CLASSES[key]
+    return type(classpath.rsplit(".", 1)[-1], (Stub,), {"classpath": classpath, "kind": kind})
 
 
 class DtypeName(str):
@@ -176,7 +181,6 @@ class _TensorRec(NamedTuple):
     stride: tuple[int, ...]
     requires_grad: bool
     is_parameter: bool
-    ignored: tuple = ()  # hooks, metadata, state: ignored, but a refused global hidden there is still reported
 
 
 _TENSOR_TYPE = object()
@@ -202,8 +206,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     if len(shape) != len(strides):
         raise InputError("malformed checkpoint: a tensor's size and stride differ in length")
-    return _TensorRec(storage.ref, operator.index(storage_offset), shape, strides, bool(requires_grad), False,
-                      (backward_hooks, metadata))
+    return _TensorRec(storage.ref, operator.index(storage_offset), shape, strides, bool(requires_grad), False)
 
 
 _DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
@@ -232,20 +235,19 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
 def _rebuild_parameter(data, requires_grad, backward_hooks, state=None) -> _TensorRec:
     if not isinstance(data, _TensorRec):
         raise InputError("malformed checkpoint: a parameter does not wrap a tensor")
-    return data._replace(requires_grad=bool(requires_grad), is_parameter=True,
-                         ignored=(*data.ignored, backward_hooks, state))
+    return data._replace(requires_grad=bool(requires_grad), is_parameter=True)
 
 
 def _rebuild_from_type_v2(func, new_type, args, state) -> Any:
     if new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE):
         name = getattr(new_type, "classpath", None) or f"{new_type!r:.60}"
-        return _stub_class(f"tensor subclass {name}", "refused")()
+        raise _refuse(f"tensor subclass {name}")
     if not isinstance(func, _Callable) or not isinstance(args, tuple):
         raise InputError("malformed checkpoint: a tensor is rebuilt by an unexpected function")
     out = func(*args)
     if not isinstance(out, _TensorRec):
         raise InputError("malformed checkpoint: a tensor is rebuilt as something else")
-    return out._replace(is_parameter=out.is_parameter or new_type is _PARAMETER_TYPE, ignored=(*out.ignored, state))
+    return out._replace(is_parameter=out.is_parameter or new_type is _PARAMETER_TYPE)
 
 
 # --- reviewed converters for classes real Lightning checkpoints contain ----------------------------
@@ -351,13 +353,32 @@ def modern_name(module: str, name: str) -> tuple[str, str]:
 
 def classify(module: str, name: str) -> str:
     """How the reader treats the global `module.name`: 'converter', 'dtype', 'tensor-type', or the stub
-    kind ('module', 'attrdict', 'namespace', 'numpy', 'refused')."""
-    obj = resolve_global(*modern_name(module, name))
+    kind ('module', 'attrdict', 'namespace', 'numpy'), or 'refused'."""
+    try:
+        obj = resolve_global(*modern_name(module, name))
+    except UnsafeCheckpointError:
+        return "refused"
     if isinstance(obj, _Callable):
         return "converter"
     if isinstance(obj, DtypeName):
         return "dtype"
     return getattr(obj, "kind", "tensor-type")
+
+
+class _Base(_Sealed):
+    """`builtins.object` / `builtins.dict` as the `base` argument of `copyreg._reconstructor`: a name,
+    not callable; anywhere else in the graph it is refused like any class."""
+
+    __slots__ = ("classpath",)
+
+    def __init__(self, classpath: str) -> None:
+        object.__setattr__(self, "classpath", classpath)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(name)
+
+
+_BASES = {c: _Base(c) for c in ("builtins.object", "builtins.dict")}
 
 
 def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
@@ -368,14 +389,46 @@ def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
             _charge(len(state))
             obj.items.update(state)
         return obj
-    return _stub_class(f"copyreg._reconstructor({cls!r:.60})", "refused")()
+    raise _refuse(f"copyreg._reconstructor({getattr(cls, 'classpath', None) or repr(cls)[:60]})")
 
 
-_MODULE_PREFIXES = ("torch.nn.modules.", "athelas.models.")
-# Inert internals a pickled LightningModule's __dict__ holds (measured: docs/safety.md). Everything
-# else it holds is a plain value, a tensor, an OrderedDict, a set, a torch.device or dtype, or an
-# AttributeDict (`_hparams`), which have converters of their own.
-_MODULE_INTERNALS: set[str] = set()
+# Whole pickled legacy modules (`torch.save(model)`): the historical class paths of the legacy families
+# (`legacy.all_class_paths()`, checked by tests/test_unpickle_safety.py) and the torch layers they are built
+# from. An explicit list, not a prefix, so a pickle cannot make the reader mint stub classes for names it
+# chooses. Each becomes an inert `Stub` record (never imported, never instantiated). A pickled
+# LightningModule's __dict__ holds nothing else but plain values, tensors, OrderedDicts, a set, a
+# torch.device or dtype and AttributeDicts (`_hparams`), which have converters of their own.
+_HISTORICAL_MODULES = frozenset({
+    "athelas.models.lightning.pl_text_cnn.TextCNN",
+    "athelas.models.lightning.pl_tab_ae.TabularEmbeddingModule",
+    "athelas.models.lightning.pl_tab_ae.TabAE",
+    "athelas.models.lightning.pl_multimodal_cnn.MultimodalCNN",
+    "athelas.models.lightning.text.pl_text_cnn.TextCNN",
+    "athelas.models.lightning.tabular.pl_tab_ae.TabularEmbeddingModule",
+    "athelas.models.lightning.tabular.pl_tab_ae.TabAE",
+    "athelas.models.lightning.bimodal.pl_bimodal_cnn.BimodalCNN",
+    "athelas.models.lightning.text.pl_bert.TextBertBase",
+    "athelas.models.lightning.bimodal.pl_bimodal_cross_attn.BimodalBertCrossAttn",
+    "athelas.models.lightning.bimodal.pl_bimodal_gate_fusion.BimodalBertGateFusion",
+    "athelas.models.lightning.bimodal.pl_bimodal_moe.BimodalBertMoE",
+    "athelas.models.lightning.trimodal.pl_trimodal_cross_attn.TrimodalCrossAttentionBert",
+})
+_TORCH_LAYERS = {
+    "linear": ("Linear", "Identity", "Bilinear"),
+    "conv": ("Conv1d", "Conv2d"),
+    "sparse": ("Embedding", "EmbeddingBag"),
+    "normalization": ("LayerNorm",),
+    "batchnorm": ("BatchNorm1d", "BatchNorm2d"),
+    "dropout": ("Dropout",),
+    "activation": ("ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "LeakyReLU", "ELU"),
+    "pooling": ("MaxPool1d", "MaxPool2d", "AvgPool1d", "AdaptiveMaxPool1d", "AdaptiveAvgPool1d"),
+    "flatten": ("Flatten",),
+    "container": ("Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"),
+    "loss": ("CrossEntropyLoss", "BCEWithLogitsLoss", "BCELoss", "MSELoss", "NLLLoss"),
+}
+_MODULE_CLASSES = _HISTORICAL_MODULES | {f"torch.nn.modules.{m}.{c}" for m, cs in _TORCH_LAYERS.items() for c in cs}
+_NUMPY_STUBS = frozenset({"numpy.dtype", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+                          "numpy.ndarray"})
 _ATTRIBUTE_DICTS = {
     "lightning.fabric.utilities.data.AttributeDict",
     "lightning_fabric.utilities.data.AttributeDict",
@@ -411,11 +464,15 @@ _CALLABLES.update({"torch._tensor.Tensor": _TENSOR_TYPE, "torch.Tensor": _TENSOR
 _TORCH_DTYPES = {
     "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32",
     "int", "int16", "short", "int8", "uint8", "bool", "complex64", "complex128",
+    # dtypes the reader does not decode: named (inert strings) so `_rebuild_tensor_v3` can say so clearly
+    "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "complex32", "chalf", "cfloat", "cdouble",
 }
 
 
-def resolve_global(module: str, name: str, allow_modules: bool = True) -> Any:
-    """What the pickle's GLOBAL `module.name` becomes: a sealed converter, a marker or an inert stub class."""
+def resolve_global(module: str, name: str) -> Any:
+    """What the pickle's GLOBAL `module.name` becomes: a sealed converter, a marker or an inert stub class
+    of an allowlisted class; anything else raises UnsafeCheckpointError here, before the VM can use it."""
     classpath = f"{module}.{name}"
     if classpath in _CALLABLES:
         return _CALLABLES[classpath]
@@ -425,16 +482,18 @@ def resolve_global(module: str, name: str, allow_modules: bool = True) -> Any:
         return DtypeName("uint8")
     if module == "torch" and name in _TORCH_DTYPES:
         return DtypeName(f"torch.{name}")
+    if classpath in _BASES:
+        return _BASES[classpath]
     if classpath in _ATTRIBUTE_DICTS:
         return _stub_class(classpath, "attrdict")
     if classpath == "argparse.Namespace":
         return _stub_class(classpath, "namespace")
-    if classpath in ("numpy.dtype", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-                     "numpy.ndarray") or (module == "numpy.dtypes" and name.endswith("DType")):
+    if classpath in _NUMPY_STUBS or (module == "numpy.dtypes" and name.endswith("DType") and name.isalnum()
+                                     and len(name) <= 32):
         return _stub_class(classpath, "numpy")
-    if classpath.startswith(_MODULE_PREFIXES) or classpath in _MODULE_INTERNALS:
+    if classpath in _MODULE_CLASSES:
         return _stub_class(classpath, "module")
-    return _stub_class(classpath, "refused")
+    raise _refuse(classpath[:200])
 
 
 def _opcode_table() -> list[int | None]:
@@ -448,14 +507,27 @@ def _opcode_table() -> list[int | None]:
 
 
 _OPCODES = _opcode_table()
-_LONG_BINPUT, _PUT, _STOP = ord("r"), ord("p"), ord(".")
+_LONG_BINPUT, _PUT, _STOP, _MARK = ord("r"), ord("p"), ord("."), ord("(")
+_MEMO_OPS = frozenset(b"pqr\x94")  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
+_MARK_OPS = frozenset(b"tldeu\x90\x91io1")  # what consumes a MARK: TUPLE ... POP_MARK
+_EXT_OPS = frozenset(b"\x82\x83\x84")  # EXT1/2/4: copyreg's extension cache answers without find_class
+_WATCHED = _MEMO_OPS | _MARK_OPS | _EXT_OPS | {_MARK}
 
 
-def _prescan(data: bytes) -> None:
-    """Walk the opcodes without executing them: refuse memo indexes no real pickle uses (the C
-    unpickler grows its memo table to twice the index and clears it: `LONG_BINPUT 0xffffffff` is a
-    64 GiB allocation). A tight loop rather than `pickletools.genops`, which is 3x slower."""
-    table, end, i, ops = _OPCODES, len(data), 0, 0
+def _line_end(data: Any, i: int) -> int:
+    j = data.find(b"\n", i)
+    if j < 0:
+        raise ValueError("a text argument without its newline")
+    return j
+
+
+def _prescan(data: Any, start: int = 0) -> int:
+    """Walk the opcodes without executing them: refuse copyreg extension codes, memo indexes no real
+    pickle uses (the C unpickler grows its memo table to twice the index and clears it: `LONG_BINPUT
+    0xffffffff` is a 64 GiB allocation), more than MAX_MEMO memo entries and MARKs nested deeper than
+    MAX_DEPTH. Returns the offset just past STOP. `data` is bytes or an mmap (pickles inside a larger
+    file). A tight loop rather than `pickletools.genops`, which is 3x slower."""
+    table, end, i, ops, memo, marks = _OPCODES, len(data), start, 0, 0, 0
     from_bytes = int.from_bytes
     try:
         while i < end:
@@ -465,6 +537,20 @@ def _prescan(data: bytes) -> None:
             n = table[op]
             if n is None:
                 raise ValueError(f"unknown opcode {op:#04x} at byte {i - 1}")
+            if op in _WATCHED:
+                if op == _MARK:
+                    marks += 1
+                    if marks > MAX_DEPTH:
+                        raise InputError(f"not a checkpoint: the pickle nests deeper than {MAX_DEPTH} levels")
+                elif op in _MARK_OPS:
+                    marks -= 1
+                elif op in _MEMO_OPS:
+                    memo += 1
+                    if memo > MAX_MEMO:
+                        raise InputError(f"refused: the pickle has more than {MAX_MEMO} memo entries")
+                else:
+                    raise UnsafeCheckpointError(f"copyreg extension code (opcode {op:#04x})",
+                                                f"byte {i - 1} of its pickle")
             if n >= 0:
                 if op == _LONG_BINPUT and from_bytes(data[i : i + 4], "little") > ops:
                     raise InputError(f"malformed checkpoint: pickle memo index "
@@ -480,14 +566,14 @@ def _prescan(data: bytes) -> None:
             elif n == -5:
                 i += 8 + from_bytes(data[i : i + 8], "little")
             else:
-                j = data.index(b"\n", i)
+                j = _line_end(data, i)
                 if op == _PUT and not 0 <= int(data[i:j]) <= ops:
                     raise InputError(f"malformed checkpoint: pickle memo index {data[i:j][:20]!r} out of range")
                 if n == -6:
-                    j = data.index(b"\n", j + 1)
+                    j = _line_end(data, j + 1)
                 i = j + 1
             if op == _STOP:
-                return
+                return i
         raise ValueError("the pickle ends without STOP")
     except AthelasError:
         raise
@@ -498,18 +584,29 @@ def _prescan(data: bytes) -> None:
 class SafeUnpickler(pickle.Unpickler):
     """Unpickler over a torch zip archive's `data.pkl`; storages resolve through `storage_for`."""
 
-    def __init__(self, data: bytes, storage_for: Any, allow_modules: bool = True):
-        super().__init__(io.BytesIO(data), encoding="utf-8")
+    def __init__(self, stream: io.BytesIO, storage_for: Any, legacy: bool = False):
+        super().__init__(stream, encoding="utf-8")
         self._storage_for = storage_for
-        self._allow_modules = allow_modules
+        self._legacy = legacy
 
     def find_class(self, module: str, name: str) -> Any:
-        return resolve_global(*modern_name(str(module), str(name)), self._allow_modules)
+        """GLOBAL, STACK_GLOBAL, INST and OBJ all come here: refuse anything off the allowlist at once."""
+        return resolve_global(*modern_name(str(module), str(name)))
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        """Only torch storages: ('storage', type, key, location, numel), plus a view field (always None
+        in practice) in the legacy pre-zip format. PERSID's text ids and anything else are refused."""
+        if self._legacy and isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+            # the pre-zip format names each module class once this way (with its source, ignored)
+            if isinstance(pid[1], type) and issubclass(pid[1], Stub) and pid[1].kind == "module":
+                return pid[1]
+            raise InputError(f"malformed checkpoint: unexpected module record {pid[1]!r:.80}")
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
             raise InputError(f"malformed checkpoint: unexpected persistent id {pid!r:.80}")
-        _, dtype, key, _location, numel = pid
+        if len(pid) == 6 and pid[5] is not None:
+            raise InputError("unsupported checkpoint: a legacy storage view (torch < 0.4); re-save it with a "
+                             "newer torch in a trusted environment")
+        _, dtype, key, _location, numel = pid[:5]
         if not isinstance(dtype, DtypeName) or dtype.startswith("torch."):
             raise InputError(f"malformed checkpoint: unknown storage type {dtype!r:.80}")
         if not isinstance(key, str | int) or not isinstance(numel, int) or numel < 0:
@@ -518,17 +615,19 @@ class SafeUnpickler(pickle.Unpickler):
         return ref if isinstance(ref, _StorageRec) else _StorageRec(ref)
 
 
-def unpickle(data: bytes, storage_for: Any) -> Any:
+def unpickle(data: bytes, storage_for: Any, legacy: bool = False) -> Any:
     """Load a pickle safely and convert every record into plain Python values and TensorRefs.
 
-    Raises UnsafeCheckpointError naming the class and key path of the first refused global, and
-    InputError (one line) for anything malformed.
+    Raises UnsafeCheckpointError naming the first refused global (and where it was: a byte offset of
+    the pickle, or a key path for module records outside a pickled module), and InputError (one line)
+    for anything malformed.
     """
     _prescan(data)
-    ctx = _LoadContext(len(data))
+    stream = io.BytesIO(data)
+    ctx = _LoadContext(len(data), stream)
     token = _CTX.set(ctx)
     try:
-        raw = SafeUnpickler(data, storage_for).load()
+        raw = SafeUnpickler(stream, storage_for, legacy).load()
     except AthelasError:
         raise
     except RecursionError as exc:
@@ -577,7 +676,7 @@ def render(path: Any) -> str:
     return text if len(text) <= 400 else text[:200] + " ... " + text[-195:]
 
 
-_DICT_STEP, _REDUCE_STEP, _SET_STEP, _IGNORED_STEP = _Raw(".__dict__"), _Raw(".__reduce__"), _Raw("{}"), _Raw("")
+_DICT_STEP, _SET_STEP = _Raw(".__dict__"), _Raw("{}")
 _ATOMIC = frozenset({str, int, float, bool, bytes, complex, bytearray, type(None), TensorRef, StorageRef})
 
 
@@ -634,34 +733,26 @@ class _Converter:
             return self._stub(obj, path, depth)
         if isinstance(obj, type) and issubclass(obj, Stub):
             raise UnsafeCheckpointError(obj.classpath, render(path))
-        if t is _Callable:
+        if t is _Callable or t is _Base:
             raise UnsafeCheckpointError(obj.classpath, render(path))
         if obj is _TENSOR_TYPE or obj is _PARAMETER_TYPE:
             raise UnsafeCheckpointError("torch.Tensor (the class itself)", render(path))
         raise UnsafeCheckpointError(f"{t.__module__}.{t.__qualname__}", render(path))
 
     def _stub(self, obj: Stub, path: Any, depth: int) -> Any:
-        if obj.kind == "refused":
-            raise UnsafeCheckpointError(obj.classpath, render(path))
-        _assert_inert((obj.args, obj.list), (path, _REDUCE_STEP))
         if obj.kind == "attrdict":
             merged = dict(obj.items)
             if isinstance(obj.state, dict):
                 merged.update(obj.state)
-            elif obj.state is not None:
-                _assert_inert(obj.state, path)
             return self.convert(merged, path, depth)
         if obj.kind == "namespace":
             state = obj.state if isinstance(obj.state, dict) else {}
-            _assert_inert(obj.items, path)
             return self.convert(dict(state), path, depth)
         if obj.kind == "numpy":
-            _assert_inert(obj.items, path)
             return _numpy_value(obj, render(path))
         if obj.kind == "module":
             if not self.allow_modules:
                 raise UnsafeCheckpointError(obj.classpath, render(path))
-            _assert_inert(obj.items, path)
             obj.state = self.convert(obj.state, (path, _DICT_STEP), depth)
             return obj
         raise UnsafeCheckpointError(obj.classpath, render(path))  # pragma: no cover - every kind is handled
@@ -670,8 +761,6 @@ class _Converter:
 def _tensor(rec: _TensorRec, path: Any) -> TensorRef:
     """A TensorRef, once its view is known to lie inside its storage."""
     shape, stride, offset, ref = rec.shape, rec.stride, rec.offset, rec.storage
-    if any(rec.ignored):
-        _assert_inert(rec.ignored, (path, _IGNORED_STEP))
     if offset < 0 or (shape and (min(shape) < 0 or min(stride) < 0)):
         raise InputError(f"corrupted checkpoint: the tensor at {render(path)} has a negative size, stride or offset")
     numel = 1
@@ -685,29 +774,6 @@ def _tensor(rec: _TensorRec, path: Any) -> TensorRef:
             raise InputError(f"corrupted checkpoint: the tensor at {render(path)} repeats its storage "
                              "implausibly often")
     return TensorRef(ref, offset, shape, stride, rec.requires_grad, rec.is_parameter)
-
-
-def _assert_inert(obj: Any, path: Any) -> None:
-    """Refuse a refused global anywhere inside a value the reader otherwise ignores."""
-    stack, seen = [(obj, path, 0)], set()
-    while stack:
-        cur, where, depth = stack.pop()
-        if type(cur) in _ATOMIC:
-            continue
-        if isinstance(cur, RefusedStub) or (isinstance(cur, type) and issubclass(cur, RefusedStub)):
-            raise UnsafeCheckpointError(cur.classpath, render(where))
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if depth > MAX_DEPTH:
-            raise InputError(f"not a checkpoint: the pickle nests deeper than {MAX_DEPTH} levels")
-        if isinstance(cur, dict):
-            stack.extend((v, (where, k), depth + 1) for k, v in dict.items(cur))
-            stack.extend((k, where, depth + 1) for k in cur)
-        elif isinstance(cur, list | tuple | set | frozenset):
-            stack.extend((v, (where, i), depth + 1) for i, v in enumerate(cur))
-        elif isinstance(cur, Stub):
-            stack.extend((v, where, depth + 1) for v in (cur.args, cur.state, cur.items, cur.list))
 
 
 def _numpy_value(stub: Stub, path: str) -> Any:

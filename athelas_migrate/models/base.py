@@ -197,38 +197,31 @@ class AthelasModule(pl.LightningModule):
             self._provenance = stamp["provenance"]
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, overrides: Mapping[str, Any] | None = None,
-                             **kwargs: Any) -> Any:
-        """Lightning's loader, plus legacy files: a v0/v1 checkpoint is migrated in memory first.
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = None, *,
+                             overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Lightning's loader without ``torch.load``: the file is read by the package's restricted reader.
 
-        The migration writes a temporary v2 file (tensor records copied verbatim) and
-        loads that, so Lightning semantics (map_location, strict, hparams) are unchanged.
-        `overrides` supplies hyper-parameters a legacy file lacks (e.g. tab_field_list).
+        Whatever the environment says (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) and whatever
+        ``weights_only`` is, no pickled code can run. A v0/v1 checkpoint is migrated in memory first
+        (with a DeprecationWarning); `overrides` supplies hyper-parameters a legacy file lacks (e.g.
+        tab_field_list). ``hparams_file`` (YAML or CSV) replaces the stored hyper-parameters and
+        `kwargs` override single ones, as in Lightning; ``map_location`` moves the model (tensors are
+        read on the CPU).
         """
-        import os
-        import tempfile
-        import warnings
+        from lightning.pytorch.core.saving import _load_state
 
-        if not isinstance(checkpoint_path, str | os.PathLike) or not os.path.isfile(checkpoint_path):
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        from ..families import detect
-        from ..io.reader import read_checkpoint
-        from ..pipeline import plan_and_apply, write_result
+        from .safe_load import device_of, read_checkpoint_dict
 
-        raw = read_checkpoint(checkpoint_path)
-        detection = detect(raw)
-        check_family(cls, detection.family, detection.version, os.fspath(checkpoint_path))
-        if detection.version == LAYOUT_VERSION and raw.kind == "lightning":
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        result = plan_and_apply(os.fspath(checkpoint_path), to=LAYOUT_VERSION, overrides=dict(overrides or {}),
-                                raw=raw)
-        warnings.warn(f"{os.fspath(checkpoint_path)} is a {result.source_version} checkpoint; it was migrated in "
-                      f"memory. Run `athelas-migrate ckpt {os.fspath(checkpoint_path)} NEW.ckpt` to migrate the "
-                      "file for good.", DeprecationWarning, stacklevel=2)
-        with tempfile.TemporaryDirectory(prefix="athelas-migrate-") as tmp:
-            path = os.path.join(tmp, "migrated.ckpt")
-            write_result(result, path)
-            return super().load_from_checkpoint(path, *args, **kwargs)
+        del weights_only  # always the restricted reader
+        checkpoint = read_checkpoint_dict(checkpoint_path, overrides, cls)
+        if hparams_file is not None:
+            checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = _read_hparams_file(hparams_file)
+        checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+        checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY].update(kwargs)
+        model = _load_state(cls, checkpoint, strict=strict, **kwargs)
+        device = device_of(map_location)
+        return model.to(device) if device is not None else model
 
 
 def check_family(cls: type, family: str, version: str, path: str) -> None:
@@ -246,3 +239,25 @@ def check_family(cls: type, family: str, version: str, path: str) -> None:
         f"{right.__module__}.{right.__qualname__}"
     raise UsageError(f"{path} is a {family} checkpoint (layout {version}), not a {cls.__name__} one: load it with "
                      f"{public}.load_from_checkpoint(...) (or athelas_migrate.load_model(path), which picks the class)")
+
+
+def _read_hparams_file(path: Any) -> dict[str, Any]:
+    """Lightning's ``hparams_file`` forms, YAML read with ``safe_load`` (no object tags)."""
+    import os
+
+    import yaml
+
+    from ..errors import UsageError
+
+    ext = os.fspath(path).rsplit(".", 1)[-1].lower()
+    if ext == "csv":
+        from lightning.pytorch.core.saving import load_hparams_from_tags_csv
+
+        return dict(load_hparams_from_tags_csv(path))
+    if ext not in ("yml", "yaml"):
+        raise UsageError(".csv, .yml or .yaml is required for `hparams_file`")
+    with open(path, encoding="utf-8") as fh:
+        hparams = yaml.safe_load(fh) or {}
+    if not isinstance(hparams, dict):
+        raise UsageError(f"{os.fspath(path)}: hyper-parameters must be a mapping")
+    return hparams
