@@ -208,8 +208,8 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
 
 
 def _trace(ev: KeyEvent, origin: dict, new_origin: dict, traces: dict, created: list) -> None:
-    if ev.op == "restore":
-        created.append(KeyTrace(ev.sources[0], ev.targets[0], [ev.rule], ["restore"], ev.reason))
+    if ev.op in ("restore", "create"):  # a key made from an anchor (restore) or from nothing (create)
+        created.append(KeyTrace(ev.sources[0] if ev.sources else "", ev.targets[0], [ev.rule], [ev.op], ev.reason))
         new_origin[ev.targets[0]] = None
         return
     for s in ev.sources:
@@ -251,6 +251,11 @@ def _build_checkpoint(result: MigrationResult, src_params: list[str], dst_params
             top["optimizer_states"], fam.optimizer_groups(cfg, result.source_version, src_params, n),
             fam.optimizer_groups(cfg, result.target_version, dst_params, n), _param_rename(result))
     top[STAMP_KEY] = {"layout": result.target_version, "family": fam.name, "provenance": _provenance(result)}
+    hparams_name = getattr(fam, "hparams_name", {}).get(result.target_version)
+    if hparams_name:  # the v2 model saved `save_hyperparameters(config)`: Lightning passes them as `config=`
+        top["hparams_name"] = hparams_name
+    if result.target_version in getattr(fam, "bare_versions", ()):
+        top = OrderedDict(result.state)  # that generation's files are bare `state_dict()`s: nothing else
     result.checkpoint = top
 
 
@@ -294,7 +299,7 @@ def write_result(result: MigrationResult, dst: str, force: bool = False) -> None
     if not os.path.isdir(parent):
         raise UsageError(f"output directory {parent} does not exist")
     if dst.endswith(".safetensors"):
-        meta = {STAMP_KEY: json.dumps(result.checkpoint[STAMP_KEY], sort_keys=True),
+        meta = {STAMP_KEY: json.dumps(result.stamp, sort_keys=True),
                 "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters), sort_keys=True),
                 "format": "pt"}
         write_safetensors(dst, result.state, meta)
