@@ -21,6 +21,13 @@ def _load_bert_families() -> None:
     bert._register()
 
 
+def _load_names3risk_families() -> None:
+    """LSTM2Risk and Transformer2Risk (bare legacy state dicts -> Lightning)."""
+    from . import names3risk
+
+    names3risk._register()
+
+
 def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
@@ -44,5 +51,6 @@ def detect(raw: RawCheckpoint) -> Detection:
 
 
 _load_bert_families()
+_load_names3risk_families()
 
 __all__ = ["Detection", "Expected", "Family", "FAMILIES", "detect", "get_family", "register"]
