@@ -146,7 +146,8 @@ class Transformer2RiskFamily(_Names3RiskFamily):
         pos = "position_embedding_table" if version == "v1" else "position_embedding"
         heads = _count(sd, re.escape(f"{text}blocks.0.{attn}.heads.") + r"(\d+)\.qkv\.weight")
         width = sd[f"{text}{pos}.weight"].shape[1]
-        if heads == 0 or width % heads or sd[f"{text}blocks.0.{attn}.heads.0.qkv.weight"].shape[0] != 3 * width // heads:
+        qkv = sd[f"{text}blocks.0.{attn}.heads.0.qkv.weight"].shape[0]
+        if heads == 0 or width % heads or qkv != 3 * width // heads:
             raise ValueError("qkv rows do not agree with the head count")
         return {"max_sen_len": int(sd[f"{text}{pos}.weight"].shape[0]),
                 "n_blocks": _count(sd, re.escape(f"{text}blocks.") + r"(\d+)\.ln1\.weight"),

@@ -210,7 +210,7 @@ def move(obj: Any, device: torch.device) -> Any:
 
 
 ADAPTERS: dict[str, VerifyAdapter] = {}
-_OPTIONAL = ("athelas_migrate.verify.cnn", "athelas_migrate.verify.bert")
+_OPTIONAL = ("athelas_migrate.verify.cnn", "athelas_migrate.verify.bert", "athelas_migrate.verify.names3risk")
 _loaded = False
 
 
