@@ -28,6 +28,8 @@ class _Group(click.Group):
             if ctx.params.get("debug"):
                 raise
             _err(str(exc))
+            if ctx.meta.get("explain") and getattr(exc, "explanation", None):
+                click.echo("\n".join(f"  - {line}" for line in exc.explanation), err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _err("interrupted; no output was left behind")
@@ -76,6 +78,10 @@ set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                           help="Hyper-parameter the checkpoint lacks (VALUE parsed as JSON when valid JSON).")
 config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                              help="JSON object of hyper-parameters (like --set).")
+explain_option = click.option(
+    "--explain", is_flag=True, expose_value=False,
+    callback=lambda ctx, _param, value: ctx.meta.__setitem__("explain", True) if value else None,
+    help="On a refusal that has reasons (e.g. TSA: no exact migration), list them.")
 bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False), default=None,
                            help="BERT families: the transformers config.json of the text encoder(s).")
 
@@ -100,6 +106,7 @@ def main(debug: bool) -> None:
 @bert_option
 @click.option("--new-batch-keys", is_flag=True, help="v0 sources: use the v1 text batch key convention.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@explain_option
 @click.option("--force", is_flag=True, help="Replace NEW if it exists (never OLD).")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
 def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_run, force, json_out) -> None:
@@ -176,6 +183,7 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
 @bert_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the report to a file.")
+@explain_option
 def audit_cmd(old, to, sets, config_file, bert_config, fmt, output) -> None:
     """Report every rename, drop and hyper-parameter edit of migrating OLD, writing no checkpoint."""
     from .api import audit

@@ -28,6 +28,13 @@ def _load_names3risk_families() -> None:
     names3risk._register()
 
 
+def _load_tsa_families() -> None:
+    """TSA single/dual sequence: recognised with evidence, every migration refused (no exact migration)."""
+    from . import tsa
+
+    tsa._register()
+
+
 def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
@@ -52,5 +59,6 @@ def detect(raw: RawCheckpoint) -> Detection:
 
 _load_bert_families()
 _load_names3risk_families()
+_load_tsa_families()
 
 __all__ = ["Detection", "Expected", "Family", "FAMILIES", "detect", "get_family", "register"]
