@@ -353,3 +353,28 @@ def test_cli_refusal_is_one_line_exit_3(tmp_path):
 
 def test_validation_error_is_exit_1():
     assert ValidationError.exit_code == 1
+
+
+def test_train_and_predict_cli_from_scratch(tmp_path):
+    from click.testing import CliRunner
+
+    from athelas_migrate.cli import main
+
+    run = CliRunner()
+    r = run.invoke(main, ["demo-data", str(tmp_path / "demo"), "--rows", "120", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    demo = tmp_path / "demo"
+    r = run.invoke(main, ["train", str(demo / "train.csv"), "--val", str(demo / "val.csv"), "--model", "lstm2risk",
+                          "--out", str(tmp_path / "m"), "--text-col", "review", "--label-col", "label",
+                          "--num-cols", "spend_score,complaint_rate,tenure_years", "--max-epochs", "1",
+                          "--no-progress", "--accelerator", "cpu", "--devices", "1", "--embed-size", "8",
+                          "--set", "hidden_size=4", "--set", "n_lstm_layers=1"])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(tmp_path / "m" / "best.ckpt", weights_only=False)
+    assert ckpt["hparams_name"] == "config" and ckpt["hyper_parameters"]["embedding_size"] == 8
+    r = run.invoke(main, ["predict", str(tmp_path / "m" / "best.ckpt"), str(demo / "test.csv"), "-o",
+                          str(tmp_path / "p.csv")])
+    assert r.exit_code == 0 and (tmp_path / "p.csv").read_text().count("\n") > 5, r.output
+    r = run.invoke(main, ["train", str(demo / "train.csv"), "--model", "Transformer2Risk", "--out",
+                          str(tmp_path / "t"), "--text-col", "review", "--label-col", "label"])
+    assert r.exit_code == 2 and "needs numeric columns" in r.output
