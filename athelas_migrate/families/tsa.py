@@ -75,7 +75,7 @@ class _TSAFamily(Family):
         scripts = any(".layer_stack_feature." in k or "layer_norm_engineered" in k or "engineered_emb_tbl_bias" in k
                       for k in keys)
         feature = _has(keys, "feature_attention.layer_stack.0.multi_attn.in_proj_weight") or \
-            any(".layer_stack_feature.0.multi_attn.in_proj_weight" in k for k in keys)
+            any("layer_stack_feature.0.multi_attn.in_proj_weight" in k for k in keys)
         if not order or not feature:
             return None
         version = "v0" if scripts else "v1"
