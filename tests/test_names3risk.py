@@ -378,3 +378,21 @@ def test_train_and_predict_cli_from_scratch(tmp_path):
     r = run.invoke(main, ["train", str(demo / "train.csv"), "--model", "Transformer2Risk", "--out",
                           str(tmp_path / "t"), "--text-col", "review", "--label-col", "label"])
     assert r.exit_code == 2 and "needs numeric columns" in r.output
+
+
+def test_audit_names_created_buffers_and_the_widened_head(tmp_path):
+    report = api.audit(FIXTURES / TRANS1, overrides=BY_FILE[TRANS1]["overrides"])
+    made = {x["target"]: x["anchor"] for x in report.restored}
+    assert set(made) == {"class_weights_tensor", "loss_fn.weight"} and "a constant" in made["loss_fn.weight"]
+    rows = {r.source: r for r in report.rows}
+    assert rows["net.12.weight"].op == "widen_head" and rows["net.12.weight"].target == "classifier.12.weight"
+    assert rows["text_projection.tab_layer.weight"].target is None and "dead weight" in \
+        rows["text_projection.tab_layer.weight"].reason
+
+
+def test_legacy_file_loads_through_the_v2_class_with_overrides():
+    from athelas_migrate.models.names3risk import LSTM2Risk
+
+    with pytest.warns(DeprecationWarning, match="migrated in memory"):
+        model = LSTM2Risk.load_from_checkpoint(str(FIXTURES / LSTM), overrides=BY_FILE[LSTM]["overrides"])
+    assert model.config["n_lstm_layers"] == 2 and model.tab_field_list == BY_FILE[LSTM]["overrides"]["tab_field_list"]
