@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from .errors import EXIT_CHECK_FAILED, InputError, UsageError
+from .errors import EXIT_CHECK_FAILED, EXIT_REFUSED, InputError, UsageError
 
 SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 SCHEMA = "athelas-migrate/batch-summary/1"
@@ -545,6 +545,10 @@ def batch_cmd(src, dst, to, sets, config_file, fmt, jobs, verify, shard, summary
         _write_json(summary_json, summary)
     render_summary(summary)
     if summary["failed"]:
+        files = summary.get("files") or []
+        # every input refused as an input (e.g. TSA: no exact migration) and none migrated: the batch was refused
+        if files and all(f["status"] not in OK_STATUSES and f.get("exit_code") == EXIT_REFUSED for f in files):
+            sys.exit(EXIT_REFUSED)
         sys.exit(EXIT_CHECK_FAILED)
 
 
