@@ -204,6 +204,9 @@ def test_v1_without_names_is_refused_naming_both_and_nothing_is_written(tmp_path
 
     with pytest.raises(UsageError, match="tab_field_list has 3 names but the tabular weights take 5"):
         api.migrate(FIXTURES / LSTM, dst, overrides={"text_name": "n", "tab_field_list": list("abc")})
+    with pytest.raises(UsageError, match="unweighted BCE"):
+        api.migrate(FIXTURES / LSTM, dst, overrides={**BY_FILE[LSTM]["overrides"], "class_weights": [1.0, 3.0]})
+    assert not dst.exists()
 
 
 @pytest.mark.parametrize("file, family", [(LSTM, "LSTM2Risk"), (LSTM1, "LSTM2Risk"), (TRANS, "Transformer2Risk"),

@@ -97,6 +97,9 @@ class _Names3RiskFamily(Family):
             config = resolve_names3risk_config(config, self.name)
         except ValueError as exc:
             raise UsageError(f"{where}: {exc}") from exc
+        if version == "v1" and any(float(w) != 1.0 for w in config["class_weights"]):
+            raise UsageError(f"class_weights={config['class_weights']}: the legacy model trained with unweighted "
+                             "BCE, so the migrated loss weights are ones; change them when fine-tuning the v2 model")
         notes = []
         if version == "v1" and "dropout_rate" not in overrides:
             notes.append(f"dropout_rate is not recoverable (no effect in eval); recorded as {config['dropout_rate']}")
