@@ -74,17 +74,17 @@ class AttentionPooling(nn.Module):
         self.attention = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        scores = self.attention(x).squeeze(-1)
+        scores = self.attention(x)  # [B, T, 1]
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = F.softmax(scores, dim=1)
-        return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
+            scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        return (F.softmax(scores, dim=1) * x).sum(dim=1)
 
 
 def tab_projection(n: int, hidden: int, dropout: float) -> nn.Sequential:
-    """BatchNorm -> Linear(n, 2H) -> ReLU -> Dropout -> Linear(2H, 2H) -> LayerNorm (keys 0, 1, 4, 5)."""
+    """BatchNorm, Linear(n, 2H), ReLU, Dropout, Linear(2H, 2H), LayerNorm, ReLU, Dropout (keys 0, 1, 4, 5)."""
     return nn.Sequential(nn.BatchNorm1d(n), nn.Linear(n, 2 * hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden))
+                         nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.ReLU(),
+                         nn.Dropout(dropout))
 
 
 class _NormResidual(nn.Module):
@@ -193,7 +193,7 @@ class _FeedForward(nn.Module):
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(4 * width, width))
+                                 nn.Linear(4 * width, width), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -251,8 +251,10 @@ class Transformer2Risk(nn.Module):
 
 def legacy_collate(rows: list[dict[str, Any]], pad_id: int = 1, block_size: int | None = None,
                    lengths: bool = True, mask: bool = False) -> dict[str, torch.Tensor]:
-    """The legacy collate: truncate to `block_size`, pad with `pad_id`, sort by length (descending)."""
-    rows = sorted(rows, key=lambda r: -min(len(r["text"]), block_size or len(r["text"])))
+    """The legacy collates. LSTM (`lengths`): sort by length (descending), pad with `pad_id`, lengths.
+    Transformer (`mask`): truncate to `block_size`, pad, `attn_mask = text != pad_id`, batch order kept."""
+    if lengths:
+        rows = sorted(rows, key=lambda r: -len(r["text"]))
     texts = [list(r["text"])[: block_size or None] for r in rows]
     t = max(len(x) for x in texts)
     out: dict[str, torch.Tensor] = {
@@ -263,5 +265,5 @@ def legacy_collate(rows: list[dict[str, Any]], pad_id: int = 1, block_size: int 
     if lengths:
         out["text_length"] = torch.tensor([len(x) for x in texts], dtype=torch.long)
     if mask:
-        out["attn_mask"] = torch.tensor([[i < len(x) for i in range(t)] for x in texts])
+        out["attn_mask"] = out["text"] != pad_id
     return out

@@ -93,10 +93,10 @@ class AttentionPooling(nn.Module):
         self.attention = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        scores = self.attention(x).squeeze(-1)
+        scores = self.attention(x)  # [B, T, 1]
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return torch.bmm(F.softmax(scores, dim=1).unsqueeze(1), x).squeeze(1)
+            scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        return (F.softmax(scores, dim=1) * x).sum(dim=1)
 
 
 class LSTMEncoder(nn.Module):
@@ -154,7 +154,7 @@ class FeedForward(nn.Module):
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(4 * width, width))
+                                 nn.Linear(4 * width, width), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -209,8 +209,10 @@ class ResidualBlock(nn.Module):
 
 
 def tab_encoder(n: int, hidden: int, dropout: float) -> nn.Sequential:
+    """BatchNorm, Linear(n, 2H), ReLU, Dropout, Linear(2H, 2H), LayerNorm, ReLU, Dropout (keys 0, 1, 4, 5)."""
     return nn.Sequential(nn.BatchNorm1d(n), nn.Linear(n, 2 * hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden))
+                         nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.ReLU(),
+                         nn.Dropout(dropout))
 
 
 def classifier(blocks: list[nn.Module], width: int, hidden: int | None, classes: int,
