@@ -179,7 +179,8 @@ def build_audit(result: MigrationResult) -> AuditReport:
             unchanged = result.state[tr.target].digest() == src.digest()
         rows.append(AuditRow(tr.source, " > ".join(tr.rules) or "-", "/".join(tr.ops) or "keep", tr.target,
                              list(src.shape), src.dtype, src.digest(), unchanged, tr.reason))
-    restored = [{"target": c.target, "anchor": c.source, "rule": c.rules[0] if c.rules else ""} for c in result.created]
+    restored = [{"target": c.target, "anchor": c.source or f"nothing (a constant: {c.reason})",
+                 "rule": c.rules[0] if c.rules else ""} for c in result.created]
     return AuditReport(
         source=result.raw.path, family=result.family.name, source_layout=result.source_version,
         target_layout=result.target_version,

@@ -22,7 +22,7 @@ import click
 
 from .batch_plan import SUFFIXES, check_plan, discover, output_name, parse_shard, scan, shard_of  # noqa: F401
 from .batch_worker import migrate_one, worker_imports, worker_init
-from .errors import EXIT_CHECK_FAILED, InputError, OutputError, UsageError
+from .errors import EXIT_CHECK_FAILED, EXIT_REFUSED, InputError, OutputError, UsageError
 
 SCHEMA = "athelas-migrate/batch-summary/1"
 OK_STATUSES = ("migrated", "verified", "unchanged")
@@ -349,6 +349,10 @@ def batch_cmd(src, dst, to, sets, config_file, fmt, jobs, verify, shard, summary
         _write_json(summary_json, summary)
     render_summary(summary)
     if summary["failed"]:
+        files = summary.get("files") or []
+        # every input refused as an input (e.g. TSA: no exact migration) and none migrated: the batch was refused
+        if files and all(f["status"] not in OK_STATUSES and f.get("exit_code") == EXIT_REFUSED for f in files):
+            sys.exit(EXIT_REFUSED)
         sys.exit(EXIT_CHECK_FAILED)
 
 

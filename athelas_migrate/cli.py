@@ -55,6 +55,9 @@ def error_boundary(debug: bool, json_mode: bool = False) -> Iterator[None]:
             click.echo(json.dumps(payload, indent=2, default=str))
         else:
             _err(str(exc))
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None and ctx.meta.get("explain") and getattr(exc, "explanation", None):
+                click.echo("\n".join(f"  - {line}" for line in exc.explanation), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP/SIGQUIT during a write (io.writer.Interrupted)
         _err("interrupted; no output was left behind")
@@ -136,6 +139,10 @@ def _needs_boundary(write_config: str | None, force: bool = False):
     return boundary()
 
 
+explain_option = click.option(
+    "--explain", is_flag=True, expose_value=False,
+    callback=lambda ctx, _param, value: ctx.meta.__setitem__("explain", True) if value else None,
+    help="On a refusal that has reasons (e.g. TSA: no exact migration), list them.")
 bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False), default=None,
                            help="BERT families: the transformers config.json of the text encoder(s).")
 
@@ -164,6 +171,7 @@ def main(debug: bool, quiet: bool, verbose: bool, allow_unknown_keys: bool) -> N
 @bert_option
 @click.option("--new-batch-keys", is_flag=True, help="v0 sources: use the v1 text batch key convention.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@explain_option
 @click.option("--force", is_flag=True, help="Replace NEW if it exists (never OLD).")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
 @write_config_option
@@ -250,6 +258,7 @@ def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the report to a file.")
 @click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
 @write_config_option
+@explain_option
 def audit_cmd(old, to, sets, config_file, bert_config, fmt, output, force, write_config) -> None:
     """Report every rename, drop and hyper-parameter edit of migrating OLD, writing no checkpoint."""
     from .api import audit

@@ -54,7 +54,7 @@ _SET_HELP = "VALUE is parsed as JSON when it is valid JSON; repeatable."
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for best.ckpt, last.ckpt, vocab.json, metrics.json and logs/.")
 @click.option("-m", "--model", default="BimodalCNN", show_default=True,
-              help="TextCNN or BimodalCNN (TabAE has no classification head and is refused).")
+              help="TextCNN, BimodalCNN, LSTM2Risk or Transformer2Risk (TabAE has no classification head: refused).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON object: column roles (text_name, tab_field_list, label_name) and any "
                    "hyper-parameter or training setting.")

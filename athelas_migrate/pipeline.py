@@ -229,8 +229,8 @@ def recorded_hparams(stamp: Any) -> dict[str, Any]:
 
 
 def _trace(ev: KeyEvent, origin: dict, new_origin: dict, traces: dict, created: list) -> None:
-    if ev.op == "restore":
-        created.append(KeyTrace(ev.sources[0], ev.targets[0], [ev.rule], ["restore"], ev.reason))
+    if ev.op in ("restore", "create"):  # a key made from an anchor (restore) or from nothing (create)
+        created.append(KeyTrace(ev.sources[0] if ev.sources else "", ev.targets[0], [ev.rule], [ev.op], ev.reason))
         new_origin[ev.targets[0]] = None
         return
     for s in ev.sources:
@@ -282,6 +282,11 @@ def _build_checkpoint(result: MigrationResult, src_params: list[str], dst_params
         result.optimizer_moves = [(i, dst_index[rename[name]]) for i, name in enumerate(src_order)
                                   if name in rename and dst_index.get(rename[name], i) != i]
     top[STAMP_KEY] = {"layout": result.target_version, "family": fam.name, "provenance": _provenance(result)}
+    hparams_name = getattr(fam, "hparams_name", {}).get(result.target_version)
+    if hparams_name:  # the v2 model saved `save_hyperparameters(config)`: Lightning passes them as `config=`
+        top["hparams_name"] = hparams_name
+    if result.target_version in getattr(fam, "bare_versions", ()):
+        top = OrderedDict(result.state)  # that generation's files are bare `state_dict()`s: nothing else
     result.checkpoint = top
 
 
@@ -320,7 +325,7 @@ def write_result(result: MigrationResult, dst: str, force: bool = False) -> None
         copy_verbatim(result.raw.path, dst)
         return
     if dst.endswith(".safetensors"):
-        meta = {STAMP_KEY: json.dumps(result.checkpoint[STAMP_KEY], sort_keys=True),
+        meta = {STAMP_KEY: json.dumps(result.stamp, sort_keys=True),
                 "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters), sort_keys=True),
                 "format": "pt"}
         write_safetensors(dst, result.state, meta)

@@ -56,8 +56,11 @@ MODEL_ALIASES = {
     "bimodalcnn": "BimodalCNN",
     "multimodalcnn": "BimodalCNN",
     "tabae": "TabAE",
+    "lstm2risk": "LSTM2Risk",
+    "transformer2risk": "Transformer2Risk",
 }
-TRAINABLE_MODELS = ("TextCNN", "BimodalCNN")
+TRAINABLE_MODELS = ("TextCNN", "BimodalCNN", "LSTM2Risk", "Transformer2Risk")
+NAMES3RISK = ("LSTM2Risk", "Transformer2Risk")
 
 #: Config keys that name columns, with the alternative spellings accepted in a config file.
 ROLE_ALIASES = {
@@ -360,7 +363,7 @@ class TrainResult:
 def resolve_model_name(name: str) -> str:
     key = name.replace("_", "").replace("-", "").lower()
     if key not in MODEL_ALIASES:
-        raise UsageError(f"unknown model {name!r} (choose TextCNN or BimodalCNN)")
+        raise UsageError(f"unknown model {name!r} (choose TextCNN, BimodalCNN, LSTM2Risk or Transformer2Risk)")
     cls = MODEL_ALIASES[key]
     if cls not in TRAINABLE_MODELS:
         raise UsageError("TabAE is a tabular encoder without a classification head or loss; it cannot be "
@@ -512,6 +515,8 @@ def _train(opts: TrainOptions) -> TrainResult:
     if model_class == "TextCNN" and tab_fields:
         notes.append(f"TextCNN uses text only; numeric columns {', '.join(tab_fields)} are ignored")
         tab_fields = []
+    if model_class in NAMES3RISK and not tab_fields:
+        raise UsageError(f"{model_class} needs numeric columns (--num-cols): its tabular branch is not optional")
     if model_class == "BimodalCNN" and not tab_fields:
         notes.append("no numeric columns given: the BimodalCNN is built without a tabular branch")
     clash = {text_col, label_col} & set(tab_fields)
@@ -546,7 +551,8 @@ def _train(opts: TrainOptions) -> TrainResult:
         config["is_binary"] = n_labels <= 2
     if not config["is_binary"] and "num_classes" not in config:
         config["num_classes"] = max(n_labels, 2)
-    config["model_class"] = {"TextCNN": "text_cnn", "BimodalCNN": "bimodal_cnn"}[model_class]
+    config["model_class"] = {"TextCNN": "text_cnn", "BimodalCNN": "bimodal_cnn", "LSTM2Risk": "lstm2risk",
+                             "Transformer2Risk": "transformer2risk"}[model_class]
     config.update(batch_size=batch_size, max_epochs=max_epochs, early_stop_patience=patience)
     config = resolve_config(config)
     num_classes = config["num_classes"]
@@ -572,7 +578,7 @@ def _train(opts: TrainOptions) -> TrainResult:
     vocab = Vocabulary.build(texts, min_freq=min_freq, max_size=max_vocab)
     if len(vocab) <= 2:
         raise InputError(f"{train_table.path}: no token occurs {min_freq}+ times in column {text_col!r}")
-    min_len = _min_length(config)
+    min_len = 1 if model_class in NAMES3RISK else _min_length(config)
     max_len = pick("max_sen_len", opts.max_len)
     if max_len is None:
         longest = max((len(tokenize(t)) for t in texts), default=0)
@@ -631,8 +637,11 @@ def _train(opts: TrainOptions) -> TrainResult:
     unk = vocab.unknown_rate(val_table.column(text_col, "text"))
     notes.append(f"vocabulary: {len(vocab)} ids (min_freq {min_freq}); {unk:.1%} of validation tokens unknown")
 
-    cls = {"TextCNN": TextCNN, "BimodalCNN": BimodalCNN}[model_class]
-    model = cls(config, vocab_size=len(vocab), embed_size=embed_size, word_embeddings=matrix)
+    if model_class in NAMES3RISK:
+        model = _names3risk_model(model_class, config, file_cfg, set_cfg, opts, len(vocab), notes)
+    else:
+        cls = {"TextCNN": TextCNN, "BimodalCNN": BimodalCNN}[model_class]
+        model = cls(config, vocab_size=len(vocab), embed_size=embed_size, word_embeddings=matrix)
     train_loader = make_loader(train_tensors, batch_size, shuffle=True, seed=seed)
     val_loader = make_loader(val_tensors, max(batch_size, 256), shuffle=False)
     initial = evaluate(model, val_loader)
@@ -702,6 +711,27 @@ def _train(opts: TrainOptions) -> TrainResult:
     if result.global_zero:
         _write_json(os.path.join(out_dir, "metrics.json"), result.to_json())
     return result
+
+
+def _names3risk_model(model_class: str, config: dict[str, Any], file_cfg: dict[str, Any], set_cfg: dict[str, Any],
+                      opts: TrainOptions, vocab_size: int, notes: list[str]) -> Any:
+    """A fresh LSTM2Risk / Transformer2Risk: its own defaults, not the CNN table (only what was asked is kept)."""
+    from .models import names3risk
+
+    given = {k: v for src in (file_cfg, set_cfg) for k, v in src.items() if k not in TRAIN_KEYS}
+    cfg = {**given, "n_embed": vocab_size, "max_sen_len": config["max_sen_len"]}
+    for key in ("text_name", "label_name", "tab_field_list", "is_binary", "num_classes", "model_class",
+                "batch_size", "max_epochs", "early_stop_patience", "vocab_file", "vocab_path", "vocab_size",
+                "tokenizer"):
+        cfg[key] = config[key]
+    cfg["lr"] = float(opts.lr) if opts.lr is not None else float(given.get("lr", 1e-3))
+    if opts.lr is None and "lr" not in given:
+        notes.append(f"{model_class}: learning rate 1e-3 (the legacy OneCycleLR max_lr); set --lr to change it")
+    if opts.embed_size is not None:
+        cfg["embedding_size"] = int(opts.embed_size)
+    if opts.word_vectors:
+        notes.append(f"{model_class}: --word-vectors ignored (its token table is trained from scratch)")
+    return getattr(names3risk, model_class)(cfg)
 
 
 def render_result(result: TrainResult, console: Any) -> None:

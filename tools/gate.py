@@ -36,7 +36,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-DEFAULT_MANIFESTS = (ROOT / "fixtures" / "manifest.json", ROOT / "fixtures" / "fusion_manifest.json")
+DEFAULT_MANIFESTS = (ROOT / "fixtures" / "manifest.json", ROOT / "fixtures" / "fusion_manifest.json",
+                     ROOT / "fixtures" / "names3risk_manifest.json")
 STYLE = {"passed": "green", "failed": "bold red", "error": "bold magenta", "skipped": "dim"}
 
 

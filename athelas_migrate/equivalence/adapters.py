@@ -209,7 +209,8 @@ def move(obj: Any, device: torch.device) -> Any:
 
 
 ADAPTERS: dict[str, VerifyAdapter] = {}
-_OPTIONAL = ("athelas_migrate.equivalence.cnn", "athelas_migrate.equivalence.bert")
+_OPTIONAL = ("athelas_migrate.equivalence.cnn", "athelas_migrate.equivalence.bert",
+             "athelas_migrate.equivalence.names3risk")
 _loaded = False
 
 

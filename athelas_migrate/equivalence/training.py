@@ -132,6 +132,9 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
     for name, p in old.named_parameters():
         target = ctx.rename.get(name)
         q = new_params.get(target) if target else None
+        if q is None and "drop" in ctx.ops.get(name, []) and p.grad is None:
+            not_comparable.append(f"{name} (dropped by the rules: no gradient on the legacy side either)")
+            continue
         if q is None:
             problems.append(f"{name} has no parameter in the refactored model (rename map: {target})")
             continue

@@ -21,6 +21,20 @@ def _load_bert_families() -> None:
     bert._register()
 
 
+def _load_names3risk_families() -> None:
+    """LSTM2Risk and Transformer2Risk (bare legacy state dicts -> Lightning)."""
+    from . import names3risk
+
+    names3risk._register()
+
+
+def _load_tsa_families() -> None:
+    """TSA single/dual sequence: recognised with evidence, every migration refused (no exact migration)."""
+    from . import tsa
+
+    tsa._register()
+
+
 def get_family(name: str) -> Family:
     """The family named `name`, matched case-insensitively; an unknown name lists the known ones."""
     fam = FAMILIES.get(name) or next((f for n, f in FAMILIES.items() if n.lower() == str(name).lower()), None)
@@ -45,5 +59,7 @@ def detect(raw: RawCheckpoint) -> Detection:
 
 
 _load_bert_families()
+_load_names3risk_families()
+_load_tsa_families()
 
 __all__ = ["Detection", "Expected", "Family", "FAMILIES", "detect", "get_family", "register"]

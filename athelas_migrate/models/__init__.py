@@ -21,6 +21,8 @@ _EXPORTS = {
     "BimodalBertGateFusion": "bert_fusion",
     "BimodalBertMoE": "bert_fusion",
     "TrimodalCrossAttentionBert": "bert_fusion",
+    "LSTM2Risk": "names3risk",
+    "Transformer2Risk": "names3risk",
 }
 
 

@@ -38,7 +38,7 @@ def _list(keys: list[str], limit: int = 12) -> str:
 def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef],
                       config: dict[str, Any] | None = None) -> EdgeResult:
     """Map every key through exactly one rule; refuse unmatched, ambiguous and colliding keys."""
-    active = [r for r in rf.rules if r.op != "restore"]
+    active = [r for r in rf.rules if r.op not in ("restore", "create")]
     unmatched, ambiguous = [], []
     owner: dict[str, StateRule] = {}
     for key in state:
@@ -63,10 +63,13 @@ def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef],
             collisions.append(target)
         produced[target] = tensor
 
+    warnings: list[str] = []
     concat_groups: dict[tuple[str, tuple], dict[int, str]] = {}
     for key, tensor in state.items():
         rule = owner[key]
         if rule.op == "drop":
+            if "check_fill" in rule.params:
+                warnings += _check_constant(rule, key, tensor)
             events.append(KeyEvent(rule.source, "drop", [key], [], rule.reason))
             continue
         if rule.op == "concat":
@@ -81,6 +84,10 @@ def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef],
         elif rule.op == "split":
             for t, part in zip(targets, _split(tensor, rule.params)):
                 emit(t, part)
+        elif rule.op in ("widen_head", "narrow_head"):
+            out, note = _head_op(rule, key, tensor)
+            emit(targets[0], out)
+            warnings += [note] if note else []
         else:
             emit(targets[0], _tensor_op(rule, tensor))
         events.append(KeyEvent(rule.source, rule.op, [key], targets))
@@ -96,14 +103,77 @@ def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef],
     if collisions:
         raise RuleError(f"{rf.name}: target keys produced more than once: {_list(sorted(set(collisions)))}")
 
-    warnings: list[str] = []
     for rule in rf.rules:
         if rule.op == "restore" and _restore_applies(rule, config):
-            _restore(rule, produced, events)
+            _restore(rule, produced, events, config)
+        elif rule.op == "create":
+            _create(rule, rule.to[0], rule.params, produced, events, config)
     for rule in active:
         if rule.op == "drop" and rule.restore is not None:
-            warnings += _check_restorable(rule, state, produced)
+            warnings += _check_restorable(rule, state, produced, config)
     return EdgeResult(produced, events, warnings)
+
+
+def _shape(shape: list, config: dict[str, Any] | None, where: str) -> list[int]:
+    """A rule's shape: ints, or names of config keys whose (int) values are the sizes."""
+    out = []
+    for d in shape:
+        if isinstance(d, str):
+            v = (config or {}).get(d)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise RuleError(f"{where}: shape entry {d!r} needs an integer config value (got {v!r})")
+            d = v
+        out.append(int(d))
+    return out
+
+
+def _float_dtype(produced: OrderedDict[str, TensorRef]) -> str:
+    from ..io.tensor_ref import FLOAT_DTYPES
+
+    return next((t.dtype for t in produced.values() if t.dtype in FLOAT_DTYPES), "float32")
+
+
+def _create(rule: StateRule, key: str, params: dict[str, Any], produced: OrderedDict[str, TensorRef],
+            events: list[KeyEvent], config: dict[str, Any] | None, op: str = "create") -> None:
+    """Add a constant tensor (`fill` everywhere) under `key`, in the model's floating dtype unless stated."""
+    import torch
+
+    if key in produced:
+        raise RuleError(f"{rule.source}: {op}d key {key} already exists")
+    shape = _shape(params["shape"], config, rule.source)
+    dtype = params.get("dtype") or _float_dtype(produced)
+    produced[key] = TensorRef.from_torch(torch.full(shape, params["fill"], dtype=getattr(torch, dtype)), False)
+    events.append(KeyEvent(rule.source, op, [], [key], rule.reason))
+
+
+def _check_constant(rule: StateRule, key: str, tensor: TensorRef) -> list[str]:
+    """The inverse of `create` drops a key the forward edge made; say so when it no longer holds the constant."""
+    t = tensor.to_torch()
+    fill = rule.params["check_fill"]
+    if t.numel() and bool((t == fill).all()):
+        return []
+    return [f"{rule.source}: {key} no longer holds the constant {fill} that the forward edge created "
+            f"(values {t.flatten()[:6].tolist()}); the older layout has no place for it, so it is dropped"]
+
+
+def _head_op(rule: StateRule, key: str, tensor: TensorRef) -> tuple[TensorRef, str]:
+    """widen_head: `[1, ...]` -> `[0 ; w]` (logit 0 is exactly 0, so softmax[:, 1] = sigmoid(z));
+    narrow_head: `[2, ...]` -> `w1 - w0` (the same decision function, `sigmoid(z1 - z0)`, with one logit)."""
+    import torch
+
+    t = tensor.to_torch()
+    if rule.op == "widen_head":
+        if t.dim() == 0 or t.shape[0] != 1:
+            raise RuleError(f"{rule.source}: widen_head needs a one-row head, {key} is {list(t.shape)}")
+        return TensorRef.from_torch(torch.cat([torch.zeros_like(t), t], 0), tensor.is_parameter), ""
+    if t.dim() == 0 or t.shape[0] != 2:
+        raise RuleError(f"{rule.source}: narrow_head needs a two-row head, {key} is {list(t.shape)}")
+    note = ""
+    if bool((t[0] != 0).any()):
+        note = (f"{rule.source}: row 0 of {key} is not zero (trained after the migration): the one-row head is "
+                "w1 - w0, the same function (sigmoid(z1 - z0) = softmax[:, 1], up to float rounding), "
+                "not a copy of the file it was migrated from")
+    return TensorRef.from_torch((t[1:] - t[:1]).contiguous(), tensor.is_parameter), note
 
 
 def _restore_applies(rule: StateRule, config: dict[str, Any] | None) -> bool:
@@ -113,6 +183,8 @@ def _restore_applies(rule: StateRule, config: dict[str, Any] | None) -> bool:
 
 
 def _restore_targets(rule: StateRule, keys: list[str]) -> list[tuple[str, str]]:
+    if "anchor" not in rule.restore:
+        return []
     anchor = re.compile(rule.restore["anchor"])
     out = []
     for k in keys:
@@ -122,8 +194,12 @@ def _restore_targets(rule: StateRule, keys: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _restore(rule: StateRule, produced: OrderedDict[str, TensorRef], events: list[KeyEvent]) -> None:
+def _restore(rule: StateRule, produced: OrderedDict[str, TensorRef], events: list[KeyEvent],
+             config: dict[str, Any] | None = None) -> None:
     """Recreate keys a forward drop removed, as its `restore` clause says."""
+    if rule.restore.get("value") == "fill":
+        _create(rule, rule.restore["key"], rule.restore, produced, events, config, op="restore")
+        return
     for anchor_key, target in _restore_targets(rule, list(produced)):
         if target in produced:
             raise RuleError(f"{rule.source}: restored key {target} already exists")
@@ -142,10 +218,23 @@ def _restored_value(rule: StateRule, anchor: TensorRef) -> TensorRef:
     return TensorRef.from_torch(t)
 
 
-def _check_restorable(rule: StateRule, before: OrderedDict[str, TensorRef], after: OrderedDict) -> list[str]:
+def _check_restorable(rule: StateRule, before: OrderedDict[str, TensorRef], after: OrderedDict,
+                      config: dict[str, Any] | None = None) -> list[str]:
     """A drop claims its values can be rebuilt on rollback; check that claim on this checkpoint."""
     dropped = {k for k in before if rule.matches(k)}
     warnings = []
+    if rule.restore.get("value") == "fill":
+        key, fill = rule.restore["key"], rule.restore["fill"]
+        t = before.get(key)
+        if t is not None and not bool((t.to_torch() == fill).all()):
+            if rule.restore.get("strict"):
+                from ..errors import ValidationError
+
+                raise ValidationError(f"{rule.source}: {key} is not the constant {fill} that rollback restores; "
+                                      "dropping it would lose information, so nothing is written")
+            warnings.append(f"{rule.source}: dropped {key} ({rule.reason}) holds values a rollback cannot "
+                            f"rebuild: rollback writes {fill} everywhere")
+        dropped.discard(key)
     inverse_space = OrderedDict((k, v) for k, v in before.items() if k not in dropped)
     for anchor_key, target in _restore_targets(rule, list(inverse_space)):
         if target in dropped:

@@ -86,12 +86,23 @@ def invert_rename(pattern: str, template: str) -> tuple[str, str]:
 
 def invert_state_rule(rule: StateRule) -> StateRule:
     where = rule.source
-    if rule.op in ("rename", "transpose", "reshape", "cast"):
+    if rule.op == "create":
+        key = rule.to[0]
+        return replace(rule, op="drop", match=[re.compile("^" + re.escape(key) + "$")], to=[],
+                       params={"check_fill": rule.params["fill"]}, restore=None,
+                       reason=f"undoing a create ({rule.reason})", source=f"{where} (inverse)")
+    if rule.op == "narrow_head":
+        raise NotInvertibleError(f"{where}: narrow_head keeps only the row difference; the two rows cannot be "
+                                 "rebuilt from it")
+    if rule.op in ("rename", "transpose", "reshape", "cast", "widen_head"):
         try:
             pattern, template = invert_rename(rule.match[0].pattern, rule.to[0])
         except ValueError as exc:
             raise NotInvertibleError(f"{where}: rename cannot be inverted ({exc})") from exc
         params = dict(rule.params)
+        if rule.op == "widen_head":
+            return replace(rule, op="narrow_head", match=[re.compile(pattern)], to=[template],
+                           source=f"{where} (inverse)")
         if rule.op == "reshape":
             if "from_shape" not in rule.params:
                 raise NotInvertibleError(f"{where}: reshape without 'from_shape' cannot be undone")

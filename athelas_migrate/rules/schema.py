@@ -12,6 +12,12 @@ and `[[hparams]]` (hyper-parameter edits). State rules:
 | `cast` | `match`, `to`, `dtype`, optional `from_dtype` | cast back when lossless |
 | `split` | `match`, `to = [..]`, `dim`, `sizes` | concat |
 | `concat` | `match = [..]` (same groups), `to`, `dim`, `sizes` | split |
+| `create` | `to` (one key), `fill`, `shape` (ints or config keys), `reason`, optional `dtype` | drop, checked |
+| `widen_head` | `match`, `to` (a `[1, ...]` head gets a zero row 0) | `narrow_head` |
+| `narrow_head` | `match`, `to` (row 1 minus row 0 of a `[2, ...]` head) | none (lossy) |
+
+A drop's `restore` may also be `{key, value = "fill", fill, shape}` (no anchor): rollback
+recreates the key as a constant tensor (for dead weights the source model never read).
 
 Hyper-parameter rules: `set` (`key`, `value`, `if_missing`, optional `previous`), `rename` (`key`, `to`),
 `drop` (`key`, `reason`, optional `value` restored on rollback). A `set` or `drop` records the value it
@@ -30,7 +36,8 @@ from typing import Any
 
 from ..errors import RuleError
 
-STATE_OPS = {"rename", "drop", "transpose", "reshape", "cast", "split", "concat"}
+STATE_OPS = {"rename", "drop", "transpose", "reshape", "cast", "split", "concat", "create", "widen_head",
+             "narrow_head"}
 HPARAM_OPS = {"set", "rename", "drop"}
 _CASTABLE = {"float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"}
 _WIDENING = {("float16", "float32"), ("float16", "float64"), ("bfloat16", "float32"), ("bfloat16", "float64"),
@@ -128,6 +135,8 @@ def _parse_state_rule(r: dict, where: str, name: str, ids: set[str]) -> StateRul
     op = _require(r, "op", where)
     if op not in STATE_OPS:
         raise RuleError(f"{where}: unknown op {op!r} (one of {sorted(STATE_OPS)})")
+    if op == "create":
+        return _parse_create(r, rid, where)
     patterns = r.get("match")
     patterns = [patterns] if isinstance(patterns, str) else patterns
     if not patterns or not all(isinstance(p, str) for p in patterns):
@@ -144,11 +153,17 @@ def _parse_state_rule(r: dict, where: str, name: str, ids: set[str]) -> StateRul
         if "restore" in r:
             rule.restore = _require(r, "restore", where, dict)
             value = rule.restore.get("value", "copy")
-            if not {"anchor", "key"} <= set(rule.restore) or value not in ("copy", "arange"):
+            if value == "fill":
+                if "key" not in rule.restore or not isinstance(rule.restore.get("fill"), int | float) or \
+                        not _is_shape(rule.restore.get("shape")):
+                    raise RuleError(f"{where}: restore with value = \"fill\" needs 'key', a number 'fill' and "
+                                    "'shape' (ints or config keys)")
+            elif not {"anchor", "key"} <= set(rule.restore) or value not in ("copy", "arange"):
                 raise RuleError(f"{where}: restore needs 'anchor' (regex), 'key' (template) and "
                                 "'value' = \"copy\" or \"arange\"")
-            _compile(rule.restore["anchor"], where)
-            extra = set(rule.restore) - {"anchor", "key", "value", "dim", "shape", "dtype", "when", "strict"}
+            else:
+                _compile(rule.restore["anchor"], where)
+            extra = set(rule.restore) - {"anchor", "key", "value", "dim", "shape", "dtype", "when", "strict", "fill"}
             if extra:
                 raise RuleError(f"{where}: unknown restore fields {sorted(extra)}")
         return rule
@@ -181,6 +196,28 @@ def _parse_state_rule(r: dict, where: str, name: str, ids: set[str]) -> StateRul
         if op == "split" and len(rule.params["sizes"]) != len(rule.to):
             raise RuleError(f"{where}: 'sizes' must have one entry per target")
     return rule
+
+
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, list) and all(isinstance(d, int | str) and not isinstance(d, bool) for d in shape)
+
+
+def _parse_create(r: dict, rid: str, where: str) -> StateRule:
+    """`create`: a constant tensor the target adds (e.g. a loss-weight buffer of ones); it matches no source key."""
+    known = {"id", "op", "to", "fill", "shape", "dtype", "reason"}
+    if set(r) - known:
+        raise RuleError(f"{where}: unknown fields {sorted(set(r) - known)}")
+    to = _require(r, "to", where)
+    fill = r.get("fill")
+    if not isinstance(fill, int | float) or isinstance(fill, bool):
+        raise RuleError(f"{where}: 'fill' must be a number")
+    if not _is_shape(r.get("shape")):
+        raise RuleError(f"{where}: 'shape' must be a list of ints or config keys")
+    dtype = r.get("dtype")
+    if dtype is not None and dtype not in _CASTABLE:
+        raise RuleError(f"{where}: unknown dtype {dtype!r}")
+    return StateRule(rid, "create", [], [to], {"fill": fill, "shape": list(r["shape"]), "dtype": dtype},
+                     reason=_require(r, "reason", where), source=where)
 
 
 def _parse_hparam_rule(r: dict, where: str, name: str, ids: set[str]) -> HparamRule:
