@@ -345,13 +345,13 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
         t = time.perf_counter()
         run_domain(ctx, adapter, sec, atol, rtol)
         sec.duration_s = time.perf_counter() - t
-    elif domain and hasattr(adapter, "domain_checks"):  # a family's own input-domain traps (e.g. Names3Risk)
+    elif hasattr(adapter, "domain_checks"):  # a family's own input-domain traps (e.g. Names3Risk)
         sec = Section("domain", "Input domain (the family's traps)")
         report.sections.append(sec)
         t = time.perf_counter()
         adapter.domain_checks(ctx, sec, atol, rtol)
         sec.duration_s = time.perf_counter() - t
-    elif domain and getattr(adapter, "domain_note", None):
+    elif getattr(adapter, "domain_note", None):
         report.notes.append(adapter.domain_note)  # say plainly why there is no domain section
     if "training" in skip:
         _skipped(report, "training", "Training equivalence")
