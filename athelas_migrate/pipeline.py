@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .errors import MalformedSourceError, UsageError, ValidationError
+from .errors import InputError, MalformedSourceError, UsageError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
@@ -294,19 +294,29 @@ def write_result(result: MigrationResult, dst: str, force: bool = False) -> None
     if not os.path.isdir(parent):
         raise UsageError(f"output directory {parent} does not exist")
     if dst.endswith(".safetensors"):
-        meta = {STAMP_KEY: json.dumps(result.checkpoint[STAMP_KEY], sort_keys=True),
-                "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters), sort_keys=True),
+        src = result.raw.path
+        meta = {STAMP_KEY: json.dumps(_jsonable(result.checkpoint[STAMP_KEY], f"{src}: {STAMP_KEY}"), sort_keys=True),
+                "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters, f"{src}: hyper_parameters"),
+                                               sort_keys=True),
                 "format": "pt"}
         write_safetensors(dst, result.state, meta)
     else:
         write_torch_zip(dst, result.checkpoint)
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any, path: str) -> Any:
+    """Values for the JSON metadata of a .safetensors file (tensors dropped: they are not metadata). Values JSON
+    cannot hold (sets, bytes, complex numbers, ...) are refused by path rather than written lossily; a .ckpt
+    output keeps them. The input was validated on load, so this walk is bounded."""
+    from .io.values import value_path
+
     if isinstance(obj, TensorRef):
         return None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items() if not isinstance(v, TensorRef)}
+        return {str(k): _jsonable(v, value_path(path, k)) for k, v in obj.items() if not isinstance(v, TensorRef)}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
+        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, str | int | float):
+        return obj
+    raise InputError(f"{path}: a value of type {type(obj).__name__} cannot be stored in .safetensors JSON "
+                     "metadata; write a .ckpt to keep it")
