@@ -20,6 +20,7 @@ from .errors import InputError, MalformedSourceError, UsageError, ValidationErro
 from .families import Detection, Expected, Family, detect, get_family
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
+from .io.values import check_hparam_types
 from .io.writer import write_safetensors, write_torch_zip
 from .optimizer_state import remap_optimizer_states
 from .rules.apply import KeyEvent, apply_hparam_rules, apply_state_rules
@@ -168,6 +169,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     det = detect(raw)
     fam = get_family(det.family)
     overrides = dict(overrides or {})
+    check_hparam_types(overrides, "", "--set/--config", UsageError)
     config = fam.configure(raw, det.version, overrides)
     notes = list(det.notes) + list(config.pop("_notes", []))
     src_layout = check_state(raw.state_dict, fam, config, det.version, raw.path, error=MalformedSourceError)

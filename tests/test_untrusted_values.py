@@ -111,8 +111,12 @@ CASES = {  # name: (edit, expected exit, text the message must hold)
     "params=['a']": (lambda c: c[L1][0]["param_groups"][0].__setitem__("params", ["a"]), 3,
                      "optimizer_states[0].param_groups[0].params: must be a list of parameter ids"),
     "state key": (lambda c: c[L1][0].__setitem__("state", {"a": {}}), 3, "optimizer_states[0].state: keys must"),
-    "class_weights='abc'": (_hp("class_weights", "abc"), 3, "hyper-parameter class_weights"),
-    "kernel_size='x'": (_hp("kernel_size", "x"), 3, "hyper-parameter kernel_size"),
+    "class_weights='abc'": (_hp("class_weights", "abc"), 3, "hyper_parameters.class_weights: must be a list of num"),
+    "kernel_size='x'": (_hp("kernel_size", "x"), 3, "hyper_parameters.kernel_size: must be a list of ints"),
+    "tab_field_list=5": (_hp("tab_field_list", 5), 3, "hyper_parameters.tab_field_list: must be a list of strings"),
+    "tokenizer=[5]": (_hp("tokenizer", [5]), 3, "hyper_parameters.tokenizer: must be a string"),
+    "config=5": (_hp("config", 5), 3, "hyper_parameters.config: must be a mapping"),
+    "config.lr='x'": (_hp("config", {"lr": "x"}), 3, "hyper_parameters.config.lr: must be a number"),
     "int hparam key": (_hp(5, 1), 3, "hyper_parameters: hyper-parameter names must be strings"),
     "nested int key": (_hp("extra", {"a": {7: 1}}), 3, "hyper_parameters.extra.a: hyper-parameter names"),
     "5000-digit int": (_hp("foo", 10**5000), 3, "hyper_parameters.foo: an integer of more than 4300 digits"),
@@ -128,11 +132,8 @@ JSONLESS = {"set": {1, 2}, "bytes": b"ab", "complex": 1j}
 def test_crafted_values_are_refused_with_their_path(cli, tmp_path, case):
     edit, code, text = CASES[case]
     src = _crafted(tmp_path, "crafted", edit)
-    commands = [("ckpt", src, tmp_path / "o.ckpt", *SETS), ("ckpt", src, tmp_path / "o.safetensors", *SETS),
-                ("audit", src, *SETS)]
-    if "hyper-parameter " not in text:  # config types are checked when a migration resolves them, not by inspect
-        commands.append(("inspect", src))
-    for args in commands:
+    for args in (("ckpt", src, tmp_path / "o.ckpt", *SETS), ("ckpt", src, tmp_path / "o.safetensors", *SETS),
+                 ("audit", src, *SETS), ("inspect", src)):
         rc, _, err = cli(*args)
         assert (rc, args[0]) == (code, args[0]), err
         assert text in err and str(src) in err, err
@@ -149,6 +150,24 @@ def test_values_json_cannot_hold_refuse_safetensors_only(cli, tmp_path, kind):
     assert torch.load(tmp_path / "o.ckpt", weights_only=True)["hyper_parameters"]["config"]["foo"] == JSONLESS[kind]
     for args in (("inspect", src), ("audit", src, *SETS)):
         assert cli(*args)[0] == 0
+
+
+@pytest.mark.parametrize("value,what", [("5", "a list of strings"), ('"x"', "a list of strings")])
+def test_overrides_of_the_wrong_type_are_usage_errors(cli, tmp_path, value, what):
+    src = FIXTURES / "bimodal_cnn_v1.ckpt"
+    rc, _, err = cli("ckpt", src, tmp_path / "o.ckpt", "--set", f"tab_field_list={value}", "--set", "label_name=l")
+    assert rc == 2 and f"--set/--config: tab_field_list: must be {what}" in err, err
+    momentum = tmp_path / "sgd.ckpt"  # a value derived from the file (optimizer state) is typed too
+    torch.save(_edit_momentum(), momentum)
+    rc, _, err = cli("ckpt", momentum, tmp_path / "o.ckpt", *SETS)
+    assert rc == 3 and "hyper-parameters.momentum: must be a number" in err, err
+
+
+def _edit_momentum() -> dict:
+    c = _base()
+    c["optimizer_states"][0]["param_groups"][0]["momentum"] = "fast"
+    c["hyper_parameters"].pop("optimizer_type", None)
+    return c
 
 
 def test_a_crafted_value_through_the_real_entry_point(tmp_path):

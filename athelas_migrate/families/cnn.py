@@ -105,51 +105,11 @@ def _class_weights(raw: RawCheckpoint, config: dict, notes: list[str]) -> None:
         notes.append("class_weights read off class_weights_tensor")
 
 
-def _kind_of(default: Any) -> tuple[str, tuple[type, ...]]:
-    """What a config value must be, read off its legacy default (the defaults table is the schema)."""
-    if isinstance(default, bool):
-        return "a boolean", (bool, int)
-    if isinstance(default, int):
-        return "an int", (int,)
-    if isinstance(default, float):
-        return "a number", (int, float)
-    if isinstance(default, str):
-        return "a string", (str,)
-    return "a list of ints", (list, tuple)
-
-
-def _check_config_types(config: dict, where: str) -> None:
-    """Values from a checkpoint (or --set) typed like the legacy defaults, so resolution never trips on them."""
-    from ..models.config import CONFIG_DEFAULTS
-
-    def refuse(key: str, what: str) -> InputError:
-        text = repr(config[key])
-        return InputError(f"{where}: hyper-parameter {key} (from the checkpoint or --set/--config) must be {what}, "
-                          f"not a {type(config[key]).__name__} ({text[:40]}{'...' if len(text) > 40 else ''})")
-
-    for key, default in CONFIG_DEFAULTS.items():
-        value = config.get(key)
-        if value is None or default is None:
-            continue
-        what, types = _kind_of(default)
-        if not isinstance(value, types):
-            raise refuse(key, what)
-        if isinstance(default, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise refuse(key, what)
-    weights = config.get("class_weights")
-    if weights is not None and not hasattr(weights, "shape") and (
-            not isinstance(weights, list | tuple)
-            or not all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights)):
-        raise refuse("class_weights", "a list of numbers")
-    fields = config.get("tab_field_list")
-    if fields is not None and (not isinstance(fields, list | tuple) or not all(isinstance(f, str) for f in fields)):
-        raise refuse("tab_field_list", "a list of strings")
-
-
 def _resolve(config: dict, where: str = "checkpoint") -> dict:
+    from ..io.values import check_hparam_types
     from ..models.config import resolve_config  # pure Python, no torch
 
-    _check_config_types(config, where)
+    check_hparam_types(config, "hyper-parameters", where)  # merged from the checkpoint, --set and derived facts
     return resolve_config(config)
 
 

@@ -17,8 +17,8 @@ from ..errors import InputError
 from .safe_unpickle import Stub
 from .tensor_ref import TensorRef
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_STRING_CHARS", "MAX_VALUES", "check_bounded", "validate_checkpoint",
-           "value_path"]
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_STRING_CHARS", "MAX_VALUES", "check_bounded", "check_hparam_types",
+           "hparam_kinds", "validate_checkpoint", "value_path"]
 
 MAX_VALUES = 1_000_000  # values (container, key or scalar) after expanding shared references
 MAX_STRING_CHARS = 64 << 20  # characters of str/bytes after expanding shared references
@@ -234,6 +234,57 @@ def _check_optional_str(value: Any, where: str, key: str) -> None:
         _check_str(value, where, key)
 
 
+# ---- hyper-parameters the families read, typed like their legacy defaults ------------------------------------
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, list | tuple) and all(_is_int(x) for x in v)
+
+
+_KINDS: dict[str, tuple[str, Any]] = {
+    "boolean": ("a boolean", lambda v: isinstance(v, int)),
+    "int": ("an int", lambda v: isinstance(v, int)),
+    "number": ("a number", lambda v: isinstance(v, int | float)),
+    "string": ("a string", lambda v: isinstance(v, str)),
+    "ints": ("a list of ints", _ints),
+    "numbers": ("a list of numbers", lambda v: hasattr(v, "shape") or (
+        isinstance(v, list | tuple) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v))),
+    "strings": ("a list of strings", lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)),
+    "mapping": ("a mapping", lambda v: isinstance(v, dict)),
+}
+
+
+def _kind_of_default(default: Any) -> str:
+    for kind, test in (("boolean", bool), ("int", int), ("number", float), ("string", str)):
+        if isinstance(default, test):
+            return kind
+    return "ints"
+
+
+def hparam_kinds() -> dict[str, str]:
+    """Hyper-parameter name -> kind: the CNN defaults table is the schema, plus the keys without a default."""
+    from ..models.config import CONFIG_DEFAULTS  # pure Python, no torch
+
+    kinds = {k: _kind_of_default(d) for k, d in CONFIG_DEFAULTS.items() if d is not None}
+    kinds.update(class_weights="numbers", tab_field_list="strings", tokenizer="string", text_tokenizer="string",
+                 primary_tokenizer="string", secondary_tokenizer="string", config="mapping")
+    return kinds
+
+
+def check_hparam_types(hp: Mapping[str, Any], path: str, where: str, error: type[Exception] = InputError) -> None:
+    """Refuse a known hyper-parameter whose value has the wrong type (None means "not given" and passes), so
+    family code never trips on it. Also checks a nested `config` mapping."""
+    kinds = hparam_kinds()
+    for key, value in hp.items():
+        kind = kinds.get(key)
+        if kind is None or value is None:
+            continue
+        what, test = _KINDS[kind]
+        if not test(value):
+            raise error(f"{where}: {value_path(path, key)}: must be {what}, not {_kind(value)}")
+        if key == "config":
+            check_hparam_types(value, value_path(path, key), where, error)
+
+
 # What each known top-level key of a Lightning checkpoint must hold (absent is fine). Data, not code paths.
 _TOP_LEVEL = {
     "epoch": _check_counter,
@@ -244,7 +295,8 @@ _TOP_LEVEL = {
     "optimizer_states": lambda v, where, key: _check_optimizer_states(v, where),
     "lr_schedulers": _check_list_of_dicts,
     "hparams_name": _check_optional_str,
-    "hyper_parameters": lambda v, where, key: (_check_dict(v, where, key), _check_hparams(v, key, where)),
+    "hyper_parameters": lambda v, where, key: (_check_dict(v, where, key), _check_hparams(v, key, where),
+                                               check_hparam_types(v, key, where)),
     "athelas_migrate": _check_stamp,
 }
 
@@ -265,5 +317,6 @@ def validate_checkpoint(raw: Any) -> None:
     check_bounded(values, "", where)
     if isinstance(raw.hyper_parameters, Mapping):
         _check_hparams(raw.hyper_parameters, "hyper_parameters", where)
+        check_hparam_types(raw.hyper_parameters, "hyper_parameters", where)
     if raw.stamp is not None:
         _check_stamp(raw.stamp, where, "athelas_migrate")
