@@ -176,6 +176,15 @@ def test_a_crafted_value_through_the_real_entry_point(tmp_path):
     assert r.returncode == 3 and "optimizer_states[0].param_groups[0]" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_v0_config_none_is_not_a_crash(cli, tmp_path):
+    """`config: None` in a v0 checkpoint (found by sweeping hyper-parameter values): refused by layout, not 70."""
+    ckpt = torch.load(FIXTURES / "multimodal_cnn_v0.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["config"] = None
+    torch.save(ckpt, tmp_path / "v0.ckpt")
+    rc, _, err = cli("audit", tmp_path / "v0.ckpt")
+    assert rc == 3 and "internal error" not in err, err
+
+
 def test_module_object_in_pickled_hparams_is_refused(cli, tmp_path, monkeypatch):
     """A whole pickled legacy module (root class under its historical path) whose `_hparams` holds a layer."""
     import types

@@ -255,7 +255,7 @@ class BimodalCNNFamily(_CNNFamily):
                 return Detection(self.name, "v1", ["keys text_subnetwork.*, final_merge_network.* (legacy)"], 2,
                                  ["a bare state dict: v0 and v1 state dicts are identical; treated as v1"])
             if isinstance(hp.get("config"), dict) or "word_embeddings" in hp:
-                mc = hp.get("config", {}).get("model_class")
+                mc = (hp.get("config") or {}).get("model_class")
                 return Detection(self.name, "v0", ["keys text_subnetwork.*, final_merge_network.*",
                                                    "hyper_parameters nest 'config' and carry 'word_embeddings' (v0)",
                                                    *([f"model_class={mc!r}"] if mc else [])], 3)
