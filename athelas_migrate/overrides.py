@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable
 from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["parse_overrides", "parse_value", "read_json_object"]
+__all__ = ["OPTION_FILE_LIMIT", "parse_overrides", "parse_value", "read_json_object", "read_option_file"]
 
 
 def parse_value(text: str) -> Any:
@@ -24,21 +25,49 @@ def parse_value(text: str) -> Any:
         return text
 
 
+OPTION_FILE_LIMIT = 16 << 20  # bytes: an option file is a small JSON document, never a device or a pipe
+
+
+def read_option_file(path: str | os.PathLike[str], option: str, limit: int = OPTION_FILE_LIMIT) -> bytes:
+    """The bytes of the regular file an option names, at most `limit` of them; UsageError (exit 2) naming the
+    file otherwise. Opened non-blocking and checked with fstat, so `/dev/zero` cannot eat memory and a FIFO
+    cannot block the tool forever."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot be read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{option} {path}: not a regular file")
+        if st.st_size > limit:
+            raise UsageError(f"{option} {path}: {st.st_size:,} bytes is over the {limit >> 20} MiB limit of "
+                             "an option file")
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise UsageError(f"{option} {path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > limit:  # grew while we read it
+        raise UsageError(f"{option} {path}: over the {limit >> 20} MiB limit of an option file")
+    return data
+
+
 def read_json_object(path: str | os.PathLike[str], option: str) -> dict[str, Any]:
     """The JSON object in the file an option names (`--config`, `--bert-config`); UsageError otherwise."""
     path = os.fspath(path)
+    data = read_option_file(path, option)
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"{option} {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise UsageError(f"{option} {path}: cannot be read ({exc})") from None
-    except ValueError as exc:
-        raise UsageError(f"{option} {path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{option} {path}: must hold a JSON object, not a {type(data).__name__}")
-    return data
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{option} {path}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{option} {path}: must hold a JSON object, not a {type(obj).__name__}")
+    return obj
 
 
 def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str] | None = None,

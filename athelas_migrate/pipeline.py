@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .errors import MalformedSourceError, ValidationError
+from .errors import InputError, MalformedSourceError, UsageError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
 from .families.base import refuse_marked
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
+from .io.values import check_hparam_types
 from .io.writer import write_safetensors, write_torch_zip
 from .optimizer_state import remap_optimizer_states
 from .rules.apply import KeyEvent, apply_hparam_rules, apply_state_rules
@@ -173,6 +174,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     fam = get_family(det.family)
     overrides = dict(overrides or {})
     refuse_marked(overrides)
+    check_hparam_types(overrides, "", "--set/--config", UsageError)
     config = fam.configure(raw, det.version, overrides)
     notes = list(det.notes) + list(config.pop("_notes", []))
     src_layout = check_state(raw.state_dict, fam, config, det.version, raw.path, error=MalformedSourceError)
@@ -325,8 +327,10 @@ def write_result(result: MigrationResult, dst: str, force: bool = False) -> None
         copy_verbatim(result.raw.path, dst)
         return
     if dst.endswith(".safetensors"):
-        meta = {STAMP_KEY: json.dumps(result.stamp, sort_keys=True),
-                "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters), sort_keys=True),
+        src = result.raw.path
+        meta = {STAMP_KEY: json.dumps(_jsonable(result.stamp, f"{src}: {STAMP_KEY}"), sort_keys=True),
+                "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters, f"{src}: hyper_parameters"),
+                                               sort_keys=True),
                 "format": "pt"}
         write_safetensors(dst, result.state, meta)
     else:
@@ -353,11 +357,19 @@ def copy_verbatim(src: str, dst: str) -> None:
                              f"{after.st_size} now); nothing was written")
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any, path: str) -> Any:
+    """Values for the JSON metadata of a .safetensors file (tensors dropped: they are not metadata). Values JSON
+    cannot hold (sets, bytes, complex numbers, ...) are refused by path rather than written lossily; a .ckpt
+    output keeps them. The input was validated on load, so this walk is bounded."""
+    from .io.values import value_path
+
     if isinstance(obj, TensorRef):
         return None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items() if not isinstance(v, TensorRef)}
+        return {str(k): _jsonable(v, value_path(path, k)) for k, v in obj.items() if not isinstance(v, TensorRef)}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
+        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, str | int | float):
+        return obj
+    raise InputError(f"{path}: a value of type {type(obj).__name__} cannot be stored in .safetensors JSON "
+                     "metadata; write a .ckpt to keep it")

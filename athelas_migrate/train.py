@@ -374,16 +374,9 @@ def resolve_model_name(name: str) -> str:
 def load_config_file(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON config file ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a config file holds one JSON object")
-    return data
+    from .overrides import read_json_object  # a regular file of bounded size (not a FIFO, not /dev/zero)
+
+    return read_json_object(path, "--config")
 
 
 def _normalise_roles(cfg: dict[str, Any], where: str) -> dict[str, Any]:

@@ -124,9 +124,11 @@ def record_unknown(config: dict, unknown: dict[str, str], notes: list[str]) -> N
             f"{k} ({why})" for k, why in unknown.items()))
 
 
-def _resolve(config: dict) -> dict:
+def _resolve(config: dict, where: str = "checkpoint") -> dict:
+    from ..io.values import check_hparam_types
     from ..models.config import resolve_config  # pure Python, no torch
 
+    check_hparam_types(config, "hyper-parameters", where)  # merged from the checkpoint, --set and derived facts
     return resolve_config(config)
 
 
@@ -155,7 +157,7 @@ class _CNNFamily(Family):
                 needs.ask(config, "text_input_ids_key", "forms the text batch key {text_name}_{text_input_ids_key};"
                           " a bare state dict does not store it", "input_ids")
         known = {k for k, v in config.items() if v is not None}
-        resolved = _resolve(config)
+        resolved = _resolve(config, raw.path)
         resolved["_known"] = known
         if bare:
             record_unknown(resolved, {k: why for k, why in TRAINING_ONLY.items() if k not in known}, notes)
@@ -292,7 +294,7 @@ class BimodalCNNFamily(_CNNFamily):
                 return Detection(self.name, "v1", ["keys text_subnetwork.*, final_merge_network.* (legacy)"], 2,
                                  ["a bare state dict: v0 and v1 state dicts are identical; treated as v1"])
             if isinstance(hp.get("config"), dict) or "word_embeddings" in hp:
-                mc = hp.get("config", {}).get("model_class")
+                mc = (hp.get("config") or {}).get("model_class")
                 return Detection(self.name, "v0", ["keys text_subnetwork.*, final_merge_network.*",
                                                    "hyper_parameters nest 'config' and carry 'word_embeddings' (v0)",
                                                    *([f"model_class={mc!r}"] if mc else [])], 3)

@@ -74,7 +74,16 @@ _MAGIC = [
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
-    """Read `path` safely; tensors come back as lazy TensorRefs into the file."""
+    """Read `path` safely; tensors come back as lazy TensorRefs into the file. Every non-tensor value is
+    validated once here (bounded expansion, typed top level: io/values.py) before anything renders or uses it."""
+    from .values import validate_checkpoint
+
+    raw = _read_unvalidated(path)
+    validate_checkpoint(raw)
+    return raw
+
+
+def _read_unvalidated(path: str | os.PathLike[str]) -> RawCheckpoint:
     path = os.path.abspath(os.fspath(path))
     size = _check_path(path)
     try:

@@ -301,7 +301,7 @@ def apply_hparam_rules(rules: list[HparamRule], config: dict[str, Any], recorded
         if r.op == "set":
             if r.if_missing and r.key in config:
                 continue
-            value = r.value.format(**config) if isinstance(r.value, str) and "{" in r.value else r.value
+            value = _template(r, config) if isinstance(r.value, str) and "{" in r.value else r.value
             if not r.has_value:
                 continue
             if config.get(r.key) != value:
@@ -355,3 +355,27 @@ def _plain(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _template(rule: HparamRule, config: dict[str, Any]) -> str:
+    """A `value = "{key}_suffix"` template filled from the config: plain `{name}` fields only (no attribute,
+    index, conversion or format spec), each naming a hyper-parameter the config has; RuleError otherwise."""
+    import string
+
+    out = []
+    try:
+        fields = list(string.Formatter().parse(rule.value))
+    except ValueError as exc:
+        raise RuleError(f"{rule.source}: malformed template {rule.value!r} ({exc})") from None
+    for literal, name, spec, conversion in fields:
+        out.append(literal)
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise RuleError(f"{rule.source}: template {rule.value!r}: only plain {{name}} fields are allowed, "
+                            f"not {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}")
+        if name not in config:
+            raise RuleError(f"{rule.source}: template {rule.value!r} needs hyper-parameter {name!r}, which neither "
+                            "the checkpoint nor --set gives")
+        out.append(str(config[name]))
+    return "".join(out)
