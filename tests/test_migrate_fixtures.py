@@ -194,7 +194,7 @@ def test_input_is_never_overwritten(tmp_path):
     src = tmp_path / "in.ckpt"
     src.write_bytes((ROOT / "fixtures" / "text_cnn_v1.ckpt").read_bytes())
     before = src.read_bytes()
-    with pytest.raises(UsageError, match="same file"):
+    with pytest.raises(UsageError, match="is the input"):
         api.migrate(src, src)
     (tmp_path / "exists.ckpt").write_bytes(b"keep me")
     with pytest.raises(UsageError, match="exists; pass --force"):
