@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 from .match import Entry
 
+
 def _common_suffix(a: list[str], b: list[str]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:

@@ -171,7 +171,7 @@ class Matcher:
                     dist = abs(self.n.rank(nm, news) - self.o.rank(om, olds)) if tier == 0 else 0
                     pairs.append((-len(sig), tier, dist, -_similarity(om, nm), nm, om, sig))
         pairs.sort(key=lambda p: p[:4])
-        for _size, tier, dist, _sim, nm, om, sig in pairs:
+        for _size, tier, _dist, _sim, nm, om, sig in pairs:
             if not (self._free(self.n, self.n.subtree[nm], self.filled)
                     and self._free(self.o, self.o.subtree[om], self.placed)):
                 continue
