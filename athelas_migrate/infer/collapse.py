@@ -45,7 +45,7 @@ def _alternation(mine: list[str], every: list[str]) -> str:
 
 def _move_rule(a: str, b: str, suffixes: list[str], old_keys: list[str]) -> dict:
     under = [k[len(a) + 1:] if a else k for k in old_keys if (k.startswith(a + ".") if a else True)]
-    body = ".*" if a and set(suffixes) == set(under) else _alternation(suffixes, under)
+    body = ".*" if set(suffixes) == set(under) else _alternation(suffixes, under)
     match = f"^{re.escape(a)}\\.({body})$" if a else f"^({body})$"
     to = f"{b}.\\1" if b else "\\1"
     if a == b:
