@@ -28,6 +28,7 @@ from ..errors import EXIT_CHECK_FAILED, AthelasError, UsageError
 from ..io.tensor_ref import TensorRef
 from ..rules.apply import apply_state_rules
 from ..rules.schema import RuleFile, parse_rule_bytes
+from ..verify.runner import SMALL_MODEL
 from .collapse import build_rules, to_toml
 from .match import Entry, Matcher, Unit
 from .probe import influence, record, run
@@ -100,8 +101,10 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
     else:
         probe_in = proof_in = inputs
         notes.append("one input only: the proof ran on the input the inference probed (give two or more)")
-    was_training = old_model.training
+    was_training, threads = old_model.training, torch.get_num_threads()
     old_model.eval()
+    if sum(p.numel() for p in old_model.parameters()) < SMALL_MODEL:
+        torch.set_num_threads(1)  # tiny matmuls: threads only add contention (verify does the same)
     try:
         work = copy.deepcopy(new_model).eval()
         rec_old, rec_new = record(old_model, probe_in), record(work, probe_in)
@@ -148,6 +151,7 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
         text, with_notes = render([proof_line] + notes)
     finally:
         old_model.train(was_training)
+        torch.set_num_threads(threads)
     evidence = [(r["id"], lines) for r, lines in with_notes]
     return Inference(text, proof, evidence, len(probe_in), len(proof_in), time.perf_counter() - t0,
                      matcher.tests, notes)
