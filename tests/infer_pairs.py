@@ -278,3 +278,43 @@ class WiderHead(nn.Module):
 
     def forward(self, x):
         return self.extra(self.net(x))
+
+
+# ---------------------------------------------------------------- docs/rules.md walk-through: PyTorch's own layer
+class LayerNorm(nn.Module):
+    """A hand-written layer norm with the older gamma/beta names."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x, x.shape[-1:], self.gamma, self.beta, self.eps)
+
+
+class Block(nn.Module):
+    """What nn.TransformerEncoderLayer(d, h, ff, dropout=0, batch_first=True) computes, written out."""
+
+    def __init__(self, d_model=16, nhead=2, dim_feedforward=32):
+        super().__init__()
+        self.h = nhead
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+        self.ffn = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.ReLU(), nn.Linear(dim_feedforward, d_model))
+        self.norm_attn, self.norm_ffn = LayerNorm(d_model), LayerNorm(d_model)
+
+    def attend(self, x):
+        b, t, e = x.shape
+        d = e // self.h
+        q, k, v = (p(x).view(b, t, self.h, d).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), -1)
+        return self.o_proj((att @ v).transpose(1, 2).reshape(b, t, e))
+
+    def forward(self, x):
+        x = self.norm_attn(x + self.attend(x))
+        return self.norm_ffn(x + self.ffn(x))
+
+
+def torch_layer(d_model=16, nhead=2, dim_feedforward=32):
+    return nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=0.0, batch_first=True)

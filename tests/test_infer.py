@@ -28,6 +28,8 @@ def _inputs(kind: str, n: int = 4, seed: int = 0) -> list:
         return [torch.randn(2, 5, 8, generator=g) for _ in range(n)]
     if kind == "conv":
         return [torch.randn(2, 4, 7, generator=g) for _ in range(n)]
+    if kind == "walk":
+        return [torch.randn(2, 5, 16, generator=g) for _ in range(n)]
     return [torch.randint(0, 6, (2, 5), generator=g) for _ in range(n)]
 
 
@@ -184,3 +186,22 @@ def test_models_left_in_their_mode_and_new_weights_ignored():
     infer_rules(old, new, _inputs("vec"))
     assert old.training
     assert all(torch.equal(before[k], v) for k, v in new.state_dict().items())
+
+
+def test_walkthrough_pytorch_transformer_encoder_layer_to_hand_written_block():
+    """docs/rules.md: nn.TransformerEncoderLayer (fused in_proj, linear1/2, norm1/2) -> P.Block."""
+    torch.manual_seed(0)
+    old, new = P.torch_layer(), P.Block()
+    _, rules = _run(old, new, "walk")
+    ops = {r["id"]: (r["op"], r["to"]) for r in rules}
+    assert ops == {
+        "split-self_attn.in_proj_weight": ("split", ["q_proj.weight", "k_proj.weight", "v_proj.weight"]),
+        "split-self_attn.in_proj_bias": ("split", ["q_proj.bias", "k_proj.bias", "v_proj.bias"]),
+        "self_attn.out_proj-to-o_proj": ("rename", r"o_proj.\1"),
+        "linear1-to-ffn.0": ("rename", r"ffn.0.\1"),
+        "linear2-to-ffn.2": ("rename", r"ffn.2.\1"),
+        "rename-norm1.weight-to-gamma": ("rename", "norm_attn.gamma"),
+        "rename-norm1.bias-to-beta": ("rename", "norm_attn.beta"),
+        "rename-norm2.weight-to-gamma": ("rename", "norm_ffn.gamma"),
+        "rename-norm2.bias-to-beta": ("rename", "norm_ffn.beta"),
+    }
