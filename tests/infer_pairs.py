@@ -53,6 +53,51 @@ class NewNested(nn.Module):
         return torch.cat([self.heads["label"](h), self.heads["aux"](h)], -1)
 
 
+# ---------------------------------------------------------------- a stack of layers renamed: one rule per move
+class OldLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(8, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        x = x + torch.tanh(self.attn(x))
+        return x + self.mlp(x)
+
+
+class NewLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ffn = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.mixer = nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = x + torch.tanh(self.mixer(x))
+        return x + self.ffn(x)
+
+
+class OldStack(nn.Module):
+    def __init__(self, depth: int = 3):
+        super().__init__()
+        self.layers = nn.ModuleList([OldLayer() for _ in range(depth)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class NewStack(nn.Module):
+    def __init__(self, depth: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList([NewLayer() for _ in range(depth)])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 # ---------------------------------------------------------------- same-shaped branches in other roles
 class OldBranches(nn.Module):
     def __init__(self):

@@ -69,6 +69,24 @@ def test_changed_nesting_collapses_to_one_rule_per_moved_subtree():
     }
 
 
+def test_a_renamed_stack_collapses_over_layer_indices():
+    _, rules = _run(P.OldStack(), P.NewStack(), "vec")
+    assert {r["id"]: (r["match"], r["to"]) for r in rules} == {
+        "layers.N.attn-to-blocks.N.mixer": (r"^layers\.(\d+)\.attn\.(.*)$", r"blocks.\1.mixer.\2"),
+        "layers.N.mlp-to-blocks.N.ffn": (r"^layers\.(\d+)\.mlp\.(.*)$", r"blocks.\1.ffn.\2"),
+    }
+    # collapsed rules stay invertible: the engine rolls the new keys back to the old ones
+    text = infer_rules(P.OldStack(), P.NewStack(), _inputs("vec"))
+    rf = invert_file(parse_rule_bytes(text.encode(), "inferred"))
+    from collections import OrderedDict
+
+    from athelas_migrate.io.tensor_ref import TensorRef
+    from athelas_migrate.rules.apply import apply_state_rules
+
+    new_state = OrderedDict((k, TensorRef.from_torch(v)) for k, v in P.NewStack().state_dict().items())
+    assert set(apply_state_rules(rf, new_state).state) == set(P.OldStack().state_dict())
+
+
 @pytest.mark.parametrize("swap_calls", [False, True], ids=["forward-order", "order-misleads"])
 def test_same_shaped_branches_assigned_by_role(swap_calls):
     result, rules = _run(P.OldBranches(), P.NewBranches(swap_calls), "conv")

@@ -103,6 +103,34 @@ def _params(e: Entry) -> dict:
     return {k: v for k, v in e.params.items() if k not in ("reason", "restore")}
 
 
+def _merge_indexed_moves(moves: OrderedDict[tuple[str, str], list[Entry]],
+                         old_keys: list[str]) -> list[tuple[list[Entry], dict]]:
+    """Whole-subtree moves that differ only in the same indices (`layers.3.attn -> blocks.3.mixer`)
+    become one rule, when its pattern matches nothing else."""
+    plain: list[tuple[list[Entry], dict]] = []
+    indexed: OrderedDict[tuple[str, str], list[tuple[list[Entry], dict]]] = OrderedDict()
+    for (a, b), members in moves.items():
+        suffixes = [e.sources[0][len(a) + 1:] if a else e.sources[0] for e in members]
+        rule = _move_rule(a, b, suffixes, old_keys)
+        gen = _generalise(a, b) if a and rule["match"].endswith(r"\.(.*)$") else None
+        if gen:
+            indexed.setdefault(gen, []).append((members, rule))
+        else:
+            plain.append((members, rule))
+    for (pattern, template), group in indexed.items():
+        if len(group) > 1:
+            groups = template.count("\\") + 1
+            regex = pattern[:-1] + r"\.(.*)$"
+            covered = {e.sources[0] for members, _ in group for e in members}
+            if {k for k in old_keys if re.fullmatch(regex, k)} == covered:
+                rid = re.sub(r"(?<=\.)\d+(?=[.-]|$)", "N", group[0][1]["id"])  # layers.0-to-blocks.0 -> .N
+                plain.append(([e for members, _ in group for e in members],
+                              {"id": rid, "op": "rename", "match": regex, "to": f"{template}.\\{groups}"}))
+                continue
+        plain.extend(group)
+    return plain
+
+
 def build_rules(entries: list[Entry], old_keys: list[str]) -> list[tuple[dict, list[int]]]:
     """Rule dicts in source-key order, each with the units (evidence) behind it."""
     rank = {k: i for i, k in enumerate(old_keys)}
@@ -121,10 +149,9 @@ def build_rules(entries: list[Entry], old_keys: list[str]) -> list[tuple[dict, l
         else:
             other.append(e)
     rules: list[tuple[str, dict, list[int]]] = []
-    for (a, b), members in moves.items():
-        suffixes = [e.sources[0][len(a) + 1:] if a else e.sources[0] for e in members]
+    for members, rule in _merge_indexed_moves(moves, old_keys):
         first = min(members, key=lambda e: rank[e.sources[0]]).sources[0]
-        rules.append((first, _move_rule(a, b, suffixes, old_keys), sorted({e.unit for e in members})))
+        rules.append((first, rule, sorted({e.unit for e in members})))
     for first, rule in _indexed_rules(indexed, old_keys):
         units = sorted({e.unit for e in indexed if re.fullmatch(rule["match"], e.sources[0])})
         rules.append((first, rule, units))
