@@ -29,6 +29,7 @@ from athelas_migrate.io.reader import read_checkpoint
 from athelas_migrate.io.tensor_ref import TensorRef
 from athelas_migrate.pipeline import plan_and_apply
 from athelas_migrate.rules.apply import apply_state_rules
+from athelas_migrate.rules.inverse import invert_file
 from athelas_migrate.rules.schema import parse_rule_bytes
 from athelas_migrate.verify.adapters import get_adapter
 from tests.conftest import FIXTURES, ROOT, manifest_entries
@@ -121,6 +122,7 @@ def test_inference_reproduces_hand_written_mapping(fixture, edge):
     expected = _key_map(hand, f"{family}/{edge}.toml", state)
     got = _key_map(inference.toml.encode(), "inferred", state)
     assert got == expected
+    invert_file(parse_rule_bytes(inference.toml.encode(), "inferred"))  # as rollback-able as the hand-written
     # and the inferred file loads the new model strictly (the proof did it; check the text once more)
     from athelas_migrate.infer import apply_rules
 

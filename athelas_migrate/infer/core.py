@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 import time
 from collections import OrderedDict
@@ -235,7 +236,13 @@ def _search(m: Matcher, score, best: tuple) -> tuple:
     for i, u in enumerate(m.units):
         if u.group is not None:
             groups.setdefault(u.group, []).append(i)
-    for members in groups.values():
+
+    def first_run(members: list[int]) -> float:
+        starts = [m.n.order.get(m.units[i].new, math.inf) for i in members if m.units[i].new]
+        targets = [m.n.order.get(t.rpartition(".")[0], math.inf) for i in members for t in m.units[i].local[0][2]]
+        return min(starts + targets + [math.inf])
+
+    for members in sorted(groups.values(), key=first_run):
         if best[0]:
             break
         units = [m.units[i] for i in members]
