@@ -363,3 +363,23 @@ class Block(nn.Module):
 
 def torch_layer(d_model=16, nhead=2, dim_feedforward=32):
     return nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=0.0, batch_first=True)
+
+
+class AbsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(x.abs())
+
+
+class ReluInput(nn.Module):
+    """Equals AbsInput on non-negative inputs only: a proof on other inputs must catch it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(x))

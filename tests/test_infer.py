@@ -223,3 +223,16 @@ def test_walkthrough_pytorch_transformer_encoder_layer_to_hand_written_block():
         "rename-norm2.weight-to-gamma": ("rename", "norm_ffn.gamma"),
         "rename-norm2.bias-to-beta": ("rename", "norm_ffn.beta"),
     }
+
+
+def test_the_proof_runs_on_held_out_inputs_and_catches_what_the_probes_missed():
+    positive = [x.abs() for x in _inputs("vec")]
+    mixed = _inputs("vec", seed=5)
+    result = infer(P.AbsInput(), P.ReluInput(), positive, proof_inputs=positive[:1])
+    assert result.proof.ok  # on non-negative inputs the two agree
+    with pytest.raises(RuleInferenceError, match="computes something else"):
+        infer(P.AbsInput(), P.ReluInput(), positive, proof_inputs=mixed)
+    with pytest.raises(RuleInferenceError, match="computes something else"):
+        infer(P.AbsInput(), P.ReluInput(), positive[:1] + mixed[:1])  # default split: input 1 proves
+    with pytest.raises(RuleInferenceError, match="computes something else"):
+        infer(P.AbsInput(), P.ReluInput(), mixed[:1] + positive[:1])  # and the probe inputs must agree too

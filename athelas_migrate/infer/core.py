@@ -145,8 +145,10 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
             raise RuleInferenceError(f"the inferred rules do not load strictly into {type(new_model).__name__}: "
                                      f"{err}")
         proof = prove(work, proof_in, proof_ref, atol)
-        if not proof.ok:
-            _refuse_divergent(matcher, old_model, work, proof_in[0], proof, text, atol)
+        probed = prove(work, probe_in, rec_old.outputs, atol)  # the probe inputs must agree too
+        for check, xs in ((proof, proof_in), (probed, probe_in)):
+            if not check.ok:
+                _refuse_divergent(matcher, old_model, work, xs[check.first_bad], check, atol)
         proof_line = (f"Proof: {len(proof_in)} input(s) not used for inference, max |diff| {proof.worst:.3g} "
                       f"(atol {atol:g}); {len(matcher.units)} pairings, {matcher.tests} local tests.")
         text, with_notes = render([proof_line] + notes)
@@ -292,8 +294,7 @@ def _permute_parts(unit: Unit, score, best: tuple) -> tuple:
     return best
 
 
-def _refuse_divergent(m: Matcher, old: nn.Module, trial: nn.Module, x: Any, proof: Proof, text: str,
-                      atol: float) -> None:
+def _refuse_divergent(m: Matcher, old: nn.Module, trial: nn.Module, x: Any, proof: Proof, atol: float) -> None:
     rename = {e.sources[0]: e.targets[0] for e in m.entries() if e.op == "rename"}
     where = divergence(old, trial, x, rename, atol) if not proof.error else None
     if where and where.get("module"):

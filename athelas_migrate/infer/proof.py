@@ -25,6 +25,7 @@ class Proof:
     worst: float
     diffs: list[tuple[str, float]] = field(default_factory=list)  # "input i output j" -> max |diff|
     error: str = ""
+    first_bad: int = 0  # index of the first input whose outputs differ
 
 
 def load(trial: nn.Module, state: dict[str, torch.Tensor]) -> str:
@@ -39,23 +40,25 @@ def load(trial: nn.Module, state: dict[str, torch.Tensor]) -> str:
 def prove(trial: nn.Module, inputs: list[Any], reference: list[Any], atol: float) -> Proof:
     """Outputs of the loaded trial model against the old model's, per input and output tensor."""
     diffs: list[tuple[str, float]] = []
-    ok, worst = True, 0.0
+    ok, worst, first_bad = True, 0.0, -1
     with torch.no_grad():
         for i, (x, ref) in enumerate(zip(inputs, reference)):
             try:
                 out = run(trial, x)
             except Exception as exc:  # the mapping loads but the model cannot run: not proven
-                return Proof(False, float("inf"), diffs, f"input {i}: {type(exc).__name__}: {exc}")
+                return Proof(False, float("inf"), diffs, f"input {i}: {type(exc).__name__}: {exc}", i)
             new_leaves, old_leaves = tensor_leaves(out), tensor_leaves(ref)
             if len(new_leaves) != len(old_leaves):
                 return Proof(False, float("inf"), diffs, f"input {i}: {len(new_leaves)} output tensors, "
-                             f"the old model returns {len(old_leaves)}")
+                             f"the old model returns {len(old_leaves)}", i)
             for j, (a, b) in enumerate(zip(new_leaves, old_leaves)):
                 good, d = max_diff(a, b, atol)
                 diffs.append((f"input {i} output {j}", d))
+                if not good and first_bad < 0:
+                    first_bad = i
                 ok &= good
                 worst = max(worst, d)
-    return Proof(ok, worst, diffs)
+    return Proof(ok, worst, diffs, "", max(first_bad, 0))
 
 
 def agreeing(trial: nn.Module, x: Any, rec_old: Record, pairs: dict[str, str], atol: float) -> int:
