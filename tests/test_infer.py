@@ -236,3 +236,10 @@ def test_the_proof_runs_on_held_out_inputs_and_catches_what_the_probes_missed():
         infer(P.AbsInput(), P.ReluInput(), positive[:1] + mixed[:1])  # default split: input 1 proves
     with pytest.raises(RuleInferenceError, match="computes something else"):
         infer(P.AbsInput(), P.ReluInput(), mixed[:1] + positive[:1])  # and the probe inputs must agree too
+
+
+def test_a_model_that_cannot_run_on_the_inputs_is_an_input_error():
+    from athelas_migrate.errors import InputError
+
+    with pytest.raises(InputError, match="old model .*cannot run on the example inputs"):
+        infer_rules(P.OldNested(), P.NewNested(), [torch.randn(3, 5), torch.randn(3, 5)])

@@ -38,8 +38,9 @@ def _construct(spec: str, args_path: str | None, option: str) -> Any:
         raise UsageError(f"{option} {spec!r}: cannot import it ({type(exc).__name__}: {exc})") from None
     try:
         return cls(**kwargs)
-    except TypeError as exc:
-        raise UsageError(f"{option} {spec!r}: cannot construct it with {sorted(kwargs)}: {exc}") from None
+    except Exception as exc:  # the user's constructor rejected the arguments
+        raise UsageError(f"{option} {spec!r}: cannot construct it with {sorted(kwargs)}: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def _inputs(path: str) -> list[Any]:

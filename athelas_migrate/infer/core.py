@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import EXIT_CHECK_FAILED, AthelasError, UsageError
+from ..errors import EXIT_CHECK_FAILED, AthelasError, InputError, UsageError
 from ..io.tensor_ref import TensorRef
 from ..rules.apply import apply_state_rules
 from ..rules.schema import RuleFile, parse_rule_bytes
@@ -108,7 +108,7 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
         torch.set_num_threads(1)  # tiny matmuls: threads only add contention (verify does the same)
     try:
         work = copy.deepcopy(new_model).eval()
-        rec_old, rec_new = record(old_model, probe_in), record(work, probe_in)
+        rec_old, rec_new = _record(old_model, probe_in, "old"), _record(work, probe_in, "new")
         matcher = Matcher(old_model, work, rec_old, rec_new, atol)
         matcher.run()
         drops = _drops(matcher, old_model, probe_in, rec_old.outputs, atol)
@@ -158,6 +158,16 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
     evidence = [(r["id"], lines) for r, lines in with_notes]
     return Inference(text, proof, evidence, len(probe_in), len(proof_in), time.perf_counter() - t0,
                      matcher.tests, notes)
+
+
+def _record(model: nn.Module, inputs: list[Any], side: str):
+    """The probe record; a model that cannot run on the user's inputs is the inputs' fault (exit 3)."""
+    try:
+        return record(model, inputs)
+    except Exception as exc:  # any error raised by user model code
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise InputError(f"the {side} model ({type(model).__name__}) cannot run on the example inputs: "
+                         f"{type(exc).__name__}: {first}") from exc
 
 
 def _evidence_lines(units: list[Unit], indices: list[int], rule: dict) -> list[str]:
