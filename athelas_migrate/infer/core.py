@@ -112,7 +112,7 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
         matcher = Matcher(old_model, work, rec_old, rec_new, atol)
         matcher.run()
         drops = _drops(matcher, old_model, probe_in, rec_old.outputs, atol)
-        _refuse_incomplete(matcher, drops)
+        _refuse_incomplete(matcher)
         with torch.no_grad():
             proof_ref = [run(old_model, x) for x in proof_in]
         header = [f"Inferred by athelas-migrate {__version__} ({type(old_model).__name__} -> "
@@ -221,7 +221,7 @@ def _drops(m: Matcher, old: nn.Module, inputs: list[Any], reference: list[Any], 
     return out
 
 
-def _refuse_incomplete(m: Matcher, drops: list[Entry]) -> None:
+def _refuse_incomplete(m: Matcher) -> None:
     unfilled = [k for k in m.n.sd if k not in m.filled]
     unplaced = [k for k in m.o.sd if k not in m.placed]
     if not unfilled and not unplaced:

@@ -130,7 +130,7 @@ class Matcher:
         self.tests = 0
 
     # ------------------------------------------------------------------ helpers
-    def _free(self, tree: Tree, keys: list[str], taken: set[str]) -> bool:
+    def _free(self, keys: list[str], taken: set[str]) -> bool:
         return bool(keys) and not any(k in taken for k in keys)
 
     def _note(self, new: str, text: str) -> None:
@@ -172,8 +172,8 @@ class Matcher:
                     pairs.append((-len(sig), tier, dist, -_similarity(om, nm), nm, om, sig))
         pairs.sort(key=lambda p: p[:4])
         for _size, tier, _dist, _sim, nm, om, sig in pairs:
-            if not (self._free(self.n, self.n.subtree[nm], self.filled)
-                    and self._free(self.o, self.o.subtree[om], self.placed)):
+            if not (self._free(self.n.subtree[nm], self.filled)
+                    and self._free(self.o.subtree[om], self.placed)):
                 continue
             container = self.n.holds_children(nm) or self.o.holds_children(om)
             if tier == 2 or (tier == 1 and container):
@@ -239,8 +239,8 @@ class Matcher:
         return [[(o, n, op, p) for o, n, op, p, _ in c] for c in found[:MAX_BIJECTIONS]]
 
     def modules(self) -> None:
-        news = [m for m, keys in self.n.direct.items() if keys and self._free(self.n, keys, self.filled)]
-        olds = [m for m, keys in self.o.direct.items() if keys and self._free(self.o, keys, self.placed)]
+        news = [m for m, keys in self.n.direct.items() if keys and self._free(keys, self.filled)]
+        olds = [m for m, keys in self.o.direct.items() if keys and self._free(keys, self.placed)]
 
         def numels(tree: Tree, m: str) -> tuple:
             return tuple(sorted(tree.sd[k].numel() for k in tree.direct[m]))
@@ -263,7 +263,7 @@ class Matcher:
         pairs.sort(key=lambda p: p[:3])
         for tier, _dist, _sim, nm, om, sig in pairs:
             n_keys, o_keys = self.n.direct[nm], self.o.direct[om]
-            if not (self._free(self.n, n_keys, self.filled) and self._free(self.o, o_keys, self.placed)):
+            if not (self._free(n_keys, self.filled) and self._free(o_keys, self.placed)):
                 continue
             testable = tier == 0 and not self.n.holds_children(nm) and not self.o.holds_children(om)
             chosen, how = None, ""
