@@ -383,3 +383,34 @@ class ReluInput(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.relu(x))
+
+
+class ScaleInPlace(nn.Module):
+    """Scales its input in place: the recorded arguments must be the ones it received."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8))
+
+    def forward(self, x):
+        return x.mul_(self.weight)
+
+
+class OldInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(8, 8)
+        self.scale = ScaleInPlace()
+
+    def forward(self, x):
+        return self.scale(self.pre(x))
+
+
+class NewInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 8)
+        self.gain = ScaleInPlace()
+
+    def forward(self, x):
+        return self.gain(self.inp(x))

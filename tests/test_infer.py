@@ -243,3 +243,10 @@ def test_a_model_that_cannot_run_on_the_inputs_is_an_input_error():
 
     with pytest.raises(InputError, match="old model .*cannot run on the example inputs"):
         infer_rules(P.OldNested(), P.NewNested(), [torch.randn(3, 5), torch.randn(3, 5)])
+
+
+def test_local_tests_use_the_arguments_a_module_received_even_if_it_modifies_them_in_place():
+    result, rules = _run(P.OldInPlace(), P.NewInPlace(), "vec")
+    assert {r["match"]: r["to"] for r in rules} == {r"^pre\.(.*)$": r"inp.\1", r"^scale\.(.*)$": r"gain.\1"}
+    evidence = " ".join(line for _, lines in result.evidence for line in lines)
+    assert "inp <- pre" in evidence and "gain <- scale: same keys and shapes; fed" in evidence

@@ -60,25 +60,30 @@ def record(model: nn.Module, inputs: list[Any]) -> Record:
     rec.calls = {n: [None] * len(inputs) for n in names}
     current = [0]
 
-    def make_hook(name: str):
-        def hook(module, args, kwargs, output):
-            slot = rec.calls[name]
-            if slot[current[0]] is None:
-                slot[current[0]] = Call(_clone(args), _clone(kwargs), _clone(output))
-
-        return hook
+    pending: dict[str, tuple] = {}  # arguments cloned *before* the call: an in-place forward cannot alter them
+    started: set[str] = set()
 
     def make_pre_hook(name: str):
-        def pre_hook(module, args):
+        def pre_hook(module, args, kwargs):
             if name not in started:  # order of *starting*: a parent before its children
                 started.add(name)
                 rec.order.append(name)
+            if rec.calls[name][current[0]] is None and name not in pending:
+                pending[name] = (_clone(args), _clone(kwargs))
 
         return pre_hook
 
-    started: set[str] = set()
-    handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in model.named_modules()]
-    handles += [m.register_forward_pre_hook(make_pre_hook(n)) for n, m in model.named_modules()]
+    def make_hook(name: str):
+        def hook(module, args, kwargs, output):
+            slot = rec.calls[name]
+            if slot[current[0]] is None and name in pending:
+                call_args, call_kwargs = pending.pop(name)
+                slot[current[0]] = Call(call_args, call_kwargs, _clone(output))
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_pre_hook(n), with_kwargs=True) for n, m in model.named_modules()]
+    handles += [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in model.named_modules()]
     try:
         with torch.no_grad():
             for i, x in enumerate(inputs):
