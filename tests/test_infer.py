@@ -250,3 +250,9 @@ def test_local_tests_use_the_arguments_a_module_received_even_if_it_modifies_the
     assert {r["match"]: r["to"] for r in rules} == {r"^pre\.(.*)$": r"inp.\1", r"^scale\.(.*)$": r"gain.\1"}
     evidence = " ".join(line for _, lines in result.evidence for line in lines)
     assert "inp <- pre" in evidence and "gain <- scale: same keys and shapes; fed" in evidence
+
+
+def test_dtype_change_becomes_a_cast():
+    _, rules = _run(P.Float64Offset(), P.Float32Offset(), "vec")
+    assert [(r["op"], r["match"], r["to"], r["dtype"], r["from_dtype"]) for r in rules] == [
+        ("cast", r"^offset$", "shift", "float32", "float64")]
