@@ -102,7 +102,7 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
     else:
         probe_in = proof_in = inputs
         notes.append("one input only: the proof ran on the input the inference probed (give two or more)")
-    was_training, threads = old_model.training, torch.get_num_threads()
+    modes, threads = [(m, m.training) for m in old_model.modules()], torch.get_num_threads()
     old_model.eval()
     if sum(p.numel() for p in old_model.parameters()) < SMALL_MODEL:
         torch.set_num_threads(1)  # tiny matmuls: threads only add contention (verify does the same)
@@ -160,7 +160,8 @@ def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family:
                       f"(atol {atol:g}); {len(matcher.units)} pairings, {matcher.tests} local tests.")
         text, with_notes = render([proof_line] + notes)
     finally:
-        old_model.train(was_training)
+        for module, training in modes:  # each submodule back in its own mode
+            module.training = training
         torch.set_num_threads(threads)
     evidence = [(r["id"], lines) for r, lines in with_notes]
     return Inference(text, proof, evidence, len(probe_in), len(proof_in), time.perf_counter() - t0,
