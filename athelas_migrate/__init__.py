@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["migrate", "verify", "audit", "inspect", "load_model", "__version__"]
+__all__ = ["migrate", "verify", "audit", "inspect", "load_model", "infer_rules", "apply_rules", "RuleInferenceError",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name in ("infer_rules", "apply_rules", "RuleInferenceError"):
+        from . import infer
+
+        return getattr(infer, name)
     raise AttributeError(name)

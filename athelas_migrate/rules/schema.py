@@ -109,7 +109,11 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
 
 
 def parse_rule_file(path: Path, name: str) -> RuleFile:
-    raw = path.read_bytes()
+    return parse_rule_bytes(path.read_bytes(), name, str(path))
+
+
+def parse_rule_bytes(raw: bytes, name: str, path: str = "<text>") -> RuleFile:
+    """A rule file from its bytes: for rules that live outside the mappings tree (inferred drafts, tests)."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -122,7 +126,7 @@ def parse_rule_file(path: Path, name: str) -> RuleFile:
     ids: set[str] = set()
     rules = [_parse_state_rule(r, f"{name} rule {i}", name, ids) for i, r in enumerate(data.get("rules", []))]
     hparams = [_parse_hparam_rule(r, f"{name} hparam {i}", name, ids) for i, r in enumerate(data.get("hparams", []))]
-    return RuleFile(str(path), name, family, src, dst, data.get("description", ""), rules, hparams,
+    return RuleFile(path, name, family, src, dst, data.get("description", ""), rules, hparams,
                     hashlib.sha256(raw).hexdigest())
 
 
