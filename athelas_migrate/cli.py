@@ -271,7 +271,8 @@ def _register_optional() -> None:
 
     for module, names in (("athelas_migrate.verify.cli", ("verify_cmd",)),
                           ("athelas_migrate.cli_models", ("train_cmd", "predict_cmd", "export_cmd", "demo_data_cmd")),
-                          ("athelas_migrate.batch", ("batch_cmd", "merge_summaries_cmd"))):
+                          ("athelas_migrate.batch", ("batch_cmd", "merge_summaries_cmd")),
+                          ("athelas_migrate.report.cli", ("report_cmd",))):
         try:
             mod = importlib.import_module(module)
         except ImportError:

@@ -52,6 +52,8 @@ EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
               help="Write the full report as JSON.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write a JUnit XML report (each check a testcase).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the HTML report page (module trees, charts, provenance; see docs/report.md).")
 @click.option("--no-training", is_flag=True, help="Skip the training-equivalence section.")
 @click.option("--no-domain", is_flag=True, help="Skip the sequence-length domain section.")
 @click.option("-v", "--verbose", is_flag=True, help="List every check.")
@@ -59,8 +61,8 @@ EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
 @click.pass_context
 def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...],
                config_file: str | None, bert_config: str | None, inputs_file: str | None, seed: int, device: str,
-               json_path: str | None, junit_path: str | None, no_training: bool, no_domain: bool, verbose: bool,
-               quiet: bool) -> None:
+               json_path: str | None, junit_path: str | None, html_path: str | None, no_training: bool,
+               no_domain: bool, verbose: bool, quiet: bool) -> None:
     out = Console()
     err = Console(stderr=True)
     from ..errors import AthelasError
@@ -72,8 +74,10 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
 
         report = run_verify(old, new, atol=atol, rtol=rtol, overrides=overrides, seed=seed, inputs=inputs_file,
                             device=device, json_path=json_path, junit_path=junit_path,
-                            training=not no_training, domain=not no_domain)
+                            training=not no_training, domain=not no_domain, modules=bool(html_path))
     except AthelasError as exc:
+        if html_path and getattr(exc, "report", None) is not None and exc.report.family:
+            _html(html_path, old, new, overrides, exc.report, atol, rtol, out, err)
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         ctx.exit(exc.exit_code)
         return
@@ -91,7 +95,24 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
     for label, path in (("JSON", json_path), ("JUnit", junit_path)):
         if path:
             out.print(f"{label} report written to {path}", style="dim", highlight=False)
+    if html_path and not _html(html_path, old, new, overrides, report, atol, rtol, out, err):
+        ctx.exit(4)  # EXIT_OUTPUT: the page could not be written
     ctx.exit(report.exit_code)
+
+
+def _html(path: str, old: str, new: str, overrides: dict, report, atol: float, rtol: float, out: Console,
+          err: Console) -> bool:
+    """--html: the report page of this run; False (after saying why) when it cannot be written."""
+    from ..errors import AthelasError
+    from ..report.cli import write_html
+
+    try:
+        size = write_html(path, old, new, overrides, report, atol, rtol)
+    except AthelasError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return False
+    out.print(f"HTML report written to {path} ({size:,} bytes)", style="dim", highlight=False)
+    return True
 
 
 def main() -> None:  # pragma: no cover - `python -m athelas_migrate.verify.cli`
