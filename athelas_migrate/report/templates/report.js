@@ -26,16 +26,18 @@
 
   function draw() {
     var box = svg.getBoundingClientRect();
-    var x0 = 0, x1 = box.width;
+    var gutter = grid.querySelector(".gutter").getBoundingClientRect();
     var merged = {}, order = [];
     edges.forEach(function (e, i) {
       var a = rows["old:" + e[0]], b = rows["new:" + e[1]];
       if (!a || !b) { return; }
       var ra = shown(a), rb = shown(b);
-      var ya = ra.getBoundingClientRect(), yb = rb.getBoundingClientRect();
+      var ya = (ra.querySelector(".lbl") || ra).getBoundingClientRect();
+      var yb = (rb.querySelector(".lbl") || rb).getBoundingClientRect();
       var id = e[2] + "|" + e[3] + "|" + Math.round(ya.top) + "|" + Math.round(yb.top);
-      if (!merged[id]) {
-        merged[id] = {y0: ya.top + ya.height / 2 - box.top, y1: yb.top + yb.height / 2 - box.top, group: e[2],
+      if (!merged[id]) {  // from the end of the legacy label to the start of the refactored one
+        merged[id] = {x0: Math.min(ya.right, gutter.left) + 3 - box.left, x1: yb.left - 3 - box.left,
+                      y0: ya.top + ya.height / 2 - box.top, y1: yb.top + yb.height / 2 - box.top, group: e[2],
                       kind: e[3], keys: []};
         order.push(id);
       }
@@ -43,9 +45,10 @@
     });
     var out = [];
     order.forEach(function (id) {
-      var m = merged[id], mid = (x1 - x0) / 2;
-      var d = "M" + x0 + " " + m.y0.toFixed(1) + " C" + mid + " " + m.y0.toFixed(1) + " " + mid + " " +
-              m.y1.toFixed(1) + " " + x1 + " " + m.y1.toFixed(1);
+      var m = merged[id], c0 = (gutter.left - box.left + 20).toFixed(1), c1 = (gutter.right - box.left - 20).toFixed(1);
+      var d = "M" + m.x0.toFixed(1) + " " + m.y0.toFixed(1) + " H" + (gutter.left - box.left).toFixed(1) + " C" +
+              c1 + " " + m.y0.toFixed(1) + " " + c0 + " " + m.y1.toFixed(1) + " " + (gutter.right - box.left).toFixed(1) +
+              " " + m.y1.toFixed(1) + " H" + m.x1.toFixed(1);
       var w = (1.2 + Math.log2(m.keys.length)).toFixed(2);
       out.push('<path class="link ' + m.kind + '" data-group="' + m.group + '" data-count="' + m.keys.length +
                '" data-edges="' + m.keys.join(" ") + '" stroke="' + (colors[m.group] || "#999") +
