@@ -112,5 +112,6 @@
     draw();
   });
   draw();
+  document.body.dataset.readyMs = String(Math.round(performance.now()));  // since navigation start
   document.body.dataset.ready = "1";
 })();
