@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_sabotage import CONVS_RULE, FIX, V1, sabotage  # noqa: F401 - `sabotage` is a fixture
+from test_sabotage import FIX, V1, sabotage, transpose_square_weight  # noqa: F401 - `sabotage` is a fixture
 
 from athelas_migrate import api
 from athelas_migrate.pipeline import KeyTrace, plan_and_apply
@@ -24,19 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = FIX / V1["file"]
 OV = V1["overrides"]
 EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?(?!#)[^"'\s>]+|url\((?!#)|@import|<link\b|<iframe\b""", re.I)
-
-
-def transpose_one_tensor(text: str) -> str:
-    """The rule edit of a wrong pull request: one square conv weight transposed (its shape is unchanged)."""
-    keep = "match = '^text_subnetwork\\.(embeddings\\.weight|convs\\.(?!0\\.3\\.weight$).*)$'"
-    return text.replace(CONVS_RULE, keep) + """
-[[rules]]
-id = "sabotage-transpose"
-op = "transpose"
-match = '^text_subnetwork\\.convs\\.0\\.3\\.weight$'
-to = 'text_encoder.convs.0.3.weight'
-dims = [0, 1]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +116,7 @@ def test_split_and_concat_fan_out():
 
 def sabotaged_page(tmp_path: Path, sabotage_fixture):  # noqa: F811 - the fixture is passed in
     """Migrate with one tensor transposed by a wrong rule, verify, and build the page."""
-    sabotage_fixture(transpose_one_tensor)
+    sabotage_fixture(transpose_square_weight)
     dst = tmp_path / "transposed.v2.ckpt"
     result = api.migrate(SRC, dst, overrides=OV)
     report = run_verify(SRC, dst, overrides=OV, domain=False)  # a failure records the modules regardless
