@@ -152,7 +152,7 @@ def domain_chart(checks: list[dict[str, Any]], max_len: int | None, tol: float) 
         _tolerance(ax, tol, vertical=False)
         ax.set_xlabel("text length (tokens)")
         ax.set_ylabel("max |new - old|")
-        ax.legend(loc="upper left", frameon=False, ncols=3, fontsize=7)
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False, ncols=6, fontsize=7)
         return _svg(fig)
 
 

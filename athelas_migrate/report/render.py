@@ -73,7 +73,8 @@ def render_page(page: Page) -> str:
     return _env().get_template("report.html.j2").render(
         page=page, groups=page.groups, version=__version__, counts=_counts(page), old_keys=old_keys,
         targets=targets, edges=[[e.source, e.target, e.group, e.kind] for e in page.edges],
-        modules_batch=(page.diverging or {}).get("batch") or "first generated batch, one row",
+        modules_batch=f"batch {page.diverging['batch']}, its worst row" if (page.diverging or {}).get("batch")
+        else "first generated batch, one row",
         **_texts(page))
 
 
