@@ -55,8 +55,8 @@ def report_cmd(ctx: click.Context, old: str, new: str, output: str, sets: tuple[
             report = run_verify(old, new, atol=atol, rtol=rtol, overrides=overrides, modules=True)
         except AthelasError as exc:
             report, error = getattr(exc, "report", None), exc
-            if report is None or not (report.sections or report.family):
-                raise  # nothing to show: refused before anything ran
+            if report is None or not report.sections:
+                raise  # nothing to show: refused before any check ran
     size = write_html(output, old, new, overrides, report, atol, rtol)
     verdict = "not verified" if report is None else ("passed" if report.passed else "FAILED")
     click.echo(f"report written to {output} ({size:,} bytes; {verdict})")

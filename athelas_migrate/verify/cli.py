@@ -76,7 +76,7 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
                             device=device, json_path=json_path, junit_path=junit_path,
                             training=not no_training, domain=not no_domain, modules=bool(html_path))
     except AthelasError as exc:
-        if html_path and getattr(exc, "report", None) is not None and exc.report.family:
+        if html_path and getattr(exc, "report", None) is not None and exc.report.sections:
             _html(html_path, old, new, overrides, exc.report, atol, rtol, out, err)
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         ctx.exit(exc.exit_code)
