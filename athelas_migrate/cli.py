@@ -363,7 +363,8 @@ def _register_optional() -> None:
     for module, names in (("athelas_migrate.equivalence.cli", ("verify",)),
                           ("athelas_migrate.cli_models", ("train", "predict", "export", "demo-data")),
                           ("athelas_migrate.batch", ("batch", "merge-summaries")),
-                          ("athelas_migrate.infer.cli", ("rules",))):
+                          ("athelas_migrate.infer.cli", ("rules",)),
+                          ("athelas_migrate.report.cli", ("report",))):
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

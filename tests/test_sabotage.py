@@ -104,12 +104,11 @@ def test_swapped_conv_branches_fail_the_gate_and_are_localised(sabotage, tmp_pat
     assert row["report"]["localisation"]["module"].startswith("text_encoder.convs.0")
 
 
-def test_transposed_square_weight_fails_and_is_localised(sabotage, tmp_path):
-    # convs.0.3.weight is [8, 8, 3]: transposing dims 0 and 1 keeps its shape
-    def edit(text: str) -> str:
-        keep = "match = '^text_subnetwork\\.(embeddings\\.weight|convs\\.(?!0\\.3\\.weight$).*)$'"
-        text = text.replace(CONVS_RULE, keep)
-        return text + """
+def transpose_square_weight(text: str) -> str:
+    """One wrong rule: convs.0.3.weight is [8, 8, 3], so transposing dims 0 and 1 keeps its shape."""
+    keep = "match = '^text_subnetwork\\.(embeddings\\.weight|convs\\.(?!0\\.3\\.weight$).*)$'"
+    text = text.replace(CONVS_RULE, keep)
+    return text + """
 [[rules]]
 id = "sabotage-transpose"
 op = "transpose"
@@ -118,7 +117,9 @@ to = 'text_encoder.convs.0.3.weight'
 dims = [0, 1]
 """
 
-    sabotage(edit)
+
+def test_transposed_square_weight_fails_and_is_localised(sabotage, tmp_path):
+    sabotage(transpose_square_weight)
     dst = tmp_path / "transposed.v2.ckpt"
     api.migrate(FIX / V1["file"], dst, overrides=V1["overrides"])
     report = run_verify(FIX / V1["file"], dst, overrides=V1["overrides"], domain=False)

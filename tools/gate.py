@@ -11,7 +11,8 @@ entry["bert_config"]}`) and verified with `run_verify` with the same overrides (
 inputs, plus the entry's stored legacy outputs `io` when the file exists). Entries whose
 family is not registered (or has no verify adapter yet) are skipped and listed.
 
-Writes `gate-report.json` and `gate-junit.xml` into `--out`, prints a table, and
+Writes `gate-report.json` and `gate-junit.xml` into `--out`, one HTML report page per fixture
+next to them (`<fixture>.html`: module trees, charts, provenance; docs/report.md), prints a table, and
 exits 0 when every verified fixture passed, 1 when any failed or could not be
 migrated or verified, 2 on usage errors (e.g. a missing manifest).
 """
@@ -74,8 +75,8 @@ def _worst(report, section: str, check: str | None = None) -> float | None:
 
 
 def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, atol: float,
-                 rtol: float) -> dict[str, Any]:
-    """Migrate and verify one manifest entry; never raises."""
+                 rtol: float, html_dir: Path | None = None) -> dict[str, Any]:
+    """Migrate and verify one manifest entry (and write its HTML page into `html_dir`); never raises."""
     from athelas_migrate.api import migrate
     from athelas_migrate.equivalence.adapters import get_adapter
     from athelas_migrate.equivalence.runner import run_verify
@@ -102,6 +103,7 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
     if entry.get("bert_config") is not None:  # BERT fusion entries: the text encoder's transformers config
         overrides["bert_config"] = entry["bert_config"]
     stage = "migrate"
+    result = report = None
     try:
         result = migrate(src, dst, overrides=overrides, force=True)
         if result.noop:
@@ -110,7 +112,7 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
         stage = "verify"
         io = base / entry["io"] if entry.get("io") else None
         report = run_verify(src, dst, atol=atol, rtol=rtol, overrides=overrides, device=device,
-                            reference=io if io is not None and io.is_file() else None)
+                            reference=io if io is not None and io.is_file() else None, modules=html_dir is not None)
         row["report"] = report
         row["status"] = "passed" if report.passed else ("failed" if report.failed_checks() else "error")
         if not report.passed:
@@ -128,7 +130,28 @@ def verify_entry(entry: dict[str, Any], base: Path, workdir: Path, device: str, 
         row["report"] = getattr(exc, "report", None)
     finally:
         row["duration_s"] = time.perf_counter() - t0
+    if html_dir is not None and result is not None and not result.noop:
+        row.update(_write_page(entry, src, dst, overrides, result, row["report"], html_dir, atol, rtol))
     return row
+
+
+def _write_page(entry: dict[str, Any], src: Path, dst: Path, overrides: dict[str, Any], result: Any, report: Any,
+                html_dir: Path, atol: float, rtol: float) -> dict[str, Any]:
+    """The fixture's HTML report page, named after it; {"html": name, "html_bytes", "html_s"} or
+    {"html_error": why} (a page that cannot be written never hides the gate's verdict)."""
+    from athelas_migrate.report import page_for, report_commands, write_page
+
+    t = time.perf_counter()
+    name = Path(entry["file"]).stem + ".html"
+    try:
+        old = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
+        labels = (old, dst.name)
+        commands = report_commands(old, dst.name, overrides, name, atol, rtol)
+        page = page_for(str(src), str(dst), overrides, report, result=result, commands=commands, labels=labels)
+        size = write_page(page, html_dir / name)
+    except Exception as exc:  # noqa: BLE001 - reported in the row and the summary, never raised
+        return {"html_error": f"{type(exc).__name__}: {exc}"}
+    return {"html": name, "html_bytes": size, "html_s": round(time.perf_counter() - t, 3)}
 
 
 def run_gate(entries: list[tuple[dict[str, Any], Path]], out: Path, device: str = "cpu", atol: float = 1e-5,
@@ -144,7 +167,7 @@ def run_gate(entries: list[tuple[dict[str, Any], Path]], out: Path, device: str 
     rows = []
     with tempfile.TemporaryDirectory(prefix="athelas-gate-") as tmp:
         for entry, base in entries:
-            row = verify_entry(entry, base, Path(tmp), device, atol, rtol)
+            row = verify_entry(entry, base, Path(tmp), device, atol, rtol, html_dir=out)
             mark = Text(f"{row['status']:>7}", style=STYLE[row["status"]])
             console.print(mark, f"{row['file']} ({row['duration_s']:.2f}s)", highlight=False)
             rows.append(row)

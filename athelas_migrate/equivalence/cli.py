@@ -55,6 +55,8 @@ from rich.text import Text
 @click.option("--force", is_flag=True, help="Replace existing report files.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write a JUnit XML report (each check a testcase).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the HTML report page (module trees, charts, provenance; see docs/report.md).")
 @click.option("--no-training", is_flag=True, help="Skip the training-equivalence section (= --skip-check training).")
 @click.option("--no-domain", is_flag=True, help="Skip the sequence-length domain section (= --skip-check domain).")
 @click.option("--skip-check", "skip_checks", multiple=True, type=click.Choice(["training", "domain", "optimizer"]),
@@ -65,7 +67,8 @@ from rich.text import Text
 @click.pass_context
 def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...],
                config_file: str | None, bert_config: str | None, inputs_file: str | None, seed: int, device: str,
-               json_out: bool, json_path: str | None, force: bool, junit_path: str | None, no_training: bool,
+               json_out: bool, json_path: str | None, force: bool, junit_path: str | None, html_path: str | None,
+               no_training: bool,
                no_domain: bool, skip_checks: tuple[str, ...], verbose: bool, quiet: bool) -> None:
     from ..cli import error_boundary
     from ..outputs import prepare_output
@@ -76,21 +79,27 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
     with error_boundary(bool(root.params.get("debug")) if root is not ctx else False, json_out):
         from ..outputs import read_inputs_first
 
-        for path in (json_path, junit_path):
+        for path in (json_path, junit_path, html_path):
             if path:
                 prepare_output(path, force, inputs=(old, new))
         from ..overrides import parse_overrides
 
-        parse_overrides(sets, config_file, bert_config)  # usage errors first, before any heavy import
+        overrides = parse_overrides(sets, config_file, bert_config)  # usage errors first, before heavy imports
         read_inputs_first(old, new)
-        report = _run(old, new, atol, rtol, sets, config_file, bert_config, inputs_file, seed, device, json_path,
-                      junit_path, no_training, no_domain, skip_checks)
+        report = _run(old, new, atol, rtol, overrides, inputs_file, seed, device, json_path, junit_path,
+                      no_training, no_domain, skip_checks, modules=bool(html_path))
         if json_out:
             import json
 
             click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         else:
             _print(report, old, new, json_path, junit_path, verbose, quiet)
+        if html_path:
+            from ..report.cli import write_html
+
+            size = write_html(html_path, old, new, overrides, report, atol, rtol)
+            if not json_out:
+                Console().print(Text(f"HTML report written to {html_path} ({size:,} bytes)", style="dim"))
     ctx.exit(report.exit_code)
 
 
@@ -110,16 +119,14 @@ def _print(report, old: str, new: str, json_path: str | None, junit_path: str | 
             out.print(Text(f"{label} report written to {path}", style="dim"), soft_wrap=True)
 
 
-def _run(old: str, new: str, atol: float, rtol: float, sets: tuple[str, ...], config_file: str | None,
-         bert_config: str | None, inputs_file: str | None, seed: int, device: str, json_path: str | None,
-         junit_path: str | None, no_training: bool, no_domain: bool, skip_checks: tuple[str, ...]):
-    from ..overrides import parse_overrides
+def _run(old: str, new: str, atol: float, rtol: float, overrides: dict, inputs_file: str | None, seed: int,
+         device: str, json_path: str | None, junit_path: str | None, no_training: bool, no_domain: bool,
+         skip_checks: tuple[str, ...], modules: bool = False):
     from .runner import run_verify
 
-    overrides = parse_overrides(sets, config_file, bert_config)
     return run_verify(old, new, atol=atol, rtol=rtol, overrides=overrides, seed=seed, inputs=inputs_file,
                       device=device, json_path=json_path, junit_path=junit_path, training=not no_training,
-                      domain=not no_domain, skip=skip_checks)
+                      domain=not no_domain, skip=skip_checks, modules=modules)
 
 
 def main() -> None:  # pragma: no cover - `python -m athelas_migrate.equivalence.cli`

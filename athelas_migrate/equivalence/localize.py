@@ -169,6 +169,26 @@ def localise(old_cap: Capture, new_cap: Capture, pairs: dict[str, str], atol: fl
     return result
 
 
+def module_diffs(old_cap: Capture, new_cap: Capture, pairs: dict[str, str], atol: float,
+                 rtol: float) -> list[dict[str, Any]]:
+    """Every paired module's output difference, in the new model's forward order (the HTML report's chart).
+
+    `localise` stops at the first divergent module; this walks them all, so a passing run shows how close
+    each aligned module is to the tolerance and a failing one shows where the differences start."""
+    inv = {v: k for k, v in pairs.items()}
+    rows = []
+    for call in new_cap.calls:
+        o_name = inv.get(call.name)
+        o_call = old_cap.by_name.get(o_name) if o_name is not None else None
+        if o_call is None or not call.name:
+            continue
+        d = compare_leaves(call.outputs, o_call.outputs, atol, rtol)
+        if d is not None:
+            rows.append({"module": call.name, "type": call.type, "old_module": o_name, "max_abs": d.max_abs,
+                         "ok": d.ok})
+    return rows
+
+
 def _finding(call: Call, o_name: str, o_call: Call, diff: Diff, kind: str, why: str, agreeing: int) -> dict:
     return {"module": call.name, "type": call.type, "old_module": o_name, "old_type": o_call.type, "kind": kind,
             "max_abs": diff.max_abs, "max_rel": diff.max_rel, "detail": why + (f"; {diff.detail}" if diff.detail

@@ -30,7 +30,7 @@ from .adapters import Batch, CannotVerifyError, Context, get_adapter, known_fami
 from .compare import compare
 from .domain import run_domain
 from .inputs import load_inputs
-from .localize import capture, localise, pair_modules
+from .localize import capture, localise, module_diffs, pair_modules
 from .report import ERROR, EXPECTED, FAIL, PASS, SKIP, Check, OutputDiff, Section, VerifyReport
 from .training import run_training
 
@@ -47,7 +47,8 @@ def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: f
                device: str | None = None, json_path: str | os.PathLike[str] | None = None,
                junit_path: str | os.PathLike[str] | None = None, *, reference: Any = None,
                training: bool = True, domain: bool = True, localisation: bool = True,
-               threads: int | None = None, skip: Iterable[str] = ()) -> VerifyReport:
+               threads: int | None = None, skip: Iterable[str] = (),
+               modules: bool = False) -> VerifyReport:
     """Compare the legacy model of OLD with the refactored model of NEW; see the module docstring.
 
     `inputs`: a path (or loaded object) of real batches used instead of generated ones.
@@ -58,6 +59,8 @@ def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: f
     `training=False` / `domain=False` are the same as skipping "training" / "domain".
     `threads`: CPU threads for torch while verifying; None: one thread for small models (below
     SMALL_MODEL parameters, where intra-op parallelism only costs), torch's setting otherwise.
+    `modules`: also record every aligned module's output difference (`outputs.summary["modules"]`, for the
+    HTML report); a failing run records them in `localisation["modules"]` regardless.
     Raises AthelasError subclasses when it cannot run (the reports, if asked for, are written first).
     """
     old, new = os.fspath(old), os.fspath(new)
@@ -73,7 +76,8 @@ def run_verify(old: str | os.PathLike[str], new: str | os.PathLike[str], atol: f
         report.device = str(dev)
         with _deterministic(dev), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _verify(report, old, new, dict(overrides or {}), inputs, reference, dev, skip, localisation, threads)
+            _verify(report, old, new, dict(overrides or {}), inputs, reference, dev, skip, localisation, threads,
+                    modules)
         _note_warnings(report, caught)
     except AthelasError as exc:
         report.error, report.error_code = str(exc), exc.exit_code
@@ -186,7 +190,8 @@ def _weights_dtype(raw) -> str:
 
 
 def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any], inputs: Any, reference: Any,
-            dev: torch.device, skip: set[str], localisation: bool, threads: int | None) -> None:
+            dev: torch.device, skip: set[str], localisation: bool, threads: int | None,
+            modules: bool = False) -> None:
     from ..api import build_v2_model
     from ..pipeline import plan_and_apply
 
@@ -336,6 +341,9 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
             outputs.notes.append(f"first divergent module: {loc['module']} ({loc.get('type')}; legacy "
                                  f"{loc.get('old_module')}): {loc.get('kind')}, max abs diff "
                                  f"{loc.get('max_abs'):.3e}")
+    elif modules and batches:  # a passing run: how close every aligned module came to the tolerance
+        outputs.summary["modules"] = _localise(adapter, ctx, _worst_row(adapter, batches[0], [0]), atol,
+                                               rtol).get("modules", [])
 
     if "domain" in skip:
         _skipped(report, "domain", "Sequence-length domain of the text branch")
@@ -530,5 +538,6 @@ def _localise(adapter, ctx: Context, batch: Batch, atol: float, rtol: float) -> 
         return {"module": None, "kind": "error", "detail": f"{type(exc).__name__}: {exc}", "batch": batch.name}
     pairs = pair_modules(ctx.old_model, ctx.new_model, ctx.rename)
     result = localise(old_cap, new_cap, pairs, atol, rtol)
+    result["modules"] = module_diffs(old_cap, new_cap, pairs, atol, rtol)
     result["batch"] = batch.name
     return result

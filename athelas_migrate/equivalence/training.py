@@ -122,12 +122,13 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
     d = compare(loss_n.detach().reshape(1), loss_o.detach().reshape(1), atol, rtol)
     lo, ln = float(loss_o.detach()), float(loss_n.detach())
     section.add(Check("loss", PASS if d.ok else FAIL, f"{how}: legacy {lo:.8g}, refactored {ln:.8g}", d.max_abs,
-                      d.max_rel, atol, rtol, time.perf_counter() - t))
+                      d.max_rel, atol, rtol, time.perf_counter() - t, data={"legacy": lo, "refactored": ln}))
 
     # ------------------------------------------------------------- gradients
     t = time.perf_counter()
     new_params = dict(new.named_parameters())
     rows, problems, not_comparable = [], [], []
+    norms: dict[str, list[float]] = {}
     paired_new = set()
     for name, p in old.named_parameters():
         target = ctx.rename.get(name)
@@ -154,8 +155,10 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
             problems.append(f"{name} {list(p.grad.shape)} vs {target} {list(q.grad.shape)}")
             continue
         rows.append((f"{name} -> {target}", compare(q.grad, p.grad, atol, rtol)))
+        norms[f"{name} -> {target}"] = [float(p.grad.norm()), float(q.grad.norm())]
     unpaired = [n for n in new_params if n not in paired_new]
     check = _aggregate("gradients", rows, atol, rtol, "parameter gradients")
+    check.data["norms"] = norms  # [legacy, refactored] gradient L2 norm per parameter pair
     check.duration_s = time.perf_counter() - t
     if problems or unpaired:
         check.status = FAIL
