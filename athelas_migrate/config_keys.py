@@ -24,6 +24,11 @@ KEY_TYPES: dict[str, str] = {
     "num_layers": INT, "num_channels": LIST, "hidden_common_dim": INT, "embed_size": INT, "vocab_size": INT,
     "input_tab_dim": INT, "primary_hidden_common_dim": INT, "secondary_hidden_common_dim": INT, "num_heads": INT,
     "cross_attention_heads": INT, "fusion_dim": INT, "fusion_hidden_dim": INT, "bert_config": OBJECT,
+    # Names3Risk (LSTM2Risk, Transformer2Risk)
+    "n_embed": INT, "embedding_size": INT, "hidden_size": INT, "n_lstm_layers": INT, "n_blocks": INT, "n_heads": INT,
+    "dropout_rate": NUMBER,
+    # bookkeeping written by the tool (values a file could not tell, and what uses them)
+    "unknown": OBJECT,
     # training
     "dropout_keep": NUMBER, "is_embeddings_trainable": BOOL, "class_weights": LIST, "optimizer_type": STR,
     "lr": NUMBER, "momentum": NUMBER, "weight_decay": NUMBER, "adam_epsilon": NUMBER, "metric_choices": LIST,
@@ -35,7 +40,8 @@ KEY_TYPES: dict[str, str] = {
 def parse_typed(key: str, text: str, allow_unknown: bool = False) -> Any:
     """The value of `--set KEY=TEXT`, parsed for KEY's type.
 
-    Strings are taken literally; lists accept JSON (`["a","b"]`) or an unambiguous comma list (`a,b`, items
+    Strings are taken literally (a JSON-quoted string is unquoted); lists accept JSON (`["a","b"]`) or an
+    unambiguous comma list (`a,b`, items
     parsed as JSON numbers where they are numbers); other types must be valid JSON of that type (`null` clears
     any key). An unknown key is a usage error with the closest known names, unless `allow_unknown`.
     """
@@ -52,8 +58,12 @@ def parse_typed(key: str, text: str, allow_unknown: bool = False) -> Any:
             return text
     if text.strip() == "null":
         return None
-    if kind == STR:
-        return text
+    if kind == STR:  # a JSON string ('"a b"') is unquoted; anything else is the text as it is (123 -> "123")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        return value if isinstance(value, str) else text
     try:
         value = json.loads(text)
     except ValueError:

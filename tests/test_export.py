@@ -193,8 +193,8 @@ def test_existing_output_needs_force(tmp_path):
     assert r.exit_code == 2 and out.read_bytes() == b"keep me"
     r = cli("export", ckpt, out, "--force")
     assert r.exit_code == 0 and out.read_bytes() != b"keep me"
-    r = cli("export", ckpt, tmp_path / "missing_dir" / "m.onnx")
-    assert r.exit_code == 2
+    r = cli("export", ckpt, tmp_path / "missing_dir" / "m.onnx")  # parents are created, as by every command
+    assert r.exit_code == 0 and (tmp_path / "missing_dir" / "m.onnx").exists()
     r = cli("export", tmp_path / "nope.ckpt", tmp_path / "x.onnx")
     assert r.exit_code == 3
 

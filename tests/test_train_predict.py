@@ -341,8 +341,8 @@ def test_export_of_trained_models_matches_predict(run, name):
         feeds = {"review_input_ids": ids,
                  **{f: np.array([float(d[header.index(f)]) for d in data], np.float32) for f in TAB}}
     else:
-        assert names == ["input_ids"]
-        feeds = {"input_ids": ids}
+        assert names == ["review_input_ids"]  # the batch key, as for every family
+        feeds = {"review_input_ids": ids}
     logits = sess.run(None, feeds)[0]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -56,11 +56,12 @@ def _failures(report: VerifyReport) -> str:
 def test_parse_overrides_values_and_config_file(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"label_name": "y", "max_sen_len": 30}))
-    got = parse_overrides(("tab_field_list=[\"a\",\"b\"]", "text_name=dialogue", "max_sen_len=40", "flag=true",
-                           "none=null", "lr=1e-3", "empty="), str(cfg))
-    assert got == {"label_name": "y", "max_sen_len": 40, "tab_field_list": ["a", "b"], "text_name": "dialogue",
-                   "flag": True, "none": None, "lr": 1e-3, "empty": ""}
-    assert parse_overrides(("k=1", "k=1")) == {"k": 1}  # repeating the same value is fine
+    got = parse_overrides(("tab_field_list=[\"a\",\"b\"]", "text_name=dialogue", "max_sen_len=40",
+                           "is_binary=true", "label_name=null", "lr=1e-3", "tokenizer=", "kernel_size=3,5"), str(cfg))
+    assert got == {"label_name": None, "max_sen_len": 40, "tab_field_list": ["a", "b"], "text_name": "dialogue",
+                   "is_binary": True, "lr": 1e-3, "tokenizer": "", "kernel_size": [3, 5]}
+    assert parse_overrides(("lr=1", "lr=1")) == {"lr": 1}  # repeating the same value is fine
+    assert parse_overrides(("flag=true",), allow_unknown=True) == {"flag": True}  # --allow-unknown-keys
     assert parse_overrides((), None) == {}
 
 

@@ -160,6 +160,16 @@ class _Names3RiskAdapter(VerifyAdapter):
                 "each side's own loss: legacy BCE on the probability, refactored cross entropy on the 2 logits"
         return model.loss_fn(model(batch.data["new"]), labels.long()), ""
 
+    def optimizer(self, side: str, model: nn.Module, ctx: Context) -> torch.optim.Optimizer:
+        """Both sides get the AdamW of the refactored `configure_optimizers` (the legacy models are plain modules
+        whose training script built an AdamW itself; the refactored OneCycleLR needs a Trainer's step count,
+        which one compared step does not use): same class, same hyper-parameters, so one step is comparable."""
+        cfg = ctx.new_model.config
+        params = list(model.parameters()) if side == "new" else [  # the dead tab_layer has no counterpart
+            p for name, p in model.named_parameters() if name in ctx.rename]
+        return torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
+                                 eps=float(cfg["adam_epsilon"]))
+
     # ------------------------------------------------------------- domain
     def domain_checks(self, ctx: Context, section: Section, atol: float, rtol: float) -> None:
         section.notes.append(RESIDUE_NOTE)
