@@ -66,13 +66,15 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _migration_needs(raw: Any, det: Any) -> list[dict[str, str]]:
     """What a migration of this file would ask for: the same list `ckpt` refuses with (empty: nothing)."""
-    from .errors import MissingInformationError
+    from .errors import AthelasError, MissingInformationError
     from .families import get_family
 
     try:
         get_family(det.family).configure(raw, det.version, {})
     except MissingInformationError as exc:
         return [{"key": n.key, "why": n.why} for n in exc.needs] or [{"key": "?", "why": str(exc)}]
+    except AthelasError as exc:  # no migration at all (e.g. TSA): say why instead of a list
+        return [{"key": "(no migration)", "why": str(exc).split("\n")[0]}]
     return []
 
 
