@@ -4,8 +4,10 @@
 migrates each into DST at the same relative path, and prints a summary; one bad file never stops the
 others, and the exit code is 1 when any failed. `--jobs N` runs N worker processes from one persistent
 pool (each imports what it needs, torch included when verifying, once), `--shard K/N` takes a stable
-slice of the inputs for job arrays, and `--summary-json` writes a machine-readable summary that
-`merge-summaries` combines across shards. See docs/batch.md.
+slice of the inputs for job arrays, `--include`/`--exclude` choose inputs by glob, a file's own `NAME.json`
+beside it wins over the shared `--config`/`--set` (a shared value a file has no use for is left out for it,
+with a note), and `--summary-json` writes a machine-readable summary that `merge-summaries` combines across
+shards. See docs/batch.md.
 
 Only click is imported when the CLI starts; the engine is imported in the process that migrates.
 """
@@ -223,6 +225,7 @@ def merge_summaries(summaries: list[tuple[str, dict[str, Any]]]) -> dict[str, An
         "missing_shards": missing,
         "complete": not missing,
         "inputs_total": first.get("inputs_total"),
+        "excluded": first.get("excluded", 0),  # counted before sharding: the same in every shard
         "files": files,
         "skipped": sorted(skipped.values(), key=lambda e: str(e.get("path"))),
         "counts": counts,
@@ -342,9 +345,9 @@ def throughput(files: int, nbytes: int, seconds: float) -> str:
 @click.argument("dst", type=click.Path())
 @click.option("--to", "to", default=None, help="Target layout version (default: newest).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Hyper-parameter the checkpoints lack (VALUE parsed as JSON when valid JSON).")
+              help="Hyper-parameter the checkpoints lack, for every file (typed like ckpt's --set).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="JSON object of hyper-parameters (like --set).")
+              help="JSON object of hyper-parameters for every file (a file's own NAME.json wins).")
 @click.option("--format", "fmt", type=click.Choice(["ckpt", "safetensors"]), default=None,
               help="Output format (default: each input's own: safetensors stays safetensors, the rest .ckpt).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,

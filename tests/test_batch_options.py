@@ -82,13 +82,18 @@ def test_include_takes_only_matching_inputs(tmp_path):
     assert none.exit_code == 2 and "excluded by --include/--exclude" in none.output
 
 
-def test_shards_with_other_filters_do_not_merge(tmp_path):
+def test_shards_merge_only_with_the_same_filters(tmp_path):
     src = _mixed(tmp_path)
     for i, flt in enumerate((["--exclude", "golden.pt"], ["--exclude", "*.pt"])):
         _run("batch", src, tmp_path / "dst", *SHARED_TAB, *flt, "--shard", f"{i}/2", "--summary-json",
              tmp_path / f"{i}.json")
     res = _run("merge-summaries", tmp_path / "all.json", tmp_path / "0.json", tmp_path / "1.json")
     assert res.exit_code == 3 and "'options'" in res.output
+    _run("batch", src, tmp_path / "dst", *SHARED_TAB, "--exclude", "golden.pt", "--shard", "1/2", "--summary-json",
+         tmp_path / "1.json")
+    res = _run("merge-summaries", tmp_path / "all.json", tmp_path / "0.json", tmp_path / "1.json")
+    merged = _summary(tmp_path / "all.json")
+    assert res.exit_code == 0 and merged["complete"] and merged["excluded"] == 1 and len(merged["files"]) == 3
 
 
 # ----------------------------------------------------------------------------- not a checkpoint
