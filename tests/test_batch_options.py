@@ -127,7 +127,15 @@ def test_shared_value_a_file_cannot_use_is_ignored_with_a_note(tmp_path):
                               "checkpoint has no tabular branch"]
     assert "note runs/notab.ckpt: shared tab_field_list not used" in " ".join(res.output.split())
     assert not _recorded(tmp_path / "dst" / "runs" / "notab.ckpt").get("tab_field_list")
+    text = _by_path(_summary(tmp_path / "s.json"))["text.ckpt"]  # a family without any tabular branch
+    assert text["status"] == "migrated" and "TextCNN has no tabular branch" in text["notes"][0]
+    assert not _recorded(tmp_path / "dst" / "text.ckpt").get("tab_field_list")
     assert _recorded(tmp_path / "dst" / "runs" / "a" / "model.ckpt")["tab_field_list"] == FIELDS
+
+
+def test_a_value_given_for_one_file_that_it_cannot_use_stays_an_error(tmp_path):
+    res = _run("ckpt", FIX / "text_cnn_v1.ckpt", tmp_path / "t.ckpt", "--set", "tab_field_list=a,b")
+    assert res.exit_code == 2 and "no tabular branch" in res.output and not (tmp_path / "t.ckpt").exists()
 
 
 def test_a_sidecar_value_that_contradicts_the_file_stays_an_error(tmp_path):

@@ -188,6 +188,8 @@ class TextCNNFamily(_CNNFamily):
         derived["num_classes"] = raw.state_dict["class_weights_tensor"].shape[0] if "class_weights_tensor" in \
             raw.state_dict else derived["hidden_common_dim"]
         config = merge_config(_base_config(raw), derived, overrides, raw.path)
+        if overrides.get("tab_field_list"):  # recorded, it would describe inputs this model never reads
+            raise NotApplicableError("tab_field_list is set but a TextCNN has no tabular branch", "tab_field_list")
         needs = Needs()
         if not config.get("text_batch_key"):
             needs.ask(config, "text_name", "the name of the text field, which forms the text batch key", "dialogue")
