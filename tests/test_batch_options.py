@@ -216,11 +216,14 @@ def test_bert_config_is_passed_to_every_file(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- progress
 
 
-def test_no_progress_bar_when_piped(tmp_path):
+def test_no_progress_bar_when_piped_and_lines_fit_80_columns(tmp_path):
     src = _mixed(tmp_path)
-    res = _run("batch", src, tmp_path / "dst", *SHARED_TAB, "--exclude", "golden.pt")
+    res = CliRunner().invoke(main, [str(a) for a in ("batch", src, tmp_path / "dst", *SHARED_TAB)],
+                             env={"COLUMNS": "80"}, catch_exceptions=False)
     assert res.exit_code == 0
     assert "migrating" not in res.stderr and "━" not in res.stderr
+    assert "note runs/notab.ckpt" in res.stdout and "skipped runs/a/golden.pt" in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
 
 
 def test_progress_bar_on_a_terminal_shows_throughput():
