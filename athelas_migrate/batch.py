@@ -4,8 +4,10 @@
 migrates each into DST at the same relative path, and prints a summary; one bad file never stops the
 others, and the exit code is 1 when any failed. `--jobs N` runs N worker processes from one persistent
 pool (each imports what it needs, torch included when verifying, once), `--shard K/N` takes a stable
-slice of the inputs for job arrays, and `--summary-json` writes a machine-readable summary that
-`merge-summaries` combines across shards. See docs/batch.md.
+slice of the inputs for job arrays, `--include`/`--exclude` choose inputs by glob, a file's own `NAME.json`
+beside it wins over the shared `--config`/`--set` (a shared value a file has no use for is left out for it,
+with a note), and `--summary-json` writes a machine-readable summary that `merge-summaries` combines across
+shards. See docs/batch.md.
 
 Only click is imported when the CLI starts; the engine is imported in the process that migrates.
 """
@@ -20,12 +22,21 @@ from typing import Any
 
 import click
 
-from .batch_plan import SUFFIXES, check_plan, discover, output_name, parse_shard, scan, shard_of  # noqa: F401
+from .batch_plan import (  # noqa: F401
+    SUFFIXES,
+    check_plan,
+    discover,
+    output_name,
+    parse_shard,
+    scan,
+    select,
+    shard_of,
+)
 from .batch_worker import migrate_one, worker_imports, worker_init
 from .errors import EXIT_CHECK_FAILED, EXIT_REFUSED, InputError, OutputError, UsageError
 
 SCHEMA = "athelas-migrate/batch-summary/1"
-OK_STATUSES = ("migrated", "verified", "unchanged")
+OK_STATUSES = ("migrated", "verified", "unchanged", "skipped")  # skipped: not a checkpoint at all
 
 
 # ----------------------------------------------------------------------------- running
@@ -34,12 +45,13 @@ OK_STATUSES = ("migrated", "verified", "unchanged")
 def run_batch(src: str, dst: str, to: str | None = None, overrides: dict[str, Any] | None = None,
               fmt: str | None = None, jobs: int = 1, verify: bool = False, shard: tuple[int, int] | None = None,
               force: bool = False, progress: Any = None, on_start: Any = None,
-              isolate: bool = True) -> dict[str, Any]:
+              isolate: bool = True, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Migrate every checkpoint under `src` into `dst`; returns the summary (see docs/batch.md).
 
     `on_start(total)` is called once the work is about to run (worker processes already started), then
     `progress(record)` once per finished file, both in the calling process. `isolate=False` migrates in
-    this process (no crash isolation; for tests that patch the engine)."""
+    this process (no crash isolation; for tests that patch the engine). `include`/`exclude` are globs on the
+    SRC-relative path (see batch_plan.matches); excluded files are neither migrated nor counted."""
     parent_had_torch = "torch" in sys.modules  # before anything here can import it
     t0 = time.perf_counter()
     src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
@@ -65,9 +77,12 @@ def run_batch(src: str, dst: str, to: str | None = None, overrides: dict[str, An
         pool = WorkerPool(jobs, migrate_one, worker_init, (verify,), method)
     records: list[dict] = []
     try:
-        every, skipped = scan(src_abs, exclude=dst_abs)
+        found, skipped = scan(src_abs, exclude=dst_abs)
+        every = select(found, include, exclude)
+        skipped = [e for e in skipped if select([e["path"]], include, exclude)]
         if not every:
-            raise UsageError(f"no checkpoints ({' '.join(SUFFIXES)}) under {src}")
+            why = f" ({len(found)} excluded by --include/--exclude)" if found else ""
+            raise UsageError(f"no checkpoints ({' '.join(SUFFIXES)}) under {src}{why}")
         base = src_abs if os.path.isdir(src_abs) else os.path.dirname(src_abs)
         plan = check_plan(base, dst_abs, every, fmt)
         if shard is not None:
@@ -105,7 +120,8 @@ def run_batch(src: str, dst: str, to: str | None = None, overrides: dict[str, An
     torch_imports = len(torch_pids - {os.getpid()}) + ("torch" in sys.modules and not parent_had_torch)
     summary = _summary(src_abs, dst_abs, to, overrides, fmt, verify, shard, len(every), records,
                        time.perf_counter() - t0, jobs, len(workers), torch_imports)
-    summary.update(skipped=skipped, start_method=method)
+    summary["options"].update(include=list(include), exclude=list(exclude))
+    summary.update(skipped=skipped, excluded=len(found) - len(every), start_method=method)
     return summary
 
 
@@ -207,6 +223,7 @@ def merge_summaries(summaries: list[tuple[str, dict[str, Any]]]) -> dict[str, An
         "missing_shards": missing,
         "complete": not missing,
         "inputs_total": first.get("inputs_total"),
+        "excluded": first.get("excluded", 0),  # counted before sharding: the same in every shard
         "files": files,
         "skipped": sorted(skipped.values(), key=lambda e: str(e.get("path"))),
         "counts": counts,
@@ -252,7 +269,7 @@ def render_summary(summary: dict[str, Any], console: Any = None) -> None:
         key = (str(r["status"]), str(r.get("family") or "-"), f"{r['from']} -> {r['to']}" if r.get("from") else "-")
         groups.setdefault(key, []).append(r)
     colours = {"migrated": "green", "verified": "green", "unchanged": "cyan", "failed": "red",
-               "verify_failed": "red"}
+               "verify_failed": "red", "skipped": "yellow"}
     for (status, fam, edge), rs in sorted(groups.items()):
         table.add_row(Text(status, style=colours.get(status, "white")), Text(fam), Text(edge), str(len(rs)),
                       f"{sum(r.get('bytes') or 0 for r in rs) / 1e6:,.1f}",
@@ -265,10 +282,14 @@ def render_summary(summary: dict[str, Any], console: Any = None) -> None:
     bad = [r for r in files if r["status"] not in OK_STATUSES]
     for r in bad:
         line(str(r["status"]), "red", str(r["path"]), str(r.get("error") or ""))
+    for r in files:
+        for note in r.get("notes") or []:
+            line("note", "cyan", str(r["path"]), str(note))
     warned = [r for r in files if r.get("warnings")]
     for r in warned[:20]:
         line("warning", "yellow", str(r["path"]), str(r["warnings"][0]))
-    skipped = summary.get("skipped") or []
+    skipped = [{"path": r["path"], "reason": r.get("reason")} for r in files if r["status"] == "skipped"]
+    skipped += summary.get("skipped") or []
     for e in skipped:
         line("skipped", "yellow", str(e.get("path")), str(e.get("reason")))
     extra = []
@@ -279,9 +300,39 @@ def render_summary(summary: dict[str, Any], console: Any = None) -> None:
     if summary.get("missing_shards"):
         con.print(Text(f"incomplete: missing shard(s) {summary['missing_shards']} of {summary['shards']}",
                        style="yellow"))
-    ok = len(files) - len(bad)
-    con.print(Text(f"{ok} ok, {len(bad)} failed" + (f", {len(skipped)} skipped" if skipped else "")
+    ok = len(files) - len(bad) - sum(1 for r in files if r["status"] == "skipped")
+    excluded = f", {summary['excluded']} excluded" if summary.get("excluded") else ""
+    con.print(Text(f"{ok} ok, {len(bad)} failed" + (f", {len(skipped)} skipped" if skipped else "") + excluded
                    + f", in {summary['seconds']:.2f} s" + (f" ({'; '.join(extra)})" if extra else "")))
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def progress_bar(console: Any) -> Any:
+    """The batch progress bar (files done, failures, throughput, time left) on `console`, or None when it is
+    not a terminal: piped or redirected output gets the summary only, no bar frames."""
+    if not console.is_terminal:
+        return None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]migrating"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def throughput(files: int, nbytes: int, seconds: float) -> str:
+    """`12.5 files/s, 340 MB/s` (written bytes) once there is something to divide."""
+    if files <= 0 or seconds <= 0:
+        return ""
+    return f"{files / seconds:.1f} files/s, {nbytes / seconds / 1e6:.1f} MB/s"
 
 
 # ----------------------------------------------------------------------------- commands
@@ -292,9 +343,9 @@ def render_summary(summary: dict[str, Any], console: Any = None) -> None:
 @click.argument("dst", type=click.Path())
 @click.option("--to", "to", default=None, help="Target layout version (default: newest).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Hyper-parameter the checkpoints lack (VALUE parsed as JSON when valid JSON).")
+              help="Hyper-parameter the checkpoints lack, for every file (typed like ckpt's --set).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="JSON object of hyper-parameters (like --set).")
+              help="JSON object of hyper-parameters for every file (a file's own NAME.json wins).")
 @click.option("--format", "fmt", type=click.Choice(["ckpt", "safetensors"]), default=None,
               help="Output format (default: each input's own: safetensors stays safetensors, the rest .ckpt).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
@@ -305,43 +356,48 @@ def render_summary(summary: dict[str, Any], console: Any = None) -> None:
 @click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
               help="Write the summary (this shard's) as JSON; combine shards with merge-summaries.")
 @click.option("--force", is_flag=True, help="Replace outputs that exist (never an input).")
-def batch_cmd(src, dst, to, sets, config_file, fmt, jobs, verify, shard, summary_json, force) -> None:
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only inputs whose SRC-relative path (or, for a GLOB without '/', name) matches; repeatable.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave out inputs whose SRC-relative path (or name) matches, e.g. golden.pt; repeatable.")
+@click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False), default=None,
+              help="BERT families: the transformers config.json of the text encoder(s), for every file.")
+def batch_cmd(src, dst, to, sets, config_file, fmt, jobs, verify, shard, summary_json, force, include, exclude,
+              bert_config) -> None:
     """Migrate every checkpoint under SRC into DST, mirroring relative paths.
 
-    Checkpoints are files ending in .ckpt .pt .pth .bin .safetensors (recursively). Exit code 0 when all
+    Checkpoints are files ending in .ckpt .pt .pth .bin .safetensors (recursively). A file's own config
+    NAME.json beside it (model.ckpt.json) wins over the shared --config/--set. Exit code 0 when all
     migrated (or were already at the target and were copied), 1 when any failed; the others go on.
     """
     from .overrides import parse_overrides
 
-    overrides = parse_overrides(sets, config_file)
-    state: dict[str, Any] = {"bar": None, "task": None, "failed": 0}
+    overrides = parse_overrides(sets, config_file, bert_config)
+    state: dict[str, Any] = {"bar": None, "task": None, "failed": 0, "done": 0, "bytes": 0, "t0": 0.0}
 
     def on_start(total: int) -> None:
         # rich is imported here, after the workers started: they do not inherit it, and the bar's
         # refresh thread starts only after the last fork
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
-        bar = state["bar"] = Progress(TextColumn("[bold]migrating"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
-                                      TimeRemainingColumn(), console=Console(stderr=True, highlight=False))
-        bar.start()
-        state["task"] = bar.add_task("migrate", total=total, failed=0)
+        state["bar"] = progress_bar(Console(stderr=True, highlight=False))
+        state["t0"] = time.perf_counter()
+        if state["bar"] is not None:
+            state["bar"].start()
+            state["task"] = state["bar"].add_task("migrate", total=total, failed=0, rate="")
 
     def progress(rec: dict) -> None:
         state["failed"] += rec["status"] not in OK_STATUSES
-        state["bar"].update(state["task"], advance=1, failed=state["failed"])
+        state["done"] += 1
+        state["bytes"] += rec.get("bytes") or 0
+        if state["bar"] is not None:
+            state["bar"].update(state["task"], advance=1, failed=state["failed"],
+                                rate=throughput(state["done"], state["bytes"], time.perf_counter() - state["t0"]))
 
     try:
         summary = run_batch(src, dst, to=to, overrides=overrides, fmt=fmt, jobs=jobs, verify=verify,
-                            shard=parse_shard(shard), force=force, progress=progress, on_start=on_start)
+                            shard=parse_shard(shard), force=force, progress=progress, on_start=on_start,
+                            include=include, exclude=exclude)
     finally:
         if state["bar"] is not None:
             state["bar"].stop()

@@ -8,6 +8,7 @@ a symbolic link or hard link into SRC) and no two inputs share an output; such a
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import os
 import stat
@@ -80,6 +81,25 @@ def _not_a_file(path: str) -> str | None:
     kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
             stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}.get(stat.S_IFMT(st.st_mode), "special")
     return f"{kind}, not a regular file"
+
+
+def matches(rel: str, pattern: str) -> bool:
+    """`pattern` (fnmatch: `*` also crosses `/`) against the SRC-relative POSIX path; a pattern without `/`
+    also matches the base name alone, so `--exclude golden.pt` excludes one at any depth."""
+    if fnmatch.fnmatchcase(rel, pattern):
+        return True
+    return "/" not in pattern and fnmatch.fnmatchcase(rel.rpartition("/")[2], pattern)
+
+
+def select(paths: list[str], include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[str]:
+    """The paths that match an `include` pattern (all when there is none) and no `exclude` pattern."""
+    return [p for p in paths if (not include or any(matches(p, g) for g in include))
+            and not any(matches(p, g) for g in exclude)]
+
+
+def sidecar_of(path: str) -> str:
+    """The per-file config beside a checkpoint: `model.ckpt` -> `model.ckpt.json`."""
+    return path + ".json"
 
 
 def discover(src: str, exclude: str | None = None) -> list[str]:
@@ -164,4 +184,5 @@ def check_plan(base: str, dst: str, inputs: list[str], fmt: str | None) -> dict[
     return plan
 
 
-__all__ = ["SUFFIXES", "scan", "discover", "parse_shard", "shard_of", "output_name", "check_plan"]
+__all__ = ["SUFFIXES", "scan", "discover", "matches", "select", "sidecar_of", "parse_shard", "shard_of", "output_name",
+           "check_plan"]

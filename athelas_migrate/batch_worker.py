@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from .batch_plan import sidecar_of
+
 TEST_KILL_ENV = "ATHELAS_MIGRATE_TEST_KILL"
 
 
@@ -26,11 +28,16 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
     rec: dict[str, Any] = {"path": task["rel"], "output": task["out_rel"], "status": "failed", "error": None}
     src, dst = task["src"], task["dst"]
     try:
-        from .errors import AthelasError, OutputError
-        from .pipeline import plan_and_apply, write_result
+        from .errors import AthelasError, MissingInformationError, NotACheckpointError, OutputError
+        from .pipeline import write_result
 
         try:
-            result = plan_and_apply(src, to=task["to"], overrides=task["overrides"])
+            overrides, shared, sidecar = file_overrides(task)
+            if sidecar:
+                rec["config"] = os.path.basename(sidecar)
+            result, ignored = _migrate(src, task["to"], overrides, shared)
+            if ignored:
+                rec["notes"] = ignored
             try:
                 os.makedirs(os.path.dirname(dst), exist_ok=True)  # only for files that will be written
             except OSError as exc:
@@ -49,10 +56,18 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
             if task["verify"] and rec["status"] == "migrated":
                 from .equivalence import run_verify
 
-                report = run_verify(src, dst, overrides=task["overrides"])
+                report = run_verify(src, dst, overrides=overrides)
                 rec["status"] = "verified" if report.passed else "verify_failed"
                 if not report.passed:
                     rec["error"] = _verify_reason(report)
+        except NotACheckpointError as exc:  # a golden-output file or the like: nothing to migrate
+            rec["status"], rec["reason"] = "skipped", one_line(exc).removeprefix(f"{src}: ")
+        except MissingInformationError as exc:  # every missing value, as the single-file refusal names them
+            rec["status"], rec["exit_code"] = "failed", exc.exit_code
+            rec["needs"] = [{"key": n.key, "why": n.why, "example": n.example} for n in exc.needs]
+            keys = ", ".join(n["key"] for n in rec["needs"])
+            rec["error"] = (f"needs {keys}: the file cannot tell (put them in {os.path.basename(src)}.json beside "
+                            f"it, or pass them to every file with --set/--config)") if keys else one_line(exc)
         except AthelasError as exc:
             rec["status"], rec["error"], rec["exit_code"] = "failed", one_line(exc), exc.exit_code
         except (OSError, MemoryError) as exc:
@@ -63,6 +78,42 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
     rec["pid"] = os.getpid()
     rec["torch_loaded"] = "torch" in sys.modules
     return rec
+
+
+def file_overrides(task: dict[str, Any]) -> tuple[dict[str, Any], set[str], str | None]:
+    """(overrides for this file, the keys among them that are shared, the sidecar path or None).
+
+    Precedence: the shared `--config` < the shared `--set` (merged into `task["overrides"]` by the command) <
+    the file's own sidecar `NAME.json` (specific beats shared). A sidecar that is unreadable, not a JSON object
+    or holds a value of the wrong type fails this file only."""
+    shared = dict(task["overrides"])
+    side = sidecar_of(task["src"])
+    if not os.path.isfile(side):
+        return shared, set(shared), None
+    from .config_keys import check_type
+    from .overrides import read_json_object
+
+    own = read_json_object(side, "sidecar config")
+    for key, value in own.items():
+        check_type(key, value, f"sidecar config {os.path.basename(side)}")
+    return {**shared, **own}, set(shared) - set(own), side
+
+
+def _migrate(src: str, to: str | None, overrides: dict[str, Any], shared: set[str]) -> tuple[Any, list[str]]:
+    """plan_and_apply, leaving out a shared value the file has no use for (NotApplicableError for a key that
+    came from the shared --set/--config only), with a note; a value the sidecar gave stays an error."""
+    from .errors import NotApplicableError
+    from .pipeline import plan_and_apply
+
+    ignored: list[str] = []
+    while True:
+        try:
+            return plan_and_apply(src, to=to, overrides=overrides), ignored
+        except NotApplicableError as exc:
+            if exc.key not in shared or exc.key not in overrides:
+                raise
+            del overrides[exc.key]  # `overrides` is this file's own copy (the verification uses it too)
+            ignored.append(f"shared {exc.key} not used for this file: {one_line(exc)}")
 
 
 def _test_kill_hook(task: dict[str, Any]) -> None:

@@ -31,6 +31,22 @@ class InputError(AthelasError):
     """The input file cannot be read as a checkpoint (empty, truncated, not a checkpoint)."""
 
 
+class NotACheckpointError(InputError):
+    """A readable, safe file that holds no state dict at all (a plain tensor, a dict of inputs and outputs):
+    `batch` reports it as skipped, not failed (a golden-output file beside the checkpoints)."""
+
+
+class NotApplicableError(UsageError):
+    """A supplied value the file has no use for (`tab_field_list` for a checkpoint without a tabular branch).
+
+    An error for a value given for this file; `batch` ignores a shared value (`--set`, `--config`) for the files
+    it does not apply to, with a note. `key` names the value."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
 class UnsafeCheckpointError(InputError):
     """The pickle references a class outside the reviewed allowlist."""
 

@@ -237,7 +237,7 @@ def run_gate(entries: list[tuple[dict[str, Any], Path]], out: Path, device: str 
             suite.set("errors", "1" if row["status"] in ("error", "failed") else "0")
             suite.set("skipped", "1" if row["status"] == "skipped" else "0")
             suites.append(suite)
-    (out / "gate-junit.xml").write_text(junit_document(suites, "athelas-migrate gate"))
+    (out / "gate-junit.xml").write_text(junit_document(suites, "athelas-migrate gate", seconds=duration))
 
     verdict = Text("GATE PASSED" if not failed else f"GATE FAILED ({len(failed)} of {len(rows)} fixtures)",
                    style="bold green" if not failed else "bold red")

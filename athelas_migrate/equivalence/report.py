@@ -210,22 +210,27 @@ class VerifyReport:
         _atomic_write(path, self.to_json() + "\n")
 
     def junit_suites(self, prefix: str = "") -> list[ET.Element]:
-        """One <testsuite> per section (plus one for a run error), each check a <testcase>."""
-        label = prefix or f"{os.path.basename(self.old)} -> {os.path.basename(self.new)}"
+        """One <testsuite> per section (plus one for a run error), each check a <testcase>.
+
+        Suites are named `PAIR / SECTION`, PAIR being `prefix` or the two paths (relative to the working
+        directory when inside it, else absolute): unique per file pair, so reports of many pairs merged by a CI
+        server never collide (base names alone do: every `runs/*/last.ckpt`). A suite's time is its section's
+        (setup included), not only the sum of its checks."""
+        label = prefix or f"{_shown(self.old)} -> {_shown(self.new)}"
         suites = []
         props = {"old": self.old, "new": self.new, "family": self.family or "", "device": self.device,
                  "weights_dtype": self.weights_dtype or "", "compute_dtype": self.compute_dtype or "",
                  "atol": repr(self.tolerance()[0]), "rtol": repr(self.tolerance()[1]), "seed": str(self.seed),
                  "inputs": self.inputs_source}
         if self.error is not None:
-            suite = _suite(f"{label} / run", [], props)
+            suite = _suite(f"{label} / run", [], props, self.duration_s)
             case = ET.SubElement(suite, "testcase", classname=_classname(self.family, "run"), name="run verify",
-                                 time="0")
+                                 time=f"{self.duration_s:.6f}")
             ET.SubElement(case, "error", message=_short(self.error), type="CannotRun").text = self.error
             _count(suite)
             suites.append(suite)
         for sec in self.sections:
-            suite = _suite(f"{label} / {sec.title}", sec.checks, props)
+            suite = _suite(f"{label} / {sec.title}", sec.checks, props, sec.duration_s)
             for c in sec.checks:
                 case = ET.SubElement(suite, "testcase", classname=_classname(self.family, sec.name), name=c.name,
                                      time=f"{c.duration_s:.6f}")
@@ -248,7 +253,7 @@ class VerifyReport:
         return suites
 
     def to_junit(self, prefix: str = "") -> str:
-        return junit_document(self.junit_suites(prefix), name="athelas-migrate verify")
+        return junit_document(self.junit_suites(prefix), name="athelas-migrate verify", seconds=self.duration_s)
 
     def write_junit(self, path: str | os.PathLike[str], prefix: str = "") -> None:
         _atomic_write(path, self.to_junit(prefix))
@@ -257,7 +262,9 @@ class VerifyReport:
 # ---------------------------------------------------------------------- helpers
 
 
-def junit_document(suites: list[ET.Element], name: str) -> str:
+def junit_document(suites: list[ET.Element], name: str, seconds: float | None = None) -> str:
+    """The <testsuites> document; its time is `seconds` (the whole run's wall time: what the suites leave out,
+    such as loading and migrating, counts too) when given, else the sum of the suites'."""
     root = ET.Element("testsuites", name=name)
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     t = 0.0
@@ -268,13 +275,20 @@ def junit_document(suites: list[ET.Element], name: str) -> str:
         t += float(s.get("time", "0"))
     for k, v in totals.items():
         root.set(k, str(v))
-    root.set("time", f"{t:.6f}")
+    root.set("time", f"{max(t, seconds) if seconds is not None else t:.6f}")
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _suite(name: str, checks: list[Check], props: dict[str, str]) -> ET.Element:
-    suite = ET.Element("testsuite", name=name, time=f"{sum(c.duration_s for c in checks):.6f}")
+def _shown(path: str) -> str:
+    """A report path in a suite name: relative to the working directory when inside it, else absolute."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full)
+    return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def _suite(name: str, checks: list[Check], props: dict[str, str], seconds: float = 0.0) -> ET.Element:
+    suite = ET.Element("testsuite", name=name, time=f"{max(seconds, sum(c.duration_s for c in checks)):.6f}")
     pe = ET.SubElement(suite, "properties")
     for k, v in props.items():
         ET.SubElement(pe, "property", name=k, value=str(v))

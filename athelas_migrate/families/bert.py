@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from ..errors import InputError, MissingInformationError, UsageError
+from ..errors import InputError, MissingInformationError, NotApplicableError, UsageError
 from ..io.reader import RawCheckpoint
 from .base import Detection, Expected, Family, Needs, merge_config
 
@@ -162,7 +162,7 @@ class _FusionFamily(Family):
                 raise UsageError(f"tab_field_list has {len(fields)} names but the tabular weights take "
                                  f"{tab.shape[0]} inputs")
         elif config.get("tab_field_list"):
-            raise UsageError("tab_field_list is set but the checkpoint has no tabular branch")
+            raise NotApplicableError("tab_field_list is set but the checkpoint has no tabular branch", "tab_field_list")
         for key in self.text_name_keys():
             needs.ask(config, key, "the name of the text field, which forms the text batch keys", "dialogue")
         bare = raw.hyper_parameters is None

@@ -10,7 +10,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from ..errors import InputError, UnknownLayoutError, UsageError
+from ..errors import InputError, NotApplicableError, UnknownLayoutError, UsageError
 from ..io.reader import RawCheckpoint
 from .base import Detection, Expected, Family, Needs, merge_config
 
@@ -190,6 +190,8 @@ class TextCNNFamily(_CNNFamily):
         derived["num_classes"] = raw.state_dict["class_weights_tensor"].shape[0] if "class_weights_tensor" in \
             raw.state_dict else derived["hidden_common_dim"]
         config = merge_config(_base_config(raw), derived, overrides, raw.path)
+        if overrides.get("tab_field_list"):  # recorded, it would describe inputs this model never reads
+            raise NotApplicableError("tab_field_list is set but a TextCNN has no tabular branch", "tab_field_list")
         needs = Needs()
         if not config.get("text_batch_key"):
             needs.ask(config, "text_name", "the name of the text field, which forms the text batch key", "dialogue")
@@ -331,7 +333,7 @@ class BimodalCNNFamily(_CNNFamily):
                 raise UsageError(f"tab_field_list has {len(fields)} names but the tabular weights take "
                                  f"{tab_width} inputs")
         elif config.get("tab_field_list"):
-            raise UsageError("tab_field_list is set but the checkpoint has no tabular branch")
+            raise NotApplicableError("tab_field_list is set but the checkpoint has no tabular branch", "tab_field_list")
         needs.raise_if_any(raw.path, known)
         if head.shape[1] != config["hidden_common_dim"] + (config["hidden_common_dim"] if tab_width else 0):
             raise InputError(f"{raw.path}: fusion weight {list(head.shape)} does not fit the encoder widths")

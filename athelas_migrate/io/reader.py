@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, NotACheckpointError
 from .legacy_format import looks_legacy, looks_tar, read_legacy
 from .safe_unpickle import Stub, unpickle
 from .tensor_ref import SAFETENSORS_TO_DTYPE, StorageRef, TensorRef
@@ -162,7 +162,8 @@ def _interpret(obj: Any, path: str, size: int) -> RawCheckpoint:
     if isinstance(obj, Stub):
         return _from_module(obj, path, size)
     if not isinstance(obj, dict):
-        raise InputError(f"{path}: not a checkpoint: the file holds a {type(obj).__name__}, not a dict")
+        kind = "tensor" if isinstance(obj, TensorRef) else type(obj).__name__
+        raise NotACheckpointError(f"{path}: not a checkpoint: the file holds a {kind}, not a dict")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         sd = obj["state_dict"]
         _require_tensors(sd, path)
@@ -173,7 +174,7 @@ def _interpret(obj: Any, path: str, size: int) -> RawCheckpoint:
     if obj and all(isinstance(v, TensorRef) for v in obj.values()):
         _require_tensors(obj, path)
         return RawCheckpoint(path, size, "state_dict", OrderedDict(obj))
-    raise InputError(f"{path}: not a checkpoint: a dict without 'state_dict' whose values are not all tensors")
+    raise NotACheckpointError(f"{path}: not a checkpoint: a dict without 'state_dict' whose values are not all tensors")
 
 
 def _require_tensors(sd: dict, path: str) -> None:
