@@ -183,7 +183,7 @@ def test_first_refusal_names_every_missing_value_and_a_sidecar_with_exactly_that
     shutil.copyfile(FIX / "bimodal_cnn_v1_state_dict.pt", src / "bare.pt")
     res = _run("batch", src, tmp_path / "dst", "--summary-json", tmp_path / "s.json")
     rec = _by_path(_summary(tmp_path / "s.json"))["bare.pt"]
-    assert res.exit_code == 1 and rec["status"] == "failed" and rec["exit_code"] == 3
+    assert res.exit_code == 3 and rec["status"] == "failed" and rec["exit_code"] == 3  # all refused: 3
     keys = [n["key"] for n in rec["needs"]]
     assert set(keys) == {"text_name", "max_sen_len", "text_input_ids_key", "tab_field_list"}
     assert all(n["why"] for n in rec["needs"]) and all(k in rec["error"] for k in keys)

@@ -64,3 +64,13 @@ def test_global_flags_anywhere_and_version():
     assert proc.returncode != 0 and "Traceback" in proc.stderr  # --debug after the command still applies
     version = subprocess.run([sys.executable, "-m", "athelas_migrate", "-V"], capture_output=True, text=True)
     assert version.returncode == 0 and "version" in version.stdout
+
+
+def test_loading_the_cli_imports_nothing_heavy():
+    """Every command module is registered at start-up: none of them may pull torch & co. in with it (a package
+    __init__ that imports its engine eagerly did, and made every command, even `--help`, pay for torch)."""
+    code = ("import sys, athelas_migrate.cli; "
+            "print(','.join(m for m in ('torch', 'lightning', 'transformers', 'jinja2', 'matplotlib', 'onnx') "
+            "if m in sys.modules) or '-')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "-", proc.stdout + proc.stderr

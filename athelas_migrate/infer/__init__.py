@@ -7,6 +7,14 @@ docs/rules.md.
 
 from __future__ import annotations
 
-from .core import Inference, RuleInferenceError, apply_rules, infer, infer_rules
+import importlib
+from typing import Any
 
 __all__ = ["infer_rules", "apply_rules", "infer", "Inference", "RuleInferenceError"]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy: `athelas_migrate.infer.cli` (loaded with the CLI) must not import torch through this package."""
+    if name in __all__:
+        return getattr(importlib.import_module(".core", __name__), name)
+    raise AttributeError(name)

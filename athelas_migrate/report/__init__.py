@@ -6,8 +6,16 @@ agree (outputs, aligned modules, sequence-length domain, training step), provena
 
 from __future__ import annotations
 
-from .build import page_for, report_commands
-from .model import Page, build_page
-from .render import render_page, write_page
+import importlib
+from typing import Any
 
-__all__ = ["Page", "build_page", "page_for", "render_page", "report_commands", "write_page"]
+_HOMES = {"page_for": ".build", "report_commands": ".build", "Page": ".model", "build_page": ".model",
+          "render_page": ".render", "write_page": ".render"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy: `athelas_migrate.report.cli` (loaded with the CLI) must stay light until a page is rendered."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name], __name__), name)
+    raise AttributeError(name)
