@@ -83,6 +83,18 @@ def _err(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
+def busy(message: str):
+    """A spinner with `message` on stderr while a command works, on a terminal only (silent when piped), so a
+    step that takes seconds (imports, reading a large file, building BERT models) says what it is doing."""
+    import contextlib
+
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
 def _console():
     from rich.console import Console
 
@@ -184,7 +196,7 @@ def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_r
     if new_batch_keys:
         overrides["text_batch_key"] = None
     t0 = time.perf_counter()
-    with _needs_boundary(write_config, force):
+    with _needs_boundary(write_config, force), busy(f"migrating {os.path.basename(old)}"):
         result = migrate(old, new, to=to, overrides=overrides, force=force, dry_run=dry_run)
     elapsed = time.perf_counter() - t0
     if json_out:
@@ -267,7 +279,7 @@ def audit_cmd(old, to, sets, config_file, bert_config, fmt, output, force, write
         from .outputs import prepare_output
 
         prepare_output(output, force, inputs=(old,))
-    with _needs_boundary(write_config, force):
+    with _needs_boundary(write_config, force), busy(f"auditing {os.path.basename(old)}"):
         report = audit(old, to=to, overrides=_overrides(sets, config_file, bert_config))
     if fmt in ("json", "md"):
         text = report.to_json() if fmt == "json" else report.to_markdown()

@@ -195,10 +195,12 @@ def export_cmd(ckpt: str, out: str, atol: float, opset: int, batch_sizes: str, s
     overrides = parse_overrides(sets, config_file, bert_config)  # usage errors first, before any heavy import
     prepare_output(out, force, inputs=(ckpt,))
     read_inputs_first(ckpt)
+    from .cli import busy
     from .export import export_onnx, render_result
 
-    result = export_onnx(ckpt, out, overrides=overrides, atol=atol, opset=opset, batch_sizes=sizes, seed=seed,
-                         force=force)
+    with busy(f"exporting {ckpt} to ONNX and checking parity"):
+        result = export_onnx(ckpt, out, overrides=overrides, atol=atol, opset=opset, batch_sizes=sizes, seed=seed,
+                             force=force)
     render_result(result, _console())
 
 

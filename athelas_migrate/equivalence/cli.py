@@ -9,6 +9,7 @@ Only click, rich and the standard library are imported at module level, so
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -86,8 +87,11 @@ def verify_cmd(ctx: click.Context, old: str, new: str, atol: float, rtol: float,
 
         overrides = parse_overrides(sets, config_file, bert_config)  # usage errors first, before heavy imports
         read_inputs_first(old, new)
-        report = _run(old, new, atol, rtol, overrides, inputs_file, seed, device, json_path, junit_path,
-                      no_training, no_domain, skip_checks, modules=bool(html_path))
+        from ..cli import busy
+
+        with busy(f"verifying {os.path.basename(old)} against {os.path.basename(new)}"):
+            report = _run(old, new, atol, rtol, overrides, inputs_file, seed, device, json_path, junit_path,
+                          no_training, no_domain, skip_checks, modules=bool(html_path))
         if json_out:
             import json
 
