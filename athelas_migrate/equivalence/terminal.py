@@ -68,14 +68,17 @@ def render(report: VerifyReport, console: Console | None = None, verbose: bool =
                       Text("pass" if o.passed else "FAIL", style=STYLE[PASS if o.passed else FAIL]))
         console.print(t)
 
+    # Three columns (the counts in one cell) so the summary keeps most of an 80-column terminal; section
+    # names are short ids that never split.
     t = Table(title="Checks", title_justify="left")
-    for col in ("section", "checks", "pass", "expected", "skipped", "fail", "error", "summary"):
-        t.add_column(col, justify="left" if col in ("section", "summary") else "right")
+    t.add_column("section", no_wrap=True)
+    t.add_column("result", no_wrap=True)
+    t.add_column("summary", ratio=1)
     for s in report.sections:
-        summary = _section_summary(s)
-        _row(t, s.title, str(len(s.checks)), str(s.count(PASS)), str(s.count(EXPECTED)), str(s.count(SKIP)),
-                  Text(str(s.count(FAIL)), style=STYLE[FAIL] if s.count(FAIL) else ""),
-                  Text(str(s.count(ERROR)), style=STYLE[ERROR] if s.count(ERROR) else ""), summary)
+        counts = [f"{s.count(st)} {st}" for st in (PASS, EXPECTED, SKIP, FAIL, ERROR) if s.count(st)]
+        worst = FAIL if s.count(FAIL) else ERROR if s.count(ERROR) else ""
+        _row(t, s.name, Text(", ".join(counts) or "no checks", style=STYLE[worst] if worst else ""),
+             _section_summary(s))
     console.print(t)
 
     if verbose:
