@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .errors import MalformedSourceError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
 from .families.base import refuse_marked

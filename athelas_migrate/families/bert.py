@@ -182,7 +182,7 @@ class _FusionFamily(Family):
             bert["primary"] if bert["primary"] == bert["secondary"] else bert)
         known = {k: v for k, v in config.items() if v is not None}
         needs.raise_if_any(where, known, {"bert_config": config["_bert_config"]})
-        from ..models.bert_fusion import resolve_bert_fusion_config
+        from ..models.bert_fusion_config import resolve_bert_fusion_config
 
         resolved = resolve_bert_fusion_config({k: v for k, v in config.items() if not k.startswith("_")}, self.name)
         if bare:
@@ -348,8 +348,5 @@ class TrimodalFamily(_FusionFamily):
                          f"attention); recorded as {config['cross_attention_heads']}")
 
 
-def _register() -> None:
-    from . import register
-
-    for fam in (CrossAttnFamily(), GateFamily(), MoEFamily(), TrimodalFamily()):
-        register(fam)
+#: What this module adds to the registry (athelas_migrate.families.FAMILIES).
+FAMILIES: tuple[Family, ...] = (CrossAttnFamily(), GateFamily(), MoEFamily(), TrimodalFamily())

@@ -91,7 +91,7 @@ class _Names3RiskFamily(Family):
         if isinstance(fields, str) or len(fields) != n:
             raise UsageError(f"tab_field_list has {1 if isinstance(fields, str) else len(fields)} names but the "
                              f"tabular weights take {n} inputs")
-        from ..models.names3risk import resolve_names3risk_config
+        from ..models.names3risk_config import resolve_names3risk_config
 
         try:
             config = resolve_names3risk_config(config, self.name)
@@ -157,8 +157,5 @@ class Transformer2RiskFamily(_Names3RiskFamily):
                 "n_heads": heads, "hidden_size": int(sd[f"{text}proj.weight"].shape[0]) // 2}
 
 
-def _register() -> None:
-    from . import register
-
-    for fam in (LSTM2RiskFamily(), Transformer2RiskFamily()):
-        register(fam)
+#: What this module adds to the registry (athelas_migrate.families.FAMILIES).
+FAMILIES: tuple[Family, ...] = (LSTM2RiskFamily(), Transformer2RiskFamily())
