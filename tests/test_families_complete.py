@@ -80,3 +80,10 @@ def test_a_latest_that_is_not_the_head_is_refused(monkeypatch):
     with pytest.raises(VersionGraphError, match="end at v2") as info:
         check_latest(fam)
     assert info.value.family == "TabAE"
+
+
+def test_the_fusion_whitelist_copy_equals_the_legacy_one():
+    from athelas_migrate.families.bert import LEGACY_SAVED_HPARAMS
+    from legacy.bert._common import SAVED_HPARAM_KEYS
+
+    assert LEGACY_SAVED_HPARAMS == SAVED_HPARAM_KEYS

@@ -1,7 +1,7 @@
 """The migration path never imports torch, Lightning or transformers, for any family: detection, layouts, rules
 and writing are pure Python (BERT layouts are computed from the config, see families/layout.py). Every fixture is
-migrated, audited and inspected (and one batch run) by the in-process CLI in one subprocess, which then reports
-what got imported."""
+migrated, rolled back, audited and inspected (and one batch run) by the in-process CLI in one subprocess, which
+then reports what got imported."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def _jobs(tmp_path) -> list[list[str]]:
             jobs += [["inspect", src, "--json"],
                      ["audit", src, "--config", str(config), "-o", str(tmp_path / f"{entry['file']}.audit")],
                      ["ckpt", src, str(tmp_path / f"{entry['file']}.v2.ckpt"), "--config", str(config)]]
+            if manifest != "names3risk_manifest.json":  # their rollback computes w1 - w0 (narrow_head): torch
+                jobs.append(["ckpt", str(tmp_path / f"{entry['file']}.v2.ckpt"),
+                             str(tmp_path / f"{entry['file']}.back.ckpt"), "--to", entry["version"]])
     batch_in = tmp_path / "batch_in"
     batch_in.mkdir()
     (batch_in / "gate.ckpt").write_bytes((FIXTURES / "fusion_gate_v1.ckpt").read_bytes())

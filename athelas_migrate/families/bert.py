@@ -19,6 +19,13 @@ from .base import Detection, Expected, Family, Needs, merge_config
 from .layout import LayoutBuilder
 
 NO_DECAY = ("bias", "LayerNorm.weight")
+#: The flat hyper-parameters the legacy fusion classes save, in their order (legacy/bert/_common.py's
+#: SAVED_HPARAM_KEYS, copied so that a rollback never imports the legacy package; a test keeps them equal).
+LEGACY_SAVED_HPARAMS = ("id_name", "text_name", "primary_text_name", "secondary_text_name", "text_input_ids_key",
+                        "text_attention_mask_key", "tokenizer", "primary_tokenizer", "secondary_tokenizer",
+                        "hidden_common_dim", "is_binary", "num_classes", "class_weights", "metric_choices", "lr",
+                        "weight_decay", "adam_epsilon", "warmup_steps", "run_scheduler", "reinit_pooler",
+                        "reinit_layers", "max_sen_len", "model_class", "model_path")
 _ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
               "type_vocab_size")
 # Standard checkpoints: architecture facts, used only when the shapes agree with them.
@@ -250,9 +257,7 @@ class _FusionFamily(Family):
         clean = {k: v for k, v in config.items() if not k.startswith("_")}
         if version == "v2":
             return {"config": clean, "bert_config": config.get("_bert_config")}
-        from legacy.bert._common import whitelisted_hparams
-
-        return whitelisted_hparams({k: v for k, v in clean.items() if k != "bert_position_ids_saved"})
+        return {k: clean[k] for k in LEGACY_SAVED_HPARAMS if clean.get(k) is not None}
 
     def optimizer_groups(self, config: dict[str, Any], version: str, params: list[str],
                          n_groups: int) -> list[list[str]]:
