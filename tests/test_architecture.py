@@ -133,3 +133,32 @@ def test_cycle_finder_reports_a_cycle():
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+#: Lowest first. A module may import its own layer and the layers below, never one above; modules not listed
+#: (equivalence, export, train, batch, api, cli, ...) are the top. `models`/`components` are plain PyTorch: they
+#: reach the engine only through `athelas_migrate.hooks`, which the package installs.
+LAYERS = [
+    ("base", ("errors", "_version", "hooks")),
+    ("io", ("io", "outputs")),
+    ("rules", ("rules",)),
+    ("models", ("models", "components")),
+    ("families", ("families",)),
+    ("engine", ("pipeline", "materialise", "optimizer_state")),
+]
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("athelas_migrate.")
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return rank
+    return len(LAYERS)
+
+
+def test_imports_flow_one_way():
+    graph = import_graph()
+    upward = [f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0] if _layer(d) < len(LAYERS) else 'top'})"
+              for m in sorted(graph) if m.startswith("athelas_migrate.")
+              for d in sorted(graph[m]) if d.startswith("athelas_migrate") and _layer(d) > _layer(m)]
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
