@@ -1,4 +1,9 @@
-"""Registry of model families and detection of (family, layout version) with evidence."""
+"""Registry of model families and detection of (family, layout version) with evidence.
+
+To add a family: write its module here (a `Family` subclass per family, listed in the module's `FAMILIES`
+tuple), add the module to the registry below, and add its rule files under `mappings/<Family>/`;
+tests/test_families_complete.py lists what else it needs.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (BimodalCNNFamily(), TextCNNFa
 
 
 def register(family: Family) -> None:
+    """Add (or replace) a family at run time, e.g. a plugin's; the bundled ones are listed in FAMILIES above."""
     FAMILIES[family.name] = family
 
 
