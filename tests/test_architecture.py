@@ -162,3 +162,26 @@ def test_imports_flow_one_way():
               for m in sorted(graph) if m.startswith("athelas_migrate.")
               for d in sorted(graph[m]) if d.startswith("athelas_migrate") and _layer(d) > _layer(m)]
     assert not upward, "imports against the layering:\n" + "\n".join(upward)
+
+
+def test_models_load_legacy_files_through_the_hook_alone():
+    """Only `athelas_migrate.models` imported: `load_from_checkpoint` of a legacy file still migrates in memory,
+    through the reader the package installed in `athelas_migrate.hooks` (the models import no engine module)."""
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES
+
+    code = (
+        "import sys, warnings\n"
+        "from athelas_migrate.models import BimodalCNN\n"
+        "assert 'athelas_migrate.pipeline' not in sys.modules\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    m = BimodalCNN.load_from_checkpoint({str(FIXTURES / 'bimodal_cnn_v1.ckpt')!r},\n"
+        "        overrides={'tab_field_list': ['a', 'b', 'c'], 'label_name': 'label'})\n"
+        "assert any(issubclass(w.category, DeprecationWarning) for w in seen)\n"
+        "print('LOADED', type(m).__name__, 'athelas_migrate.materialise' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "LOADED BimodalCNN True" in proc.stdout, proc.stderr[-2000:]
