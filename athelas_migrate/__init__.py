@@ -10,9 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from . import hooks
+from ._version import __version__
+
 __all__ = ["migrate", "verify", "audit", "inspect", "load_model", "infer_rules", "apply_rules", "RuleInferenceError",
            "__version__"]
+
+
+def _read_checkpoint_dict(source: Any, overrides: Any = None, cls: type | None = None) -> dict[str, Any]:
+    """The engine's reader, imported when a model first loads a file (see athelas_migrate.hooks)."""
+    from .materialise import read_checkpoint_dict
+
+    return read_checkpoint_dict(source, overrides, cls)
+
+
+hooks.install_checkpoint_reader(_read_checkpoint_dict)
 
 
 def __getattr__(name: str) -> Any:

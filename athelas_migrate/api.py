@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 from .errors import UsageError
+from .materialise import build_v2_model
 from .pipeline import MigrationResult, plan_and_apply, write_result
 
 
@@ -86,26 +87,6 @@ def _describe(hp: Any) -> Any:
     if isinstance(hp, dict):
         return {k: _describe(v) for k, v in hp.items()}
     return hp
-
-
-def build_v2_model(result: MigrationResult) -> Any:
-    """Instantiate the refactored class of `result` and load its state strictly, memory-mapped.
-
-    Tensors are assigned from the file (memory-mapped copy-on-write), so the weights are
-    never read into a second copy; only the fresh model's initial values are allocated.
-    """
-    import torch
-
-    from .families.base import load_class
-
-    cls = load_class(result.family.v2_class)
-    state = {k: t.to_torch(copy=False) for k, t in result.state.items()}
-    hparams_name = getattr(result.family, "hparams_name", {}).get(result.target_version)
-    model = cls(**{hparams_name: result.hyper_parameters}) if hparams_name else cls(**result.hyper_parameters)
-    model.load_state_dict(state, strict=True, assign=True)
-    if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
-        model = model.float()  # CPU kernels need float32; the values are the fp16-rounded weights
-    return model.eval()
 
 
 def load_model(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Any:

@@ -138,7 +138,7 @@ def _worker_died(task: dict, exitcode: int | None) -> dict[str, Any]:
 def _summary(src: str, dst: str, to: str | None, overrides: dict | None, fmt: str | None, verify: bool,
              shard: tuple[int, int] | None, total: int, records: list[dict], seconds: float, jobs: int,
              workers: int, torch_imports: int) -> dict[str, Any]:
-    from . import __version__
+    from ._version import __version__
 
     counts: dict[str, int] = {}
     for r in records:

@@ -81,6 +81,15 @@ class RuleError(AthelasError):
     """A rule file is malformed, or the rules do not cover the checkpoint exactly."""
 
 
+class VersionGraphError(RuleError):
+    """The rule files of a family do not form one version history (checked once, when the rule files load):
+    a cycle, more than one newest version, or a family whose declared newest layout is not the graph's head."""
+
+    def __init__(self, message: str, family: str, versions: tuple[str, ...] = (), rule_files: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.family, self.versions, self.rule_files = family, versions, rule_files
+
+
 class ValidationError(AthelasError):
     """The migrated state does not equal the target layout exactly."""
 

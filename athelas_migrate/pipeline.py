@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .errors import InputError, MalformedSourceError, UsageError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
 from .families.base import refuse_marked
@@ -25,7 +25,7 @@ from .io.values import check_hparam_types
 from .io.writer import write_safetensors, write_torch_zip
 from .optimizer_state import remap_optimizer_states
 from .rules.apply import KeyEvent, apply_hparam_rules, apply_state_rules
-from .rules.graph import plan_path
+from .rules.graph import head, plan_path
 from .rules.schema import RuleFile
 
 
@@ -167,6 +167,20 @@ def nonfinite_tensors(state: dict[str, TensorRef], changed_only: bool = False) -
     return bad
 
 
+def check_latest(fam: Family) -> None:
+    """A family's declared newest layout must be the head of its rule graph (else `ckpt` without `--to` would
+    stop short of, or past, the newest rules).
+
+    Raises:
+        VersionGraphError: they differ."""
+    newest = head(fam.name)
+    if newest is not None and newest != fam.latest:
+        from .errors import VersionGraphError
+
+        raise VersionGraphError(f"{fam.name}: the family says its newest layout is {fam.latest} but its rule files "
+                                f"end at {newest}", fam.name, (fam.latest, newest))
+
+
 def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | None = None,
                    raw: RawCheckpoint | None = None) -> MigrationResult:
     raw = raw or read_checkpoint(src)
@@ -178,6 +192,7 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
     config = fam.configure(raw, det.version, overrides)
     notes = list(det.notes) + list(config.pop("_notes", []))
     src_layout = check_state(raw.state_dict, fam, config, det.version, raw.path, error=MalformedSourceError)
+    check_latest(fam)
     target = to or fam.latest
     warnings = []
     scan = full_checks() or sum(t.nbytes for t in raw.state_dict.values()) <= VALUE_SCAN_LIMIT

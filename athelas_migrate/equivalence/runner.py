@@ -192,7 +192,7 @@ def _weights_dtype(raw) -> str:
 def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any], inputs: Any, reference: Any,
             dev: torch.device, skip: set[str], localisation: bool, threads: int | None,
             modules: bool = False) -> None:
-    from ..api import build_v2_model
+    from ..materialise import build_v2_model
     from ..pipeline import plan_and_apply
 
     raw_old = read_checkpoint(old)

@@ -1,38 +1,27 @@
-"""Registry of model families and detection of (family, layout version) with evidence."""
+"""Registry of model families and detection of (family, layout version) with evidence.
+
+To add a family: write its module here (a `Family` subclass per family, listed in the module's `FAMILIES`
+tuple), add the module to the registry below, and add its rule files under `mappings/<Family>/`;
+tests/test_families_complete.py lists what else it needs.
+"""
 
 from __future__ import annotations
 
 from ..errors import UnknownLayoutError
 from ..io.reader import RawCheckpoint
+from . import bert, names3risk, tsa
 from .base import Detection, Expected, Family, stamped_layout
 from .cnn import BimodalCNNFamily, TabAEFamily, TextCNNFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BimodalCNNFamily(), TextCNNFamily(), TabAEFamily())}
+#: Every known family by name. A family module lists its families in its own FAMILIES tuple; they are joined here
+#: (the registry imports the family modules, never the other way round).
+FAMILIES: dict[str, Family] = {f.name: f for f in (BimodalCNNFamily(), TextCNNFamily(), TabAEFamily(),
+                                                   *bert.FAMILIES, *names3risk.FAMILIES, *tsa.FAMILIES)}
 
 
 def register(family: Family) -> None:
+    """Add (or replace) a family at run time, e.g. a plugin's; the bundled ones are listed in FAMILIES above."""
     FAMILIES[family.name] = family
-
-
-def _load_bert_families() -> None:
-    """The BERT fusion families; their rule files work without transformers, their models need it."""
-    from . import bert
-
-    bert._register()
-
-
-def _load_names3risk_families() -> None:
-    """LSTM2Risk and Transformer2Risk (bare legacy state dicts -> Lightning)."""
-    from . import names3risk
-
-    names3risk._register()
-
-
-def _load_tsa_families() -> None:
-    """TSA single/dual sequence: recognised with evidence, every migration refused (no exact migration)."""
-    from . import tsa
-
-    tsa._register()
 
 
 def get_family(name: str) -> Family:
@@ -57,9 +46,5 @@ def detect(raw: RawCheckpoint) -> Detection:
         raise UnknownLayoutError(f"{raw.path}: ambiguous: looks like both {hits[0].family} and {hits[1].family}")
     return hits[0]
 
-
-_load_bert_families()
-_load_names3risk_families()
-_load_tsa_families()
 
 __all__ = ["Detection", "Expected", "Family", "FAMILIES", "detect", "get_family", "register"]

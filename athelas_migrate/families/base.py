@@ -63,20 +63,14 @@ class Family:
         """Parameter names per optimizer group, in the order the family's optimizer enumerates them."""
         return [params]
 
-    def classpath(self, version: str) -> str:
-        return self.v2_class if version == "v2" else self.legacy_classes[version]
-
 
 def load_class(spec: str) -> Any:
+    """The class named by "module:Class" (families name their classes by string so that they never import
+    the models or the legacy package)."""
     import importlib
 
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
-
-
-def shape_of(raw_state: dict, key: str) -> tuple[int, ...] | None:
-    t = raw_state.get(key)
-    return tuple(t.shape) if t is not None else None
 
 
 def merge_config(base: dict[str, Any], derived: dict[str, Any], overrides: dict[str, Any], where: str) -> dict:
@@ -178,14 +172,6 @@ def refuse_marked(overrides: dict[str, Any]) -> None:
                for kk, vv in v.items() if isinstance(vv, str) and vv.startswith(REQUIRED_MARK)]
     if marked:
         raise UsageError(f"the config still marks {', '.join(marked)} as required: fill in the real values")
-
-
-def require(config: dict[str, Any], key: str, why: str, example: str) -> Any:
-    """A single required value (prefer `Needs`, which collects every missing value into one refusal)."""
-    needs = Needs()
-    value = needs.ask(config, key, why, json.loads(example.strip("'")) if example.startswith("'") else example)
-    needs.raise_if_any("the checkpoint", config)
-    return value
 
 
 def stamped_layout(raw: RawCheckpoint, families: dict[str, Family]) -> tuple[str, str] | None:

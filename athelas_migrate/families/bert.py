@@ -3,8 +3,8 @@
 Widths come from tensor shapes; the BERT architecture from shapes plus either a
 user-supplied `bert_config` (transformers' config.json) or a table of standard
 model names whose configuration must agree with the shapes. Nothing is downloaded.
-Expected layouts are read off the real classes built on the meta device, so they
-cannot drift from the code.
+Expected layouts are computed in pure Python (families/layout.py), so migrating never imports torch;
+tests/test_layouts_vs_classes.py checks them against the real classes built on the meta device.
 """
 
 from __future__ import annotations
@@ -16,8 +16,16 @@ from typing import Any
 from ..errors import InputError, MissingInformationError, NotApplicableError, UsageError
 from ..io.reader import RawCheckpoint
 from .base import Detection, Expected, Family, Needs, merge_config
+from .layout import LayoutBuilder
 
 NO_DECAY = ("bias", "LayerNorm.weight")
+#: The flat hyper-parameters the legacy fusion classes save, in their order (legacy/bert/_common.py's
+#: SAVED_HPARAM_KEYS, copied so that a rollback never imports the legacy package; a test keeps them equal).
+LEGACY_SAVED_HPARAMS = ("id_name", "text_name", "primary_text_name", "secondary_text_name", "text_input_ids_key",
+                        "text_attention_mask_key", "tokenizer", "primary_tokenizer", "secondary_tokenizer",
+                        "hidden_common_dim", "is_binary", "num_classes", "class_weights", "metric_choices", "lr",
+                        "weight_decay", "adam_epsilon", "warmup_steps", "run_scheduler", "reinit_pooler",
+                        "reinit_layers", "max_sen_len", "model_class", "model_path")
 _ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
               "type_vocab_size")
 # Standard checkpoints: architecture facts, used only when the shapes agree with them.
@@ -182,7 +190,7 @@ class _FusionFamily(Family):
             bert["primary"] if bert["primary"] == bert["secondary"] else bert)
         known = {k: v for k, v in config.items() if v is not None}
         needs.raise_if_any(where, known, {"bert_config": config["_bert_config"]})
-        from ..models.bert_fusion import resolve_bert_fusion_config
+        from ..models.bert_fusion_config import resolve_bert_fusion_config
 
         resolved = resolve_bert_fusion_config({k: v for k, v in config.items() if not k.startswith("_")}, self.name)
         if bare:
@@ -211,45 +219,45 @@ class _FusionFamily(Family):
         pass
 
     # -- layouts ---------------------------------------------------------------------------------------
-    def _model(self, config: dict[str, Any], version: str) -> Any:
-        import torch
-
-        from .base import load_class
-
-        clean = {k: v for k, v in config.items() if not k.startswith("_")}
-        bert = config.get("_bert_config")
-        with torch.device("meta"):
-            if version == "v2":
-                return load_class(self.v2_class)(clean, bert)
-            hook = dict(clean)
-            if not hook.get("label_name"):  # the legacy constructor insists; the layout does not depend on it
-                hook["label_name"] = "label"
-            if isinstance(bert, dict) and "primary" in bert:
-                hook.update(primary_bert_config=bert["primary"], secondary_bert_config=bert["secondary"])
-            hook["bert_config"] = bert.get("primary", bert) if isinstance(bert, dict) and "primary" in bert else bert
-            return load_class(self.legacy_classes[version])(hook)
-
     def expected(self, config: dict[str, Any], version: str) -> Expected:
-        model = self._model(config, version)
-        sd = model.state_dict()
-        shapes = OrderedDict((k, tuple(v.shape)) for k, v in sd.items())
-        params = {n for n, _ in model.named_parameters()}
-        int_keys: set[str] = set()
-        if version != "v2" and config.get("bert_position_ids_saved"):
+        """The state dict of the `version` class for `config`, computed without torch (see families/layout.py)."""
+        b = LayoutBuilder().buffer("class_weights_tensor", config["num_classes"])
+        tab = len(config.get("tab_field_list") or [])
+        bert = config.get("_bert_config") or {}
+        legacy = version != "v2"
+        if legacy and tab:
+            _tab_layout(b, "tab_subnetwork.embedding_layer", tab, config["hidden_common_dim"])
+        for side, pre in self._text_prefixes(version).items():
+            side_bert = bert[side] if side in bert else bert
+            b.bert(f"{pre}bert", side_bert)
+            width = config["hidden_common_dim"] if side == "text" else config[f"{side}_hidden_common_dim"]
+            b.linear(f"{pre}{'head_layer' if legacy else 'projection'}.1", width, side_bert["hidden_size"])
+        self.fusion_layout(b, config, version, tab)
+        b.buffer("loss_op.weight", config["num_classes"])
+        expected = b.build()
+        shapes, int_keys = expected.shapes, expected.int_keys
+        if legacy and config.get("bert_position_ids_saved"):
             for pre in self._text_prefixes(version).values():
                 key = f"{pre}bert.embeddings.position_ids"
                 anchor = shapes[f"{pre}bert.embeddings.position_embeddings.weight"]
                 shapes = _insert_after(shapes, f"{pre}bert.embeddings.word_embeddings.weight", key, (1, anchor[0]))
                 int_keys.add(key)
-        return Expected(shapes, {k for k in shapes if k not in params}, int_keys)
+        return Expected(shapes, expected.buffers | int_keys, int_keys)
+
+    def fusion_layout(self, b: LayoutBuilder, config: dict[str, Any], version: str, tab: int) -> None:
+        """The keys after the text encoder(s): the v2 tabular encoder, the fusion block and the head."""
+        if version == "v2" and tab:
+            _tab_layout(b, "tab_encoder.embedding", tab, config["hidden_common_dim"])
+        self.fusion_block(b, config, config["hidden_common_dim"], config["hidden_common_dim"] if tab else 0)
+
+    def fusion_block(self, b: LayoutBuilder, config: dict[str, Any], text_dim: int, tab_dim: int) -> None:
+        raise NotImplementedError
 
     def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
         clean = {k: v for k, v in config.items() if not k.startswith("_")}
         if version == "v2":
             return {"config": clean, "bert_config": config.get("_bert_config")}
-        from legacy.bert._common import whitelisted_hparams
-
-        return whitelisted_hparams({k: v for k, v in clean.items() if k != "bert_position_ids_saved"})
+        return {k: clean[k] for k in LEGACY_SAVED_HPARAMS if clean.get(k) is not None}
 
     def optimizer_groups(self, config: dict[str, Any], version: str, params: list[str],
                          n_groups: int) -> list[list[str]]:
@@ -268,6 +276,11 @@ def _insert_after(shapes: OrderedDict, after: str, key: str, shape: tuple) -> Or
     return out
 
 
+def _tab_layout(b: LayoutBuilder, prefix: str, fields: int, hidden: int) -> None:
+    """`Sequential(LayerNorm(fields), Linear(fields, hidden), ReLU)`: the legacy TabAE and the v2 TabularEmbedding."""
+    b.norm(f"{prefix}.0", fields).linear(f"{prefix}.1", hidden, fields)
+
+
 def _divisor_heads(width: int, preferred: int) -> int:
     return preferred if width % preferred == 0 else 1
 
@@ -280,6 +293,12 @@ class CrossAttnFamily(_FusionFamily):
 
     def head(self, sd: dict) -> Any:
         return sd["final_merge_network.2.weight"]
+
+    def fusion_block(self, b: LayoutBuilder, config: dict[str, Any], text_dim: int, tab_dim: int) -> None:
+        h = text_dim
+        b.multihead_attention("cross_att.text2tab", h).multihead_attention("cross_att.tab2text", h)
+        b.norm("cross_att.text_norm", h).norm("cross_att.tab_norm", h)
+        b.linear("final_merge_network.0", h, 2 * h).linear("final_merge_network.2", config["num_classes"], h)
 
     def fill_unrecoverable(self, config: dict, notes: list[str]) -> None:
         if config.get("num_heads") is None:
@@ -297,6 +316,12 @@ class GateFamily(_FusionFamily):
     def head(self, sd: dict) -> Any:
         return sd["final_merge_network.1.weight"]
 
+    def fusion_block(self, b: LayoutBuilder, config: dict[str, Any], text_dim: int, tab_dim: int) -> None:
+        f = config["fusion_dim"]
+        b.linear("gate_fusion.text_proj", f, text_dim).linear("gate_fusion.tab_proj", f, tab_dim)
+        b.linear("gate_fusion.gate_net.0", f, 2 * f).norm("gate_fusion.gate_net.1", f)
+        b.linear("final_merge_network.1", config["num_classes"], f)
+
     def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
         return {**super().widths(sd, version, where), "fusion_dim": sd["gate_fusion.text_proj.weight"].shape[0]}
 
@@ -309,6 +334,14 @@ class MoEFamily(_FusionFamily):
 
     def head(self, sd: dict) -> Any:
         return sd["classifier.1.weight"]
+
+    def fusion_block(self, b: LayoutBuilder, config: dict[str, Any], text_dim: int, tab_dim: int) -> None:
+        f = config["fusion_dim"]
+        if text_dim != f:
+            b.linear("moe_fusion.text_proj", f, text_dim)
+        if tab_dim != f:
+            b.linear("moe_fusion.tab_proj", f, tab_dim)
+        b.linear("moe_fusion.router.0", 2, 2 * f).linear("classifier.1", config["num_classes"], f)
 
     def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
         return {**super().widths(sd, version, where), "fusion_dim": sd["classifier.1.weight"].shape[1]}
@@ -326,6 +359,27 @@ class TrimodalFamily(_FusionFamily):
 
     def head(self, sd: dict) -> Any:
         return sd["final_merge_network.5.weight"]
+
+    def fusion_layout(self, b: LayoutBuilder, config: dict[str, Any], version: str, tab: int) -> None:
+        p, s = config["primary_hidden_common_dim"], config["secondary_hidden_common_dim"]
+        d = max(p, s)
+        if p < d:
+            b.linear("primary_projection", d, p)
+        if s < d:
+            b.linear("secondary_projection", d, s)
+        hidden = config["hidden_common_dim"]
+        if version == "v2" and tab:
+            _tab_layout(b, "tab_encoder.embedding", tab, hidden)
+        ffn = "net." if version == "v2" else ""
+        c = "cross_attention"
+        b.multihead_attention(f"{c}.attn_p2s", d).multihead_attention(f"{c}.attn_s2p", d)
+        b.norm(f"{c}.norm_primary", d).norm(f"{c}.norm_secondary", d)
+        for side in ("primary", "secondary"):
+            b.linear(f"{c}.ffn_{side}.{ffn}0", 4 * d, d).linear(f"{c}.ffn_{side}.{ffn}3", d, 4 * d)
+        b.norm(f"{c}.norm_ffn_primary", d).norm(f"{c}.norm_ffn_secondary", d)
+        total = 2 * d + (hidden if tab else 0)
+        b.linear("final_merge_network.2", config["fusion_hidden_dim"], total)
+        b.linear("final_merge_network.5", config["num_classes"], config["fusion_hidden_dim"])
 
     def widths(self, sd: dict, version: str, where: str) -> dict[str, Any]:
         head = "projection" if version == "v2" else "head_layer"
@@ -348,8 +402,5 @@ class TrimodalFamily(_FusionFamily):
                          f"attention); recorded as {config['cross_attention_heads']}")
 
 
-def _register() -> None:
-    from . import register
-
-    for fam in (CrossAttnFamily(), GateFamily(), MoEFamily(), TrimodalFamily()):
-        register(fam)
+#: What this module adds to the registry (athelas_migrate.families.FAMILIES).
+FAMILIES: tuple[Family, ...] = (CrossAttnFamily(), GateFamily(), MoEFamily(), TrimodalFamily())

@@ -16,7 +16,8 @@ from typing import Any
 
 from ..errors import MissingInformationError, UsageError
 from ..io.reader import RawCheckpoint
-from .base import Detection, Expected, Family, load_class, merge_config
+from .base import Detection, Expected, Family, merge_config
+from .layout import LayoutBuilder
 
 _NOT_STORED = ("text_name", "tab_field_list")
 _PREFIX = {"v1": ("text_projection.", "token_embedding_table", "tab_projection.", "net.12."),
@@ -91,7 +92,7 @@ class _Names3RiskFamily(Family):
         if isinstance(fields, str) or len(fields) != n:
             raise UsageError(f"tab_field_list has {1 if isinstance(fields, str) else len(fields)} names but the "
                              f"tabular weights take {n} inputs")
-        from ..models.names3risk import resolve_names3risk_config
+        from ..models.names3risk_config import resolve_names3risk_config
 
         try:
             config = resolve_names3risk_config(config, self.name)
@@ -106,21 +107,27 @@ class _Names3RiskFamily(Family):
         config["_notes"] = notes
         return config
 
-    def _model(self, config: dict[str, Any], version: str) -> Any:
-        import torch
-
-        clean = {k: v for k, v in config.items() if not k.startswith("_")}
-        with torch.device("meta"):
-            if version == "v2":
-                return load_class(self.v2_class)(clean)
-            return load_class(self.legacy_classes[version])(clean)
-
     def expected(self, config: dict[str, Any], version: str) -> Expected:
-        model = self._model(config, version)
-        shapes = OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict(keep_vars=True).items())
-        params = {n for n, _ in model.named_parameters()}
-        ints = {k for k in shapes if k.endswith("num_batches_tracked")}
-        return Expected(shapes, {k for k in shapes if k not in params}, ints)
+        """The state dict of the `version` class for `config`, computed without torch (see families/layout.py)."""
+        legacy = version != "v2"
+        h, n, classes = config["hidden_size"], config["input_tab_dim"], config["num_classes"]
+        b = LayoutBuilder()
+        if not legacy:
+            b.buffer("class_weights_tensor", classes)
+        self.text_layout(b, "text_projection" if legacy else "text_encoder", config, legacy)
+        tab = "tab_projection" if legacy else "tab_encoder"
+        b.batch_norm(f"{tab}.0", n).linear(f"{tab}.1", 2 * h, n)
+        b.linear(f"{tab}.4", 2 * h, 2 * h).norm(f"{tab}.5", 2 * h)
+        self.head_layout(b, "net" if legacy else "classifier", h, 1 if legacy else classes, legacy)
+        if not legacy:
+            b.buffer("loss_fn.weight", classes)
+        return b.build()
+
+    def text_layout(self, b: LayoutBuilder, pre: str, config: dict[str, Any], legacy: bool) -> None:
+        raise NotImplementedError
+
+    def head_layout(self, b: LayoutBuilder, pre: str, h: int, outputs: int, legacy: bool) -> None:
+        raise NotImplementedError
 
     def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
         return {k: v for k, v in config.items() if not k.startswith("_")} if version == "v2" else {}
@@ -131,6 +138,22 @@ class LSTM2RiskFamily(_Names3RiskFamily):
     marker = {"v1": "text_projection.lstm.weight_ih_l0", "v2": "text_encoder.lstm.weight_ih_l0"}
     v2_class = "athelas_migrate.models.names3risk:LSTM2Risk"
     legacy_classes = {"v1": "legacy.names3risk:LSTM2Risk"}
+
+    def text_layout(self, b: LayoutBuilder, pre: str, config: dict[str, Any], legacy: bool) -> None:
+        h, e = config["hidden_size"], config["embedding_size"]
+        b.embedding(f"{pre}.{'token_embedding_table' if legacy else 'token_embedding'}", config["n_embed"], e)
+        b.lstm(f"{pre}.lstm", e, h, config["n_lstm_layers"], bidirectional=True)
+        b.linear(f"{pre}.{'lstm_pooling' if legacy else 'pooling'}.attention", 1, 2 * h)
+        b.norm(f"{pre}.{'lstm_norm' if legacy else 'norm'}", 2 * h)
+
+    def head_layout(self, b: LayoutBuilder, pre: str, h: int, outputs: int, legacy: bool) -> None:
+        w = 4 * h
+        for i in (0, 3, 6):
+            block = f"{pre}.{i}.ffwd" if legacy else f"{pre}.{i}"
+            b.norm(f"{block}.0" if legacy else f"{block}.norm", w)
+            b.linear(f"{block}.1" if legacy else f"{block}.ffn.0", 4 * w, w)
+            b.linear(f"{block}.3" if legacy else f"{block}.ffn.2", w, 4 * w)
+        b.linear(f"{pre}.9", h, w).linear(f"{pre}.12", outputs, h)
 
     def text_sizes(self, sd: dict, text: str, version: str) -> dict[str, Any]:
         return {"hidden_size": int(sd[f"{text}lstm.weight_hh_l0"].shape[1]),
@@ -143,6 +166,36 @@ class Transformer2RiskFamily(_Names3RiskFamily):
               "v2": "text_encoder.blocks.0.self_attn.heads.0.qkv.weight"}
     v2_class = "athelas_migrate.models.names3risk:Transformer2Risk"
     legacy_classes = {"v1": "legacy.names3risk:Transformer2Risk"}
+
+    def text_layout(self, b: LayoutBuilder, pre: str, config: dict[str, Any], legacy: bool) -> None:
+        h, e, heads = config["hidden_size"], config["embedding_size"], config["n_heads"]
+        b.embedding(f"{pre}.{'token_embedding_table' if legacy else 'token_embedding'}", config["n_embed"], e)
+        b.embedding(f"{pre}.{'position_embedding_table' if legacy else 'position_embedding'}", config["max_sen_len"], e)
+        for i in range(config["n_blocks"]):
+            block = f"{pre}.blocks.{i}"
+            attn = f"{block}.{'sa' if legacy else 'self_attn'}"
+            ffn = f"{block}.{'ffwd' if legacy else 'ffn'}.net"
+            if not legacy:
+                b.norm(f"{block}.ln1", e)
+            for j in range(heads):
+                b.param(f"{attn}.heads.{j}.qkv.weight", 3 * (e // heads), e)
+            b.linear(f"{attn}.proj", e, e)
+            if not legacy:
+                b.norm(f"{block}.ln2", e)
+            b.linear(f"{ffn}.0", 4 * e, e).linear(f"{ffn}.3", e, 4 * e)
+            if legacy:
+                b.norm(f"{block}.ln1", e).norm(f"{block}.ln2", e)
+        if legacy:
+            b.linear(f"{pre}.tab_layer", h, config["input_tab_dim"])
+        b.linear(f"{pre}.{'attention_pooling' if legacy else 'pooling'}.attention", 1, e)
+        b.linear(f"{pre}.proj", 2 * h, e)
+
+    def head_layout(self, b: LayoutBuilder, pre: str, h: int, outputs: int, legacy: bool) -> None:
+        w = 4 * h
+        for i in (0, 3, 6, 9):
+            block = f"{pre}.{i}.net" if legacy else f"{pre}.{i}.ffn"
+            b.linear(f"{block}.0", w, w).linear(f"{block}.2", w, w)
+        b.linear(f"{pre}.12", outputs, w)
 
     def text_sizes(self, sd: dict, text: str, version: str) -> dict[str, Any]:
         attn = "sa" if version == "v1" else "self_attn"
@@ -157,8 +210,5 @@ class Transformer2RiskFamily(_Names3RiskFamily):
                 "n_heads": heads, "hidden_size": int(sd[f"{text}proj.weight"].shape[0]) // 2}
 
 
-def _register() -> None:
-    from . import register
-
-    for fam in (LSTM2RiskFamily(), Transformer2RiskFamily()):
-        register(fam)
+#: What this module adds to the registry (athelas_migrate.families.FAMILIES).
+FAMILIES: tuple[Family, ...] = (LSTM2RiskFamily(), Transformer2RiskFamily())

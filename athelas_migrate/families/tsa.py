@@ -122,8 +122,5 @@ class TSADualSeqFamily(_TSAFamily):
                "v0": "models.TwoSeqMoEOrderFeatureAttentionClassifier"}
 
 
-def _register() -> None:
-    from . import register
-
-    for fam in (TSASingleSeqFamily(), TSADualSeqFamily()):
-        register(fam)
+#: What this module adds to the registry (athelas_migrate.families.FAMILIES).
+FAMILIES: tuple[Family, ...] = (TSASingleSeqFamily(), TSADualSeqFamily())

@@ -188,6 +188,28 @@ def _file_storage(path: str) -> Any:
     return t
 
 
+_STRUCT = {"float32": "<f", "float64": "<d", "float16": "<e", "int64": "<q", "int32": "<i", "int16": "<h",
+           "int8": "<b", "uint8": "<B", "bool": "<?"}
+
+
+def _encode_scalar(value: float | int | bool, dtype: str) -> bytes:
+    """One little-endian element of `dtype` holding `value`."""
+    import struct
+
+    if dtype == "bfloat16":  # the upper half of the float32, rounded to nearest even
+        bits = struct.unpack("<I", struct.pack("<f", float(value)))[0]
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 if (bits & 0x7F800000) != 0x7F800000 else bits >> 16
+        return struct.pack("<H", bits & 0xFFFF)
+    if dtype not in _STRUCT:
+        raise ValueError(f"cannot encode a {dtype} constant")
+    if dtype not in FLOAT_DTYPES and dtype != "bool" and value != int(value):
+        raise ValueError(f"{value!r} is not a {dtype}")
+    try:
+        return struct.pack(_STRUCT[dtype], value if dtype in FLOAT_DTYPES or dtype == "bool" else int(value))
+    except (struct.error, OverflowError) as exc:
+        raise ValueError(f"{value!r} does not fit a {dtype}: {exc}") from exc
+
+
 @dataclass(eq=False)
 class TensorRef:
     """A tensor view on a StorageRef, as torch's `_rebuild_tensor_v2` describes it."""
@@ -257,10 +279,26 @@ class TensorRef:
 
     def raw_bytes(self) -> bytes | memoryview:
         """The view's values in row-major order, as bytes (decoded via torch only if strided)."""
+        if self.numel == 0:  # whatever its strides say, an empty view has no bytes (and needs no torch)
+            return b""
         span = self.byte_range()
         if span is not None:
             return self.storage.read()[span[0] : span[1]]
         return self.to_torch().contiguous().numpy().tobytes()  # pragma: no cover - rare
+
+    def holds_constant(self, fill: float | int | bool) -> bool:
+        """Whether every element equals `fill` (as `(t == fill).all()`, so true when empty), decided by numpy:
+        checking a constant is part of migrating, which never imports torch."""
+        import numpy as np
+
+        if self.numel == 0:
+            return True
+        raw = self.raw_bytes()
+        if self.dtype == "bfloat16":  # numpy has no bfloat16: it is the upper half of a float32
+            values = (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
+        else:
+            values = np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
+        return bool((values == fill).all())
 
     def digest(self) -> str:
         """sha256 of dtype, shape and values: equal digests prove equal tensors."""
@@ -291,6 +329,33 @@ class TensorRef:
         typed = flat.view(dtype)  # as_strided offsets count from the start of the underlying storage
         out = torch.as_strided(typed, self.shape, self.stride, typed.storage_offset() + self.offset)
         return out.clone() if copy else out
+
+    @classmethod
+    def from_bytes(cls, data: bytes, dtype: str, shape: tuple[int, ...] | list[int],
+                   is_parameter: bool = False) -> TensorRef:
+        """A contiguous tensor of `shape` whose row-major values are `data`: what rules that only move bytes
+        (a zero row, a constant) build, so that they need no torch."""
+        shape = tuple(int(d) for d in shape)
+        stride, acc = [], 1
+        for size in reversed(shape):
+            stride.append(acc)
+            acc *= size
+        if len(data) != acc * DTYPES[dtype][0]:
+            raise ValueError(f"{len(data)} bytes do not hold a {dtype} tensor of shape {list(shape)}")
+        return cls(StorageRef(dtype=dtype, numel=acc, data=bytes(data)), 0, shape, tuple(reversed(stride)),
+                   False, is_parameter)
+
+    @classmethod
+    def full(cls, shape: tuple[int, ...] | list[int], fill: float | int | bool, dtype: str) -> TensorRef:
+        """`torch.full(shape, fill, dtype=dtype)` without torch (floats rounded to nearest even, as torch does).
+
+        Raises:
+            ValueError: `fill` is not exactly representable in an integer `dtype`, or `dtype` is complex.
+        """
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        return cls.from_bytes(_encode_scalar(fill, dtype) * numel, dtype, shape)
 
     @classmethod
     def from_torch(cls, tensor: Any, is_parameter: bool = False) -> TensorRef:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import AUROC, Accuracy, F1Score, MetricCollection
 
+from ..errors import UsageError
 from .config import resolve_config
 
 __all__ = ["AthelasModule", "LAYOUT_VERSION", "STAMP_KEY"]
@@ -211,10 +212,10 @@ class AthelasModule(pl.LightningModule):
         """
         from lightning.pytorch.core.saving import _load_state
 
-        from .safe_load import device_of, read_checkpoint_dict
+        from ..hooks import checkpoint_reader
 
         del weights_only  # always the restricted reader
-        checkpoint = read_checkpoint_dict(checkpoint_path, overrides, cls)
+        checkpoint = checkpoint_reader()(checkpoint_path, overrides, cls)
         if hparams_file is not None:
             checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = _read_hparams_file(hparams_file)
         checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
@@ -224,21 +225,19 @@ class AthelasModule(pl.LightningModule):
         return model.to(device) if device is not None else model
 
 
-def check_family(cls: type, family: str, version: str, path: str) -> None:
-    """Refuse a checkpoint of another family before migrating it, naming the class that loads it (else the
-    migration succeeds and Lightning fails later with a list of unexpected keys)."""
-    from .. import models
-    from ..errors import UsageError
-    from ..families import get_family
-    from ..families.base import load_class
+def device_of(map_location: Any) -> Any:
+    """Where the model goes: a device for None/str/int/torch.device, or a {'cpu': target} mapping's target.
 
-    right = load_class(get_family(family).v2_class)
-    if isinstance(cls, type) and issubclass(cls, right):
-        return
-    public = f"athelas_migrate.models.{right.__name__}" if getattr(models, right.__name__, None) is right else \
-        f"{right.__module__}.{right.__qualname__}"
-    raise UsageError(f"{path} is a {family} checkpoint (layout {version}), not a {cls.__name__} one: load it with "
-                     f"{public}.load_from_checkpoint(...) (or athelas_migrate.load_model(path), which picks the class)")
+    The reader decodes every tensor on the CPU, so only mappings from the CPU mean anything."""
+    if map_location is None:
+        return None
+    if isinstance(map_location, str | int | torch.device):
+        return torch.device(map_location)
+    if isinstance(map_location, Mapping):
+        target = map_location.get("cpu")
+        return torch.device(target) if target is not None else None
+    raise UsageError("map_location: a device, a device name or a {'cpu': device} mapping is supported "
+                     f"(got {type(map_location).__name__}); the checkpoint is read on the CPU")
 
 
 def _read_hparams_file(path: Any) -> dict[str, Any]:
@@ -247,7 +246,6 @@ def _read_hparams_file(path: Any) -> dict[str, Any]:
 
     import yaml
 
-    from ..errors import UsageError
 
     ext = os.fspath(path).rsplit(".", 1)[-1].lower()
     if ext == "csv":

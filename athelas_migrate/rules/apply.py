@@ -136,36 +136,39 @@ def _float_dtype(produced: OrderedDict[str, TensorRef]) -> str:
 def _create(rule: StateRule, key: str, params: dict[str, Any], produced: OrderedDict[str, TensorRef],
             events: list[KeyEvent], config: dict[str, Any] | None, op: str = "create") -> None:
     """Add a constant tensor (`fill` everywhere) under `key`, in the model's floating dtype unless stated."""
-    import torch
 
     if key in produced:
         raise RuleError(f"{rule.source}: {op}d key {key} already exists")
     shape = _shape(params["shape"], config, rule.source)
     dtype = params.get("dtype") or _float_dtype(produced)
-    produced[key] = TensorRef.from_torch(torch.full(shape, params["fill"], dtype=getattr(torch, dtype)), False)
+    try:
+        produced[key] = TensorRef.full(shape, params["fill"], dtype)
+    except ValueError as exc:
+        raise RuleError(f"{rule.source}: {exc}") from exc
     events.append(KeyEvent(rule.source, op, [], [key], rule.reason))
 
 
 def _check_constant(rule: StateRule, key: str, tensor: TensorRef) -> list[str]:
     """The inverse of `create` drops a key the forward edge made; say so when it no longer holds the constant."""
-    t = tensor.to_torch()
     fill = rule.params["check_fill"]
-    if t.numel() and bool((t == fill).all()):
+    if tensor.numel and tensor.holds_constant(fill):
         return []
+    values = tensor.to_torch().flatten()[:6].tolist()
     return [f"{rule.source}: {key} no longer holds the constant {fill} that the forward edge created "
-            f"(values {t.flatten()[:6].tolist()}); the older layout has no place for it, so it is dropped"]
+            f"(values {values}); the older layout has no place for it, so it is dropped"]
 
 
 def _head_op(rule: StateRule, key: str, tensor: TensorRef) -> tuple[TensorRef, str]:
-    """widen_head: `[1, ...]` -> `[0 ; w]` (logit 0 is exactly 0, so softmax[:, 1] = sigmoid(z));
+    """widen_head: `[1, ...]` -> `[0 ; w]` (logit 0 is exactly 0, so softmax[:, 1] = sigmoid(z)), a byte copy;
     narrow_head: `[2, ...]` -> `w1 - w0` (the same decision function, `sigmoid(z1 - z0)`, with one logit)."""
-    import torch
+    if rule.op == "widen_head":
+        if not tensor.shape or tensor.shape[0] != 1:
+            raise RuleError(f"{rule.source}: widen_head needs a one-row head, {key} is {list(tensor.shape)}")
+        zero_row = bytes(tensor.nbytes)  # +0.0 is all zero bits in every float format
+        return TensorRef.from_bytes(zero_row + bytes(tensor.raw_bytes()), tensor.dtype,
+                                    (2, *tensor.shape[1:]), tensor.is_parameter), ""
 
     t = tensor.to_torch()
-    if rule.op == "widen_head":
-        if t.dim() == 0 or t.shape[0] != 1:
-            raise RuleError(f"{rule.source}: widen_head needs a one-row head, {key} is {list(t.shape)}")
-        return TensorRef.from_torch(torch.cat([torch.zeros_like(t), t], 0), tensor.is_parameter), ""
     if t.dim() == 0 or t.shape[0] != 2:
         raise RuleError(f"{rule.source}: narrow_head needs a two-row head, {key} is {list(t.shape)}")
     note = ""
@@ -226,7 +229,7 @@ def _check_restorable(rule: StateRule, before: OrderedDict[str, TensorRef], afte
     if rule.restore.get("value") == "fill":
         key, fill = rule.restore["key"], rule.restore["fill"]
         t = before.get(key)
-        if t is not None and not bool((t.to_torch() == fill).all()):
+        if t is not None and not t.holds_constant(fill):
             if rule.restore.get("strict"):
                 from ..errors import ValidationError
 

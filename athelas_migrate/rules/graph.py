@@ -1,4 +1,9 @@
-"""The version graph: rule files are its edges; a plan is the shortest path between two versions."""
+"""The version graph: rule files are its edges; a plan is the shortest path between two versions.
+
+The graph is validated once, when the rule files load (like Alembic's RevisionMap): per family the forward
+edges form no cycle and end in exactly one head, the newest layout. To add a layout version, add one rule file
+`mappings/<Family>/<old>-<new>.toml` whose target is the new head, and set the family's `latest` to it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections import deque
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import RuleError, UsageError
+from ..errors import RuleError, UsageError, VersionGraphError
 from .inverse import invert_file
 from .schema import RuleFile, parse_rule_file
 
@@ -32,16 +37,53 @@ def load_rule_files(root: str | None = None) -> tuple[RuleFile, ...]:
         if key in seen:
             raise RuleError(f"two rule files for {rf.family} {rf.edge[0]}->{rf.edge[1]}: {seen[key]} and {rf.name}")
         seen[key] = rf.name
+    for family in sorted({rf.family for rf in files}):
+        _head_of([rf for rf in files if rf.family == family], family)
     return tuple(files)
+
+
+def _head_of(edges: list[RuleFile], family: str) -> str:
+    """The one version no forward edge leaves, after checking the forward edges form no cycle.
+
+    Raises:
+        VersionGraphError: a cycle, or not exactly one head."""
+    forward: dict[str, set[str]] = {}
+    for rf in edges:
+        forward.setdefault(rf.source_version, set()).add(rf.target_version)
+        forward.setdefault(rf.target_version, set())
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(v: str, path: tuple[str, ...]) -> None:
+        state[v] = 1
+        for w in sorted(forward[v]):
+            if state.get(w) == 1:
+                cycle = (*path[path.index(w):], w) if w in path else (v, w)
+                names = tuple(rf.name for rf in edges if rf.source_version in cycle and rf.target_version in cycle)
+                raise VersionGraphError(f"{family}: the rule files form a cycle {' -> '.join(cycle)} "
+                                        f"({', '.join(names)})", family, cycle, names)
+            if w not in state:
+                visit(w, (*path, w))
+        state[v] = 2
+
+    for v in sorted(forward):
+        if v not in state:
+            visit(v, (v,))
+    heads = tuple(sorted(v for v, nxt in forward.items() if not nxt))
+    if len(heads) != 1:
+        raise VersionGraphError(f"{family}: the rule files end in {len(heads)} newest versions ({', '.join(heads)}); "
+                                "every version must lead to one head", family, heads,
+                                tuple(rf.name for rf in edges))
+    return heads[0]
+
+
+def head(family: str, root: str | None = None) -> str | None:
+    """The newest layout version of `family` in the rule files (None: the family has no rule files)."""
+    edges = family_edges(family, root)
+    return _head_of(edges, family) if edges else None
 
 
 def family_edges(family: str, root: str | None = None) -> list[RuleFile]:
     return [rf for rf in load_rule_files(root) if rf.family == family]
-
-
-def versions(family: str, root: str | None = None) -> list[str]:
-    vs = {v for rf in family_edges(family, root) for v in rf.edge}
-    return sorted(vs)
 
 
 def plan_path(family: str, source: str, target: str, root: str | None = None) -> list[RuleFile]:

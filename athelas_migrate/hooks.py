@@ -1,0 +1,34 @@
+"""Late-bound services: how the plain model layer reaches the migration engine above it without importing it.
+
+`AthelasModule.load_from_checkpoint` needs the engine (restricted reader, detection, in-memory migration), but
+the models must never import the engine (the import graph flows one way; tests/test_architecture.py). So the
+models call `checkpoint_reader()`, and the package (`athelas_migrate/__init__.py`, which runs before any
+submodule) installs the engine's reader. To change how models load files, install another reader here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+#: (source, overrides, cls) -> the v2 checkpoint dict with torch tensors; see athelas_migrate.materialise.
+CheckpointReader = Callable[[Any, "Mapping[str, Any] | None", "type | None"], dict[str, Any]]
+
+_reader: CheckpointReader | None = None
+
+
+def install_checkpoint_reader(reader: CheckpointReader) -> None:
+    """Make `reader` the function `AthelasModule.load_from_checkpoint` reads files with."""
+    global _reader
+    _reader = reader
+
+
+def checkpoint_reader() -> CheckpointReader:
+    """The installed reader.
+
+    Raises:
+        RuntimeError: none is installed (only possible if the package's `__init__` did not run).
+    """
+    if _reader is None:
+        raise RuntimeError("no checkpoint reader installed (athelas_migrate/__init__.py installs it)")
+    return _reader

@@ -1,0 +1,89 @@
+"""Every registered family is complete: a legacy class per old version, the refactored class, a rule chain from
+every version to the newest, `latest` equal to the rule graph's head, a verify adapter, an ONNX input spec and a
+fixture. And the version graph is validated when the rule files load (one head, no cycle)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import FIXTURES
+
+from athelas_migrate.errors import VersionGraphError
+from athelas_migrate.families import FAMILIES
+from athelas_migrate.families.base import load_class
+from athelas_migrate.rules.graph import head, load_rule_files, plan_path
+
+#: Recognised so that they can be refused with a reason (no exact migration exists); they have no rules.
+REFUSED = {"TSASingleSeq", "TSADualSeq"}
+MIGRATABLE = sorted(set(FAMILIES) - REFUSED)
+
+
+def _fixture_families() -> set[str]:
+    return {e["family"] for m in FIXTURES.glob("*manifest.json") for e in json.loads(m.read_text())}
+
+
+def test_the_refused_families_have_no_rules():
+    assert REFUSED <= set(FAMILIES)
+    assert all(head(name) is None for name in REFUSED)
+
+
+@pytest.mark.parametrize("name", MIGRATABLE)
+def test_family_is_complete(name):
+    from athelas_migrate.equivalence.adapters import get_adapter
+    from athelas_migrate.export import INPUT_SPECS
+    from athelas_migrate.models import AthelasModule
+
+    fam = FAMILIES[name]
+    assert head(name) == fam.latest, "the family's newest layout must be its rule graph's head"
+    target = load_class(fam.v2_class)
+    assert issubclass(target, AthelasModule)
+    assert fam.legacy_classes, "a legacy class per old version"
+    for version, classpath in fam.legacy_classes.items():
+        assert load_class(classpath) is not None
+        assert plan_path(name, version, fam.latest), f"no rule chain {version} -> {fam.latest}"
+    assert get_adapter(name) is not None, "a verify adapter (athelas_migrate.equivalence)"
+    assert target.__name__ in INPUT_SPECS, "an ONNX input spec (athelas_migrate.export.register_input_spec)"
+    assert name in _fixture_families(), "a fixture listed in a fixtures/*manifest.json"
+
+
+def _rule_file(root, family, source, target):
+    folder = root / family
+    folder.mkdir(exist_ok=True)
+    (folder / f"{source}-{target}.toml").write_text(
+        f'family = "{family}"\nfrom = "{source}"\nto = "{target}"\ndescription = "test"\n\n'
+        "[[rules]]\nid = \"all\"\nop = \"rename\"\nmatch = '^(.*)$'\nto = '\\1'\n")
+
+
+def test_a_cycle_in_the_rule_files_is_refused_when_they_load(tmp_path):
+    for source, target in (("v0", "v1"), ("v1", "v2"), ("v2", "v0")):
+        _rule_file(tmp_path, "Toy", source, target)
+    with pytest.raises(VersionGraphError, match="cycle") as info:
+        load_rule_files(str(tmp_path))
+    assert info.value.family == "Toy" and set(info.value.versions) == {"v0", "v1", "v2"}
+
+
+def test_two_heads_are_refused_when_the_rule_files_load(tmp_path):
+    _rule_file(tmp_path, "Toy", "v0", "v1")
+    _rule_file(tmp_path, "Toy", "v0", "v2")
+    with pytest.raises(VersionGraphError, match="2 newest versions") as info:
+        load_rule_files(str(tmp_path))
+    assert info.value.versions == ("v1", "v2")
+
+
+def test_a_latest_that_is_not_the_head_is_refused(monkeypatch):
+    from athelas_migrate.pipeline import check_latest
+
+    fam = FAMILIES["TabAE"]
+    check_latest(fam)
+    monkeypatch.setattr(fam, "latest", "v1")
+    with pytest.raises(VersionGraphError, match="end at v2") as info:
+        check_latest(fam)
+    assert info.value.family == "TabAE"
+
+
+def test_the_fusion_whitelist_copy_equals_the_legacy_one():
+    from athelas_migrate.families.bert import LEGACY_SAVED_HPARAMS
+    from legacy.bert._common import SAVED_HPARAM_KEYS
+
+    assert LEGACY_SAVED_HPARAMS == SAVED_HPARAM_KEYS
