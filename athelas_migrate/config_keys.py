@@ -37,6 +37,19 @@ KEY_TYPES: dict[str, str] = {
 }
 
 
+#: Element kind of each list-typed key (what a file's value is checked against, see io.values).
+LIST_ITEMS: dict[str, str] = {"tab_field_list": "strings", "metric_choices": "strings", "kernel_size": "ints",
+                              "num_channels": "ints", "class_weights": "numbers"}
+
+
+def file_kinds() -> dict[str, str]:
+    """Key -> the kind io.values checks a value read from a file against (one schema for files and --set)."""
+    simple = {STR: "string", INT: "int", NUMBER: "number", BOOL: "boolean", OBJECT: "mapping"}
+    kinds = {k: LIST_ITEMS.get(k, "list") if t == LIST else simple[t] for k, t in KEY_TYPES.items()}
+    kinds["config"] = "mapping"
+    return kinds
+
+
 def parse_typed(key: str, text: str, allow_unknown: bool = False) -> Any:
     """The value of `--set KEY=TEXT`, parsed for KEY's type.
 

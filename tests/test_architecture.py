@@ -139,7 +139,7 @@ def test_no_import_cycles():
 #: (equivalence, export, train, batch, api, cli, ...) are the top. `models`/`components` are plain PyTorch: they
 #: reach the engine only through `athelas_migrate.hooks`, which the package installs.
 LAYERS = [
-    ("base", ("errors", "_version", "hooks")),
+    ("base", ("errors", "_version", "hooks", "config_keys")),
     ("io", ("io", "outputs")),
     ("rules", ("rules",)),
     ("models", ("models", "components")),

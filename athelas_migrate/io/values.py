@@ -250,24 +250,15 @@ _KINDS: dict[str, tuple[str, Any]] = {
         isinstance(v, list | tuple) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v))),
     "strings": ("a list of strings", lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)),
     "mapping": ("a mapping", lambda v: isinstance(v, dict)),
+    "list": ("a list", lambda v: isinstance(v, list | tuple)),
 }
 
 
-def _kind_of_default(default: Any) -> str:
-    for kind, test in (("boolean", bool), ("int", int), ("number", float), ("string", str)):
-        if isinstance(default, test):
-            return kind
-    return "ints"
-
-
 def hparam_kinds() -> dict[str, str]:
-    """Hyper-parameter name -> kind: the CNN defaults table is the schema, plus the keys without a default."""
-    from ..models.config import CONFIG_DEFAULTS  # pure Python, no torch
+    """Hyper-parameter name -> kind: the typed key table that `--set` uses too (config_keys)."""
+    from ..config_keys import file_kinds
 
-    kinds = {k: _kind_of_default(d) for k, d in CONFIG_DEFAULTS.items() if d is not None}
-    kinds.update(class_weights="numbers", tab_field_list="strings", tokenizer="string", text_tokenizer="string",
-                 primary_tokenizer="string", secondary_tokenizer="string", config="mapping")
-    return kinds
+    return file_kinds()
 
 
 def check_hparam_types(hp: Mapping[str, Any], path: str, where: str, error: type[Exception] = InputError) -> None:
