@@ -189,4 +189,4 @@ def build_audit(result: MigrationResult) -> AuditReport:
         rows=rows, restored=restored,
         hparam_edits=result.hparam_notes + _hparam_diff(result.raw.hyper_parameters, result.hyper_parameters),
         notes=result.notes, warnings=result.warnings,
-        optimizer_moves=[list(m) for m in result.optimizer_moves])
+        optimizer_moves=[list(m) for m in getattr(result, "optimizer_moves", [])])

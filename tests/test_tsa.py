@@ -144,5 +144,5 @@ def test_cli_refusal_is_one_line_and_explain_lists_the_differences(tmp_path):
     assert explained.returncode == 3 and "exp((t_i - t_j) / 1e6)" in explained.stderr
     assert explained.stderr.count("\n  - ") == len(DIFFERENCES)
     batch = subprocess.run(run + ["batch", str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True)
-    assert batch.returncode == 3 and "no exact migration" in batch.stdout + batch.stderr
+    assert batch.returncode == 3 and "no exact migration" in " ".join((batch.stdout + batch.stderr).split())
     assert not (tmp_path / "o.ckpt").exists() and not list((tmp_path / "out").rglob("*.ckpt"))
