@@ -121,7 +121,6 @@ class ZipWriter:
         self.central: list[tuple[str, int, int, int]] = []  # name, crc, size, header offset
         self._src: dict[str, int] = {}
         self._unshared: set[str] = set()  # sources this destination cannot share blocks with (tried once)
-        self.shared_bytes = 0  # bytes cloned rather than copied (reported by the benchmark)
 
     def _write(self, data: bytes) -> None:
         self.fh.write(data)
@@ -161,11 +160,8 @@ class ZipWriter:
         os.lseek(dst_fd, self.pos, os.SEEK_SET)
         what, dst = f"{member.src_path}: record {member.name!r}", getattr(self.fh, "dst", "")
         if member.size >= PAGE_MATCH_MIN and member.src_path not in self._unshared:
-            shared = copy_shared(src_fd, dst_fd, member.src_offset, member.size, what, dst)
-            if shared is None:
+            if copy_shared(src_fd, dst_fd, member.src_offset, member.size, what, dst) is None:
                 self._unshared.add(member.src_path)
-            else:
-                self.shared_bytes += shared
         else:
             copy_range(src_fd, dst_fd, member.src_offset, member.size, what, dst)
         self.pos += member.size
@@ -253,16 +249,16 @@ def copy_shared(src_fd: int, dst_fd: int, src_off: int, size: int, what: str, ds
     if end <= start:
         copy_range(src_fd, dst_fd, src_off, size, what, dst)
         return 0
-    copy_range(src_fd, dst_fd, src_off, start - src_off, what, dst)  # the head, up to a block boundary
-    try:
+    try:  # the interior first: where this is refused, the record is copied exactly as without cloning
         clone_range(src_fd, dst_fd, start, end - start, dst_pos + start - src_off)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise output_error(dst, exc) from exc
         # not supported here (EOPNOTSUPP, EXDEV, EINVAL, ENOTTY...) or a source shorter than the record:
-        # the plain copy of the rest says which (a short source is an InputError there)
-        copy_range(src_fd, dst_fd, start, src_off + size - start, what, dst)
+        # the plain copy says which (a short source is an InputError there)
+        copy_range(src_fd, dst_fd, src_off, size, what, dst)
         return None
+    copy_range(src_fd, dst_fd, src_off, start - src_off, what, dst)  # the head, up to a block boundary
     os.lseek(dst_fd, dst_pos + end - src_off, os.SEEK_SET)
     copy_range(src_fd, dst_fd, end, src_off + size - end, what, dst)  # the tail
     return end - start
