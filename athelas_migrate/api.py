@@ -90,15 +90,18 @@ def build_v2_model(result: MigrationResult) -> Any:
     """Instantiate the refactored class of `result` and load its state strictly, memory-mapped.
 
     Tensors are assigned from the file (memory-mapped copy-on-write), so the weights are
-    never read into a second copy; only the fresh model's initial values are allocated.
+    never read into a second copy; the fresh model is built without initial values (the strict
+    load replaces every one), so its tensors are never written and cost no memory.
     """
     import torch
 
+    from .equivalence.memory import skip_init
     from .families.base import load_class
 
     cls = load_class(result.family.v2_class)
     state = {k: t.to_torch(copy=False) for k, t in result.state.items()}
-    model = cls(**result.hyper_parameters)
+    with skip_init():
+        model = cls(**result.hyper_parameters)
     model.load_state_dict(state, strict=True, assign=True)
     if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
         model = model.float()  # CPU kernels need float32; the values are the fp16-rounded weights

@@ -31,13 +31,14 @@ from .compare import compare
 from .domain import run_domain
 from .inputs import load_inputs
 from .localize import capture, localise, pair_modules
+from .memory import compute_parameters, skip_init
 from .report import ERROR, EXPECTED, FAIL, PASS, SKIP, Check, OutputDiff, Section, VerifyReport
 from .training import run_training
 
 #: floors of (atol, rtol) for weights stored in reduced precision (their unit roundoff, about)
 DTYPE_TOLERANCE = {"float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
 SHAPE_KEYS = {"vocab_size", "embed_size", "input_tab_dim"}
-SMALL_MODEL = 2_000_000  # parameters; below this, one CPU thread is faster than several
+SMALL_MODEL = 2_000_000  # parameters outside embedding tables; below this, one CPU thread is faster than several
 #: checks a user may opt out of (`--skip-check NAME`); anything else that cannot run is an error
 SKIPPABLE = ("training", "domain", "optimizer")
 
@@ -264,7 +265,8 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
         state[k] = x.to(compute_dtype) if x.is_floating_point() and x.dtype != compute_dtype else x
     cls_path = fam.legacy_classes[det.version]
     try:
-        old_model = adapter.build_old(ctx, state)
+        with skip_init():  # every value comes from OLD (strict load): random initial values would be waste
+            old_model = adapter.build_old(ctx, state)
     except Exception as exc:
         raise CannotVerifyError(f"cannot rebuild the legacy model {cls_path} from OLD: {type(exc).__name__}: "
                                 f"{exc}") from exc
@@ -285,7 +287,7 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
                     f"{len(raw_new.state_dict)} tensors", duration_s=time.perf_counter() - t))
     old_model.to(dev).eval()
     new_model.to(dev).eval()
-    n_params = sum(p.numel() for p in new_model.parameters())
+    n_params = compute_parameters(new_model)  # an embedding table is a lookup: it does not make threads pay
     if threads is None and n_params < SMALL_MODEL:
         threads = 1
     if threads:
