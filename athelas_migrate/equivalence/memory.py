@@ -70,9 +70,9 @@ def sparse_embedding_grads(*models: nn.Module) -> Iterator[None]:
 
 
 def touched_rows(grad: torch.Tensor) -> torch.Tensor:
-    """Sorted indices of the rows of `grad` that can be non-zero (stored rows of a sparse gradient)."""
+    """Sorted indices (on the CPU) of the rows of `grad` that can be non-zero (a sparse gradient's stored rows)."""
     if grad.is_sparse:
-        return grad.coalesce().indices()[0]
+        return grad.coalesce().indices()[0].cpu()
     flat = grad.detach().reshape(grad.shape[0], -1)
     return torch.nonzero(flat.ne(0).any(dim=1)).reshape(-1).cpu()
 
