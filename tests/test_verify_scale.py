@@ -134,3 +134,32 @@ def test_skip_init_leaves_values_to_the_strict_load():
     m.load_state_dict(ref.state_dict(), strict=True, assign=True)
     assert torch.equal(m.weight, ref.weight)
     assert nn.init.normal_(torch.zeros(2)).abs().sum() > 0  # restored afterwards
+
+
+class _CustomSGD(torch.optim.SGD):
+    """Not a torch.optim class: the runner cannot assume its update is elementwise."""
+
+
+def test_other_optimizers_step_private_copies_of_file_backed_parameters(tmp_path):
+    from athelas_migrate.equivalence.training import _elementwise, _in_place_step
+    from athelas_migrate.io.reader import read_checkpoint
+
+    src = _model(50, 4, 2)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    raw = read_checkpoint(tmp_path / "w.pt")
+    models = []
+    for _ in range(2):
+        m = _model(50, 4, 3)
+        m.load_state_dict({k: r.to_torch(copy=False) for k, r in raw.state_dict.items()}, strict=True, assign=True)
+        with sparse_embedding_grads(m):
+            m(torch.tensor([[1, 2, 3]])).sum().backward()
+        models.append(m)
+    opts = [_CustomSGD(m.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1) for m in models]
+    assert not _elementwise(opts[0]) and _elementwise(torch.optim.SGD(models[0].parameters(), lr=0.1))
+    pairs = [(n, p, q) for (n, p), q in zip(models[0].named_parameters(), models[1].parameters())]
+    after = _in_place_step(pairs, models[0], models[1], *opts)
+    for name, a, b in after:
+        assert torch.equal(a, b) and not torch.equal(a, src.state_dict()[name])  # stepped, alike
+    again = read_checkpoint(tmp_path / "w.pt")  # the file's pages are untouched
+    for k, r in again.state_dict.items():
+        assert torch.equal(r.to_torch(copy=False), src.state_dict()[k])
