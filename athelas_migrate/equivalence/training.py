@@ -260,15 +260,15 @@ def _proxy_step(pairs: list, opt_o: Any, opt_n: Any) -> tuple[list, list[str]]:
         for group in opt.param_groups:
             params = []
             for p in group["params"]:
-                rows = rows_for.get(id(p), step_rows(p.shape, p.grad))
-                proxy[id(p)] = _proxy(p, rows)
+                if id(p) not in rows_for:  # a parameter without a partner (the gradients check named it)
+                    rows_for[id(p)] = step_rows(p.shape, p.grad)
+                proxy[id(p)] = _proxy(p, rows_for[id(p)])
                 params.append(proxy[id(p)])
             groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
         stepper = type(opt)(groups)
         for p, state in opt.state.items():
             if id(p) in proxy:
-                stepper.state[proxy[id(p)]] = {k: _slice(v, p, rows_for.get(id(p), step_rows(p.shape, p.grad)))
-                                               for k, v in state.items()}
+                stepper.state[proxy[id(p)]] = {k: _slice(v, p, rows_for[id(p)]) for k, v in state.items()}
         stepper.step()
         proxies.append(proxy)
     return [(name, proxies[0][id(p)].detach(), proxies[1][id(q)].detach()) for name, p, q in pairs], sliced
