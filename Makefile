@@ -44,6 +44,7 @@ fixtures: venv  ## regenerate the fixture checkpoints (bitwise reproducible)
 bench: venv  ## speed and memory benchmarks (numbers go to docs/benchmarks.md)
 	$(PY) bench/bench_migrate.py
 	$(PY) bench/bench_reflink.py
+	$(PY) bench/bench_verify.py
 
 lint: venv
 	.venv/bin/ruff check .

@@ -52,8 +52,9 @@ EPOCH = "1700000000"
 # ----------------------------------------------------------------------------- building
 
 
-def build_checkpoint(path: Path, vocab: int, embed: int, seed: int = 0) -> None:
-    """A v1 BimodalCNN Trainer checkpoint with a `vocab x embed` frozen embedding, saved with torch.save."""
+def build_checkpoint(path: Path, vocab: int, embed: int, seed: int = 0, trainable: bool = False) -> None:
+    """A v1 BimodalCNN Trainer checkpoint with a `vocab x embed` frozen (or `trainable`) embedding, saved with
+    torch.save. A trainable embedding gets no momentum buffer (the one of the small model has the wrong shape)."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -63,7 +64,7 @@ def build_checkpoint(path: Path, vocab: int, embed: int, seed: int = 0) -> None:
         "text_name": "dialogue", "text_input_ids_key": "input_ids", "label_name": "label",
         "tab_field_list": list(TAB_FIELDS), "is_binary": True, "num_classes": 2, "kernel_size": [3, 5, 7],
         "num_layers": 2, "num_channels": [100, 100], "hidden_common_dim": 100, "dropout_keep": 0.5,
-        "max_sen_len": 512, "is_embeddings_trainable": False, "class_weights": [1.0, 3.5],
+        "max_sen_len": 512, "is_embeddings_trainable": trainable, "class_weights": [1.0, 3.5],
         "optimizer_type": "SGD", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-5, "adam_epsilon": 1e-8,
         "metric_choices": ["accuracy", "f1_score", "auroc"], "model_class": "bimodal_cnn", "embed_size": embed,
         "tokenizer": "bert-base-multilingual-cased", "batch_size": 64, "max_epochs": 3, "warmup_steps": 300,
@@ -82,6 +83,9 @@ def build_checkpoint(path: Path, vocab: int, embed: int, seed: int = 0) -> None:
     loss, _, _ = model.run_epoch(batch, "train")
     loss.backward()
     opt.step()
+    if trainable:  # SGD then starts the embedding's buffer at its first step, as on a resumed run
+        embedding = model.text_subnetwork.embeddings.weight
+        opt.state.pop(embedding)
     state = model.state_dict()
     # ... and the embedding is the big pretrained matrix.
     state["text_subnetwork.embeddings.weight"] = torch.randn(vocab, embed, generator=gen) * 0.1

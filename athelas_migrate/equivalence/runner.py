@@ -31,13 +31,14 @@ from .compare import compare
 from .domain import run_domain
 from .inputs import load_inputs
 from .localize import capture, localise, module_diffs, pair_modules
+from .memory import compute_parameters, skip_init
 from .report import ERROR, EXPECTED, FAIL, PASS, SKIP, Check, OutputDiff, Section, VerifyReport
 from .training import run_training
 
 #: floors of (atol, rtol) for weights stored in reduced precision (their unit roundoff, about)
 DTYPE_TOLERANCE = {"float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
 SHAPE_KEYS = {"vocab_size", "embed_size", "input_tab_dim"}
-SMALL_MODEL = 2_000_000  # parameters; below this, one CPU thread is faster than several
+SMALL_MODEL = 2_000_000  # parameters outside embedding tables; below this, one CPU thread is faster than several
 #: checks a user may opt out of (`--skip-check NAME`); anything else that cannot run is an error
 SKIPPABLE = ("training", "domain", "optimizer")
 
@@ -269,7 +270,8 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
         state[k] = x.to(compute_dtype) if x.is_floating_point() and x.dtype != compute_dtype else x
     cls_path = fam.legacy_classes[det.version]
     try:
-        old_model = adapter.build_old(ctx, state)
+        with skip_init():  # every value comes from OLD (strict load): random initial values would be waste
+            old_model = adapter.build_old(ctx, state)
     except Exception as exc:
         raise CannotVerifyError(f"cannot rebuild the legacy model {cls_path} from OLD: {type(exc).__name__}: "
                                 f"{exc}") from exc
@@ -279,7 +281,8 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
                     f"{len(raw_old.state_dict)} tensors loaded strictly", duration_s=time.perf_counter() - t))
     t = time.perf_counter()
     try:
-        new_model = build_v2_model(new_result)
+        with skip_init():  # as for OLD: the strict load replaces every initial value
+            new_model = build_v2_model(new_result)
     except Exception as exc:
         raise CannotVerifyError(f"cannot load the refactored model {fam.v2_class} from NEW: "
                                 f"{type(exc).__name__}: {exc}") from exc
@@ -290,7 +293,7 @@ def _verify(report: VerifyReport, old: str, new: str, overrides: dict[str, Any],
                     f"{len(raw_new.state_dict)} tensors", duration_s=time.perf_counter() - t))
     old_model.to(dev).eval()
     new_model.to(dev).eval()
-    n_params = sum(p.numel() for p in new_model.parameters())
+    n_params = compute_parameters(new_model)  # an embedding table is a lookup: it does not make threads pay
     if threads is None and n_params < SMALL_MODEL:
         threads = 1
     if threads:

@@ -5,6 +5,12 @@ compute deterministically. Parameters are paired through the rename map.
 Each side builds its optimizer like its own `configure_optimizers` and loads the
 optimizer state of its own file (OLD's into the legacy model, NEW's into the
 refactored one), then both take one step from the same gradients' batch.
+
+Memory stays near the checkpoint's size (`memory`): embedding tables get sparse
+gradients, compared on the rows the batch touches (zero elsewhere on both sides);
+an elementwise optimizer (SGD, Adam, ...) steps copies of the parameters, a big
+parameter on the touched rows plus a sample of the others, which gives exactly
+the full step's values there; the file-backed parameters are never written.
 """
 
 from __future__ import annotations
@@ -17,16 +23,18 @@ import torch
 from torch import nn
 
 from .adapters import Batch, Context, VerifyAdapter
-from .compare import compare
+from .compare import Diff, compare
+from .memory import ELEMENTWISE, rows_of, sparse_embedding_grads, step_rows, touched_rows
 from .report import ERROR, FAIL, PASS, SKIP, Check, Section
 
 
 def _tensors(obj: Any) -> Any:
-    """Optimizer state from a checkpoint (lazy TensorRefs) as torch values, copied (steps write in place)."""
+    """Optimizer state from a checkpoint (lazy TensorRefs) as torch values mapped from the file: a step that
+    writes in place works on copies (`_proxy_step`) or copies first (`_in_place_step`)."""
     from ..io.tensor_ref import TensorRef
 
     if isinstance(obj, TensorRef):
-        return obj.to_torch(copy=True)
+        return obj.to_torch(copy=False)
     if isinstance(obj, dict):
         return {k: _tensors(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -102,13 +110,12 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
     section.notes.append(f"labelled batch {batch.name!r} ({batch.description}); dropout off (eval mode), "
                          "autograd on")
     for m in (old, new):
-        _detach_from_file(m)
         m.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ loss
     t = time.perf_counter()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), sparse_embedding_grads(old, new):
             out_o = adapter.forward("old", old, batch, ctx)
             loss_o, how = adapter.loss("old", old, batch, out_o, ctx)
             out_n = adapter.forward("new", new, batch, ctx)
@@ -154,8 +161,8 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
                 continue
             problems.append(f"{name} {list(p.grad.shape)} vs {target} {list(q.grad.shape)}")
             continue
-        rows.append((f"{name} -> {target}", compare(q.grad, p.grad, atol, rtol)))
-        norms[f"{name} -> {target}"] = [float(p.grad.norm()), float(q.grad.norm())]
+        rows.append((f"{name} -> {target}", _grad_diff(q.grad, p.grad, atol, rtol)))
+        norms[f"{name} -> {target}"] = [_norm(p.grad), _norm(q.grad)]
     unpaired = [n for n in new_params if n not in paired_new]
     check = _aggregate("gradients", rows, atol, rtol, "parameter gradients")
     check.data["norms"] = norms  # [legacy, refactored] gradient L2 norm per parameter pair
@@ -204,20 +211,111 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
 
     # ---------------------------------------------------------- one step
     t = time.perf_counter()
+    pairs = [(name, p, new_params[ctx.rename[name]]) for name, p in old.named_parameters()
+             if ctx.rename.get(name) in new_params and tuple(p.shape) == tuple(new_params[ctx.rename[name]].shape)]
     try:
-        opt_o.step()
-        opt_n.step()
+        if _elementwise(opt_o) and _elementwise(opt_n):
+            after, sliced = _proxy_step(pairs, opt_o, opt_n)
+        else:
+            after, sliced = _in_place_step(pairs, old, new, opt_o, opt_n), []
     except Exception as exc:
         section.add(Check("one optimizer step", ERROR, f"{type(exc).__name__}: {exc}"))
         return
-    rows = []
-    for name, p in old.named_parameters():
-        q = new_params.get(ctx.rename.get(name, ""))
-        if q is not None and tuple(p.shape) == tuple(q.shape):
-            rows.append((f"{name} -> {ctx.rename[name]}", compare(q.detach(), p.detach(), atol, rtol)))
+    rows = [(f"{name} -> {ctx.rename[name]}", compare(b, a, atol, rtol)) for name, a, b in after]
     check = _aggregate("one optimizer step", rows, atol, rtol, "parameters after the step")
+    if sliced:
+        section.notes.append("one optimizer step: large parameters compared on the rows the batch touches plus "
+                             "others spread over the table (the optimizer is elementwise): " + ", ".join(sliced))
     check.duration_s = time.perf_counter() - t
     section.add(check)
+
+
+def _norm(grad: torch.Tensor) -> float:
+    """The gradient's 2-norm (a sparse gradient: over the values it stores, the other rows being zero)."""
+    return float((grad.coalesce().values() if grad.is_sparse else grad).norm())
+
+
+def _grad_diff(new: torch.Tensor, old: torch.Tensor, atol: float, rtol: float) -> Diff:
+    """Gradients compared; two sparse ones on the rows either stores (every other row is zero on both)."""
+    if not (new.is_sparse and old.is_sparse):
+        return compare(new.to_dense() if new.is_sparse else new, old.to_dense() if old.is_sparse else old,
+                       atol, rtol)
+    rows = torch.unique(torch.cat([touched_rows(new), touched_rows(old)]))
+    d = compare(rows_of(new, rows), rows_of(old, rows), atol, rtol)
+    if d.worst:  # an index into the compared rows: name the parameter's row
+        row = int(rows[d.worst[0]])
+        d.detail = d.detail.replace(f"worst at {d.worst}", f"worst at {[row, *d.worst[1:]]}")
+        d.worst = [row, *d.worst[1:]]
+    return d
+
+
+def _elementwise(opt: Any) -> bool:
+    return type(opt).__name__ in ELEMENTWISE and type(opt).__module__.startswith("torch.optim")
+
+
+def _proxy_step(pairs: list, opt_o: Any, opt_n: Any) -> tuple[list, list[str]]:
+    """One step of each side's optimizer class and settings, on copies of its parameters, gradients and
+    state; a large parameter on the same rows (`step_rows`) for both sides. Returns (name, legacy value,
+    refactored value) after the step for each pair, and the parameters stepped on a slice of rows."""
+    rows_for: dict[int, torch.Tensor | None] = {}
+    sliced = []
+    for name, p, q in pairs:
+        rows = step_rows(p.shape, p.grad, q.grad)
+        rows_for[id(p)] = rows_for[id(q)] = rows
+        if rows is not None:
+            sliced.append(f"{name} ({rows.numel()} of {p.shape[0]} rows)")
+    proxies = []
+    for opt in (opt_o, opt_n):
+        proxy: dict[int, nn.Parameter] = {}
+        groups = []
+        for group in opt.param_groups:
+            params = []
+            for p in group["params"]:
+                if id(p) not in rows_for:  # a parameter without a partner (the gradients check named it)
+                    rows_for[id(p)] = step_rows(p.shape, p.grad)
+                proxy[id(p)] = _proxy(p, rows_for[id(p)])
+                params.append(proxy[id(p)])
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+        stepper = type(opt)(groups)
+        for p, state in opt.state.items():
+            if id(p) in proxy:
+                stepper.state[proxy[id(p)]] = {k: _slice(v, p, rows_for[id(p)]) for k, v in state.items()}
+        stepper.step()
+        proxies.append(proxy)
+    return [(name, proxies[0][id(p)].detach(), proxies[1][id(q)].detach()) for name, p, q in pairs], sliced
+
+
+def _proxy(p: torch.Tensor, rows: torch.Tensor | None) -> nn.Parameter:
+    data = p.detach().index_select(0, rows.to(p.device)) if rows is not None else p.detach().clone()
+    out = nn.Parameter(data, requires_grad=p.requires_grad)
+    if p.grad is not None:
+        out.grad = rows_of(p.grad, rows) if rows is not None else (p.grad.to_dense() if p.grad.is_sparse
+                                                                    else p.grad.clone())
+    return out
+
+
+def _slice(value: Any, p: torch.Tensor, rows: torch.Tensor | None) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    if rows is not None and tuple(value.shape) == tuple(p.shape):
+        return value.index_select(0, rows.to(value.device))
+    return value.clone()
+
+
+def _in_place_step(pairs: list, old: nn.Module, new: nn.Module, opt_o: Any, opt_n: Any) -> list:
+    """Any other optimizer steps the models themselves, on private copies of parameters and state."""
+    for model, opt in ((old, opt_o), (new, opt_n)):
+        _detach_from_file(model)
+        for p in model.parameters():
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
+        for state in opt.state.values():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor):
+                    state[k] = v.clone()
+    opt_o.step()
+    opt_n.step()
+    return [(name, p.detach(), q.detach()) for name, p, q in pairs]
 
 
 def _optimizer_settings(opt_o, opt_n, atol: float, rtol: float) -> Check:
