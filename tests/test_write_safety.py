@@ -24,7 +24,6 @@ import pytest
 import torch
 from conftest import FIXTURES, ROOT, manifest_entries
 
-from athelas_migrate import batch
 from athelas_migrate.errors import InputError, OutputError
 from athelas_migrate.io import pickle_writer, writer
 from athelas_migrate.io.pickle_writer import INT_LIMIT, dumps
@@ -366,6 +365,8 @@ def test_failed_copy_closes_every_source_descriptor(tmp_path, monkeypatch):
 
 def test_batch_verbatim_copy_of_a_shrinking_source_is_an_error(tmp_path, monkeypatch):
     """The old loop stopped at the early end and published the truncated copy."""
+    from athelas_migrate.batch_worker import copy_verbatim
+
     src = _big_source(tmp_path / "src.ckpt", n=1 << 16)
     real = os.copy_file_range
 
@@ -375,7 +376,7 @@ def test_batch_verbatim_copy_of_a_shrinking_source_is_an_error(tmp_path, monkeyp
 
     monkeypatch.setattr(os, "copy_file_range", shrink_first)
     with pytest.raises(InputError, match="bytes early"):
-        batch._copy_verbatim(str(src), str(tmp_path / "copy.ckpt"), force=False)
+        copy_verbatim(str(src), str(tmp_path / "copy.ckpt"), force=False)
     assert _entries(tmp_path) == ["src.ckpt"]
 
 
