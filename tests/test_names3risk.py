@@ -261,7 +261,8 @@ def test_migrated_checkpoint_loads_without_arguments_and_matches_the_legacy_prob
                 if key in io["inputs"]:
                     batch["text_length" if key == "text_length" else "names_attention_mask"] = io["inputs"][key]
             p_new = torch.softmax(model(batch), 1)[:, 1:2]
-        assert torch.equal(p_old, io["outputs"])
+        # computed now vs when the fixture was made: other CPUs use other kernels (the gate tolerance)
+        torch.testing.assert_close(p_old, io["outputs"], rtol=0, atol=1e-5)
         assert (p_new - p_old).abs().max() <= 1e-6
         assert _Names3RiskAdapter  # the adapter module imports without side effects
 
@@ -315,7 +316,7 @@ def test_rollback_gives_a_bare_state_dict_the_legacy_class_loads(file, migrated,
     model.load_state_dict(sd, strict=True)
     io = torch.load(FIXTURES / BY_FILE[file]["io"])
     with torch.no_grad():
-        assert torch.equal(model.eval()(io["inputs"]), io["outputs"])
+        torch.testing.assert_close(model.eval()(io["inputs"]), io["outputs"], rtol=0, atol=1e-5)  # other CPUs
 
 
 def test_train_predict_and_export_the_migrated_model(migrated, tmp_path):
