@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import uuid
@@ -79,6 +80,23 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return run
+
+
+# --- hand-written pickles --------------------------------------------------------------------------
+
+
+def G(module: str, name: str) -> bytes:
+    """The GLOBAL opcode naming `module.name`."""
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def S(text: str) -> bytes:
+    """A BINUNICODE string."""
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+P2 = b"\x80\x02"  # PROTO 2
 
 
 # --- processes started by the code under test ------------------------------------------------------

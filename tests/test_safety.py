@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, ROOT, manifest_entries
+from conftest import FIXTURES, P2, ROOT, G, S, manifest_entries
 
 from athelas_migrate import api
 from athelas_migrate.errors import AthelasError, InputError, UnsafeCheckpointError
@@ -124,16 +124,6 @@ def test_the_payload_is_live_when_loaded_unsafely(tmp_path, spawn_audit):
     assert sentinel.exists() and [e for e, _ in spawn_audit] == ["os.system"]
 
 
-def G(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def S(text: str) -> bytes:
-    raw = text.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-P2 = b"\x80\x02"
 PID = b"(" + S("storage") + G("torch", "FloatStorage") + S("0") + S("cpu") + b"K\x04tQ"  # 4 floats, record 0
 
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import ast
 import json
 import pathlib
-import struct
 import sys
 import zipfile
 
 import pytest
 import torch
-from conftest import FIXTURES, manifest_entries
+from conftest import FIXTURES, P2, G, S, manifest_entries
 
 from athelas_migrate import api
 from athelas_migrate.errors import InputError, UnsafeCheckpointError
@@ -63,16 +62,6 @@ def marker(tmp_path):
 # --- hand-written pickles --------------------------------------------------------------------------
 
 
-def G(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def S(text: str) -> bytes:
-    raw = text.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-P2 = b"\x80\x02"
 EMPTY_SD = b"}" + S("state_dict") + b"}s"  # {"state_dict": {}} on the stack
 
 
