@@ -169,8 +169,9 @@ bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_o
 def main(debug: bool, quiet: bool, verbose: bool, allow_unknown_keys: bool) -> None:
     """Migrate, verify and audit athelas Lightning checkpoints across layout versions.
 
-    Exit codes: 0 success, 1 verification or check failed, 2 usage error,
-    3 input refused (unreadable, unsafe, unknown layout, missing information).
+    Exit codes: 0 success (NEW exists), 1 verification or check failed, 2 usage error,
+    3 input refused (unreadable, unsafe, unknown layout, missing information), 4 cannot write
+    the output, 128+N stopped by signal N, 70 internal error.
     """
 
 
