@@ -1,7 +1,8 @@
 """The hyper-parameter keys the families know, with their types: what `--set KEY=VALUE` is checked against.
 
-Pure Python (no torch). A new family adds its keys to `KEY_TYPES` (one line each); a key not listed here is
-a typo until proven otherwise (`--allow-unknown-keys` proves it).
+Pure Python (no torch). Keys several families share are listed in `KEY_TYPES`; a family folder declares its own
+in its `Family.key_types`, which the family registry adds here (`register_key_types`). A key not listed is a
+typo until proven otherwise (`--allow-unknown-keys` proves it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ KEY_TYPES: dict[str, str] = {
 #: Element kind of each list-typed key (what a file's value is checked against, see io.values).
 LIST_ITEMS: dict[str, str] = {"tab_field_list": "strings", "metric_choices": "strings", "kernel_size": "ints",
                               "num_channels": "ints", "class_weights": "numbers"}
+
+
+def register_key_types(types: dict[str, str], owner: str) -> None:
+    """Add a family's hyper-parameter keys and their types.
+
+    Args:
+        types: key -> one of the kinds above (`"string"`, `"list"`, `"number"`, `"integer"`, `"boolean"`,
+            `"object"`).
+        owner: who declares them (for the error message).
+
+    Raises:
+        UsageError: an unknown kind, or a key already declared with another type.
+    """
+    kinds = {STR, LIST, NUMBER, INT, BOOL, OBJECT}
+    for key, kind in types.items():
+        if kind not in kinds:
+            raise UsageError(f"{owner}: key {key!r} has the unknown type {kind!r} (known: {', '.join(sorted(kinds))})")
+        if KEY_TYPES.get(key, kind) != kind:
+            raise UsageError(f"{owner}: key {key!r} is a {kind} but already declared a {KEY_TYPES[key]}")
+        KEY_TYPES[key] = kind
 
 
 def file_kinds() -> dict[str, str]:

@@ -19,13 +19,15 @@
 
 Input specs
 -----------
-``INPUT_SPECS`` maps a model class name to a function ``model -> InputSpec``.
-A new family plugs in with::
+An input spec (``model -> InputSpec``) says how to feed one model class. A family names its spec in
+``Family.onnx_spec`` (by convention in its folder's ``onnx.py``, e.g. ``athelas_migrate/families/cnn/onnx.py``
+for TextCNN, TabAE and BimodalCNN); ``register_input_spec("ClassName")`` overrides it for a class at run time.
+Lookup follows the model's MRO, so a subclass inherits its parent's spec. Example::
 
-    from athelas_migrate.export import InputSpec, BatchDictForward, register_input_spec
+    # athelas_migrate/families/myfamily/onnx.py
+    from athelas_migrate.export import InputSpec, BatchDictForward
 
-    @register_input_spec("MyFusionModel")
-    def _my_spec(model):
+    def spec(model):
         names = ["text_input_ids", "text_attention_mask", *model.tab_field_list]
         return InputSpec(
             names=names, output_names=["logits"],
@@ -35,17 +37,6 @@ A new family plugs in with::
             wrapper=BatchDictForward(model, names),
             make_inputs=lambda batch, seq, gen: [...],  # one tensor per name
             seq_lengths=[32, 48])
-
-Built in: ``TextCNN`` (input: its text batch key ``[B, L]`` int64, output ``logits``),
-``TabAE`` (inputs: one ``[B]`` float32 per tabular field, output ``embedding``),
-``BimodalCNN`` (inputs named exactly as the batch keys: the text batch key
-``[B, L]`` int64, then each field of ``tab_field_list`` as a ``[B]`` float32
-tensor; output ``logits``), and the BERT fusion families ``BimodalBertCrossAttn``,
-``BimodalBertGateFusion``, ``BimodalBertMoE``, ``TrimodalCrossAttentionBert``
-(inputs named as the batch keys: per text ``{text_name}_input_ids`` and
-``{text_name}_attention_mask``, ``[B, chunks, T]`` int64 with batch, chunks and T
-dynamic (chunks and T per text), then each tabular field as ``[B]`` float32;
-output ``logits``; opset >= 14, see docs/fusion.md).
 """
 
 from __future__ import annotations
@@ -109,8 +100,16 @@ class InputSpec:
 INPUT_SPECS: dict[str, Callable[[Any], InputSpec]] = {}
 
 
-def register_input_spec(*class_names: str):
-    """Decorator: register ``fn(model) -> InputSpec`` for models whose class is named ``class_names``."""
+def register_input_spec(*class_names: str) -> Callable[[Callable[[Any], InputSpec]], Callable[[Any], InputSpec]]:
+    """Decorator: use ``fn(model) -> InputSpec`` for models whose class is named one of ``class_names``.
+
+    Args:
+        class_names: model class names (matched along the model's MRO); they take precedence over the spec the
+            model's family names.
+
+    Returns:
+        The decorator, which returns ``fn`` unchanged.
+    """
 
     def deco(fn: Callable[[Any], InputSpec]) -> Callable[[Any], InputSpec]:
         for name in class_names:
@@ -121,13 +120,31 @@ def register_input_spec(*class_names: str):
 
 
 def input_spec_for(model: Any) -> InputSpec:
-    """The input spec of ``model`` (looked up by class name along its MRO)."""
+    """The input spec of `model`.
+
+    Args:
+        model: a refactored model.
+
+    Returns:
+        The spec registered for its class name (along its MRO) with `register_input_spec`, else the one its
+        family names in `onnx_spec` (the family whose `v2_class` is the model's class).
+
+    Raises:
+        UsageError: no spec is known for the model's class.
+    """
+    from .families import FAMILIES
+    from .families.base import load_class
+
+    by_class = {fam.v2_class.rpartition(":")[2]: fam.onnx_spec for fam in FAMILIES.values() if fam.onnx_spec}
     for klass in type(model).__mro__:
         fn = INPUT_SPECS.get(klass.__name__)
+        if fn is None and klass.__name__ in by_class:
+            fn = load_class(by_class[klass.__name__])
         if fn is not None:
             return fn(model)
-    raise UsageError(f"no ONNX input spec registered for {type(model).__name__} "
-                     f"(known: {', '.join(sorted(INPUT_SPECS))}); see athelas_migrate.export.register_input_spec")
+    known = sorted(set(INPUT_SPECS) | set(by_class))
+    raise UsageError(f"no ONNX input spec for {type(model).__name__} (known: {', '.join(known)}); "
+                     "a family names its spec in `onnx_spec` (see athelas_migrate.export)")
 
 
 class PositionalForward(nn.Module):
@@ -151,200 +168,6 @@ class BatchDictForward(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         return self.inner(dict(zip(self.keys, tensors)))
-
-
-# ----------------------------------------------------------- built-in specs
-def _text_lengths(encoder: Any, config: Mapping[str, Any]) -> list[int]:
-    """Two valid sequence lengths: ``max_sen_len`` and a shorter (or else longer) one."""
-    minimum = int(getattr(encoder, "min_seq_len", 1))
-    main = max(int(config.get("max_sen_len") or minimum), minimum)
-    other = max(minimum, main // 2 + 1)
-    if other == main:
-        other = main + 16
-    return [main, other]
-
-
-def _token_ids(batch: int, seq: int, vocab_size: int, gen: Any) -> Any:
-    ids = torch.randint(2, max(3, vocab_size), (batch, seq), generator=gen, dtype=torch.long)
-    if seq > 4:  # a padded tail on some rows, as real batches have
-        lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=gen)
-        mask = torch.arange(seq).unsqueeze(0) >= lengths.unsqueeze(1)
-        ids = ids.masked_fill(mask, 0)
-    return ids.clamp_max(vocab_size - 1)
-
-
-@register_input_spec("TextCNN")
-def _text_cnn_spec(model: Any) -> InputSpec:
-    vocab_size = int(model.text_encoder.embeddings.num_embeddings)
-
-    def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
-        return [_token_ids(batch, int(seq), vocab_size, gen)]
-
-    key = model.text_batch_key  # the batch key, so a batch dict feeds the ONNX session as it is
-    return InputSpec(
-        names=[key],
-        output_names=["logits"],
-        dynamic_axes={key: {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
-        wrapper=BatchDictForward(model, [key]),
-        make_inputs=make,
-        seq_lengths=_text_lengths(model.text_encoder, model.config),
-    )
-
-
-@register_input_spec("TabAE")
-def _tab_ae_spec(model: Any) -> InputSpec:
-    fields = list(model.tab_field_list)  # one input per field: the model's batch keys
-
-    def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
-        return [torch.randn(batch, generator=gen) * 3.0 for _ in fields]
-
-    axes: dict[str, dict[int, str]] = {f: {0: "batch"} for f in fields}
-    axes["embedding"] = {0: "batch"}
-    return InputSpec(
-        names=fields,
-        output_names=["embedding"],
-        dynamic_axes=axes,
-        wrapper=BatchDictForward(model, fields),
-        make_inputs=make,
-        seq_lengths=None,
-    )
-
-
-@register_input_spec("BimodalCNN")
-def _bimodal_cnn_spec(model: Any) -> InputSpec:
-    text_key = model.text_batch_key
-    fields = list(model.tab_field_list or [])
-    if text_key in fields:
-        raise UsageError(f"tabular field {text_key!r} has the name of the text batch key")
-    names = [text_key, *fields]
-    vocab_size = int(model.text_encoder.embeddings.num_embeddings)
-
-    def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
-        tensors = [_token_ids(batch, int(seq), vocab_size, gen)]
-        tensors += [torch.randn(batch, generator=gen) * 3.0 for _ in fields]
-        return tensors
-
-    axes: dict[str, dict[int, str]] = {text_key: {0: "batch", 1: "sequence"}}
-    axes.update({f: {0: "batch"} for f in fields})
-    axes["logits"] = {0: "batch"}
-    return InputSpec(
-        names=names,
-        output_names=["logits"],
-        dynamic_axes=axes,
-        wrapper=BatchDictForward(model, names),
-        make_inputs=make,
-        seq_lengths=_text_lengths(model.text_encoder, model.config),
-    )
-
-
-# -------------------------------------------------------- Names3Risk specs
-@register_input_spec("LSTM2Risk", "Transformer2Risk")
-def _names3risk_spec(model: Any) -> InputSpec:
-    """The deployed format: ids ``[B, T]`` int64 (pad id 1; no lengths: the notebook sent none),
-    Transformer also the mask ``[B, T]`` bool (True = token), then one ``[B]`` float32 per field."""
-    fields = list(model.tab_field_list)
-    transformer = hasattr(model, "mask_key")
-    names = [model.ids_key, *([model.mask_key] if transformer else []), *fields]
-    vocab_size = int(model.text_encoder.token_embedding.num_embeddings)
-    max_len = int(model.config["max_sen_len"]) if transformer else None
-
-    def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
-        seq = int(seq)
-        ids = torch.randint(2, max(3, vocab_size), (batch, seq), generator=gen)
-        valid = torch.randint(max(1, seq // 2), seq + 1, (batch,), generator=gen)
-        valid[0] = seq
-        keep = torch.arange(seq)[None, :] < valid[:, None]
-        tensors = [ids.masked_fill(~keep, 1)] + ([keep] if transformer else [])
-        return tensors + [torch.randn(batch, generator=gen) * 3.0 for _ in fields]
-
-    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names[: 2 if transformer else 1]}
-    axes.update({f: {0: "batch"} for f in fields})
-    axes["logits"] = {0: "batch"}
-    lengths = [max_len, max(1, max_len // 2)] if max_len else [16, 9]
-    return InputSpec(names=names, output_names=["logits"], dynamic_axes=axes, wrapper=BatchDictForward(model, names),
-                     make_inputs=make, seq_lengths=lengths)
-
-
-# ------------------------------------------------------- BERT fusion specs
-#: the lowest opset the BERT fusion models export with (transformers' BERT attention is
-#: ``scaled_dot_product_attention``, which the TorchScript exporter supports from opset 14)
-BERT_MIN_OPSET = 14
-CHUNK_CYCLE = (2, 1, 3)  # chunks per text in successive generated batches (the export example has 2)
-
-
-def _bert_text(batch: int, chunks: int, seq: int, vocab_size: int, gen: Any) -> tuple[Any, Any]:
-    """``[B, chunks, T]`` ids and mask: partially padded chunks, one fully padded chunk when chunks > 1,
-    ids over the whole vocabulary (0 and the last id among the real tokens), padding id 0."""
-    ids = torch.randint(0, vocab_size, (batch, chunks, seq), generator=gen, dtype=torch.long)
-    valid = torch.randint(1, seq + 1, (batch, chunks), generator=gen)
-    valid[:, 0] = torch.maximum(valid[:, 0], torch.full_like(valid[:, 0], min(2, seq)))
-    mask = (torch.arange(seq).view(1, 1, seq) < valid.unsqueeze(-1)).long()
-    if chunks > 1:
-        mask[0, -1] = 0  # a fully padded chunk (the mean over chunks includes it)
-    ids = ids.masked_fill(mask == 0, 0)
-    ids[0, 0, 0] = vocab_size - 1
-    if seq > 1:
-        ids[-1, 0, 1] = 0
-    return ids, mask
-
-
-def _bert_fusion_spec(model: Any, texts: list[tuple[str, Any]]) -> InputSpec:
-    """Inputs named as the batch keys: per text ``{name}_{ids key}`` and ``{name}_{mask key}``
-    (``[B, chunks, T]`` int64; batch, chunks and T dynamic, per text), then each tabular field
-    (``[B]`` float32). Output ``logits``."""
-    ids_suffix, mask_suffix = model.text_input_ids_key, model.text_attention_mask_key
-    fields = list(model.tab_field_list or [])
-    names: list[str] = []
-    axes: dict[str, dict[int, str]] = {}
-    for text_name, _ in texts:
-        for key in (f"{text_name}_{ids_suffix}", f"{text_name}_{mask_suffix}"):
-            names.append(key)
-            axes[key] = {0: "batch", 1: f"{text_name}_chunks", 2: f"{text_name}_sequence"}
-    clash = sorted(set(names) & set(fields))
-    if clash:
-        raise UsageError(f"tabular field(s) {', '.join(clash)} have the name of a text batch key")
-    names += fields
-    axes.update({f: {0: "batch"} for f in fields})
-    axes["logits"] = {0: "batch"}
-    limits = [(int(enc.bert.config.vocab_size), int(enc.bert.config.max_position_embeddings)) for _, enc in texts]
-    max_seq = min(m for _, m in limits)
-    seqs = sorted({min(16, max_seq), min(7, max_seq)}, reverse=True)
-    calls = [0]
-
-    def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
-        chunks = CHUNK_CYCLE[calls[0] % len(CHUNK_CYCLE)]
-        calls[0] += 1
-        tensors: list[Any] = []
-        for i, (vocab, max_pos) in enumerate(limits):
-            # the texts differ in shape: the second has one chunk more (cycled) and 3 tokens fewer
-            c = chunks if i == 0 else CHUNK_CYCLE[calls[0] % len(CHUNK_CYCLE)]
-            t = int(seq) if i == 0 else max(1, min(max_pos, int(seq) - 3))
-            tensors += list(_bert_text(batch, c, t, vocab, gen))
-        tensors += [torch.randn(batch, generator=gen) * 3.0 for _ in fields]
-        return tensors
-
-    return InputSpec(
-        names=names,
-        output_names=["logits"],
-        dynamic_axes=axes,
-        wrapper=BatchDictForward(model, names),
-        make_inputs=make,
-        seq_lengths=seqs,
-        notes=["the graph has no 'All input chunks in batch are empty!' check (the PyTorch model raises there; "
-               "the graph returns the mean over the fully padded chunks)"],
-        min_opset=BERT_MIN_OPSET,
-    )
-
-
-@register_input_spec("BimodalBertCrossAttn", "BimodalBertGateFusion", "BimodalBertMoE")
-def _bimodal_bert_spec(model: Any) -> InputSpec:
-    return _bert_fusion_spec(model, [(model.text_name, model.text_encoder)])
-
-
-@register_input_spec("TrimodalCrossAttentionBert")
-def _trimodal_bert_spec(model: Any) -> InputSpec:
-    return _bert_fusion_spec(model, [(model.primary_text_name, model.primary_text_encoder),
-                                     (model.secondary_text_name, model.secondary_text_encoder)])
 
 
 # ------------------------------------------------------------------ export

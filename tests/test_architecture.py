@@ -139,7 +139,7 @@ def test_no_import_cycles():
 #: (equivalence, export, train, batch, api, cli, ...) are the top. `models`/`components` are plain PyTorch: they
 #: reach the engine only through `athelas_migrate.hooks`, which the package installs.
 LAYERS = [
-    ("base", ("errors", "_version", "hooks", "config_keys")),
+    ("base", ("errors", "_version", "hooks", "config_keys", "family_path")),
     ("io", ("io", "outputs")),
     ("rules", ("rules",)),
     ("models", ("models", "components")),
@@ -148,8 +148,16 @@ LAYERS = [
 ]
 
 
+#: The parts of a family folder that run models: they sit at the top (beside the equivalence runner and export),
+#: named by the family by string and imported only when used.
+FOLDER_TOP_MODULES = ("verify", "onnx")
+
+
 def _layer(module: str) -> int:
     name = module.removeprefix("athelas_migrate.")
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "families" and parts[2] in FOLDER_TOP_MODULES:
+        return len(LAYERS)
     for rank, (_, prefixes) in enumerate(LAYERS):
         if any(name == p or name.startswith(p + ".") for p in prefixes):
             return rank

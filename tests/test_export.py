@@ -211,7 +211,9 @@ def test_input_spec_registry_plugs_in_new_families(tmp_path):
     @export_mod.register_input_spec("TextCNNVariant")
     def _spec(m):
         calls.append(m)
-        spec = export_mod.INPUT_SPECS["TextCNN"](m)
+        from athelas_migrate.families.cnn.onnx import text_cnn_spec
+
+        spec = text_cnn_spec(m)
         spec.names = ["tokens"]
         spec.dynamic_axes = {"tokens": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
         return spec

@@ -1,6 +1,7 @@
 """Every registered family is complete: a legacy class per old version, the refactored class, a rule chain from
-every version to the newest, `latest` equal to the rule graph's head, a verify adapter, an ONNX input spec and a
-fixture. And the version graph is validated when the rule files load (one head, no cycle)."""
+every version to the newest, `latest` equal to the rule graph's head, a verify adapter, an ONNX input spec,
+historical class paths that name real frozen classes, and a fixture; each is defined in its own folder. And the
+version graph is validated when the rule files load (one head, no cycle)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ def test_the_refused_families_have_no_rules():
 
 @pytest.mark.parametrize("name", MIGRATABLE)
 def test_family_is_complete(name):
-    from athelas_migrate.equivalence.adapters import get_adapter
-    from athelas_migrate.export import INPUT_SPECS
+    from athelas_migrate.equivalence.adapters import VerifyAdapter, get_adapter
     from athelas_migrate.models import AthelasModule
 
     fam = FAMILIES[name]
@@ -42,9 +42,37 @@ def test_family_is_complete(name):
     for version, classpath in fam.legacy_classes.items():
         assert load_class(classpath) is not None
         assert plan_path(name, version, fam.latest), f"no rule chain {version} -> {fam.latest}"
-    assert get_adapter(name) is not None, "a verify adapter (athelas_migrate.equivalence)"
-    assert target.__name__ in INPUT_SPECS, "an ONNX input spec (athelas_migrate.export.register_input_spec)"
+    adapter = get_adapter(name)
+    assert isinstance(adapter, VerifyAdapter) and adapter.family == name, "a verify adapter (Family.verify_adapter)"
+    assert callable(load_class(fam.onnx_spec)), "an ONNX input spec (Family.onnx_spec)"
+    for classpath in fam.historical_classes.values():
+        assert isinstance(load_class(classpath), type)
     assert name in _fixture_families(), "a fixture listed in a fixtures/*manifest.json"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_lives_in_one_folder(name):
+    """Its class is defined in a family folder (a subpackage of families/), and what it names by reference in
+    the folder (`verify.py`, `onnx.py`) lies in that same folder."""
+    import inspect as pyinspect
+    from pathlib import Path
+
+    fam = FAMILIES[name]
+    folder = Path(pyinspect.getfile(type(fam))).parent
+    assert (folder / "__init__.py").is_file() and folder.parent.name == "families", folder
+    for ref in (fam.verify_adapter, fam.onnx_spec):
+        if ref:
+            module = ref.partition(":")[0]
+            assert module.startswith(f"athelas_migrate.families.{folder.name}."), ref
+
+
+def test_historical_class_paths_are_declared_by_the_families_alone():
+    """The frozen legacy package maps exactly the class paths the families declare (one source of truth)."""
+    import legacy
+
+    declared = {path: ref for fam in FAMILIES.values() for path, ref in fam.historical_classes.items()}
+    assert {path: cls for path, cls in legacy.all_class_paths().items()} == \
+        {path: load_class(ref) for path, ref in declared.items()}
 
 
 def _rule_file(root, family, source, target):

@@ -251,7 +251,7 @@ def test_migrated_checkpoint_loads_without_arguments_and_matches_the_legacy_prob
         old = getattr(legacy, cls.__name__)(BY_FILE[file]["legacy_config"])
         old.load_state_dict(torch.load(FIXTURES / file))
         io = torch.load(FIXTURES / BY_FILE[file]["io"])
-        from athelas_migrate.equivalence.names3risk import _Names3RiskAdapter
+        from athelas_migrate.families.names3risk.verify import _Names3RiskAdapter
 
         with torch.no_grad():
             p_old = old.eval()(io["inputs"])

@@ -73,7 +73,7 @@ def test_verify_memory_is_bounded_by_the_tensor_bytes(tmp_path):
         assert checks[key] == "pass", (key, checks)
     # what the same interpreter holds once verify's modules are imported (torch, Lightning, the models):
     # that part depends on the installed libraries, not on the checkpoint
-    code = ("import athelas_migrate.equivalence.cnn, athelas_migrate.models, lightning, legacy.bimodal_cnn; "
+    code = ("import athelas_migrate.families.cnn.verify, athelas_migrate.models, lightning, legacy.bimodal_cnn; "
             "print([line for line in open('/proc/self/status') if line.startswith('RssAnon:')][0])")
     base = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     base_mb = int(base.stdout.split()[-2]) / 1024

@@ -12,24 +12,26 @@ What differs per family lives in a `VerifyAdapter`:
 - which sequence lengths the legacy model is defined for (`length_expectation`);
 - how each side builds its optimizer (`optimizer`, default `configure_optimizers`).
 
-A family module registers its adapter at import time::
+A family folder holds its adapter in `verify.py` and names it on its `Family`::
 
-    from athelas_migrate.equivalence.adapters import VerifyAdapter, register_adapter
+    # athelas_migrate/families/myfamily/verify.py
+    from athelas_migrate.equivalence.adapters import VerifyAdapter
 
     class MyFamilyAdapter(VerifyAdapter):
         family = "MyFamily"
         ...
 
-    register_adapter(MyFamilyAdapter())
+    # athelas_migrate/families/myfamily/__init__.py (torch-free)
+    class MyFamily(Family):
+        verify_adapter = "athelas_migrate.families.myfamily.verify:MyFamilyAdapter"
 
-`get_adapter` imports `athelas_migrate.equivalence.cnn` (TextCNN, TabAE, BimodalCNN)
-and, when present, `athelas_migrate.equivalence.bert` (the BERT fusion families).
+`get_adapter` imports the adapter the first time a family is verified (so the migration path never imports
+torch). `register_adapter` overrides a family's adapter at run time.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,34 +210,37 @@ def move(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+#: Adapters by family name: registered at run time, or built from the family's `verify_adapter` on first use.
 ADAPTERS: dict[str, VerifyAdapter] = {}
-_OPTIONAL = ("athelas_migrate.equivalence.cnn", "athelas_migrate.equivalence.bert",
-             "athelas_migrate.equivalence.names3risk")
-_loaded = False
 
 
 def register_adapter(adapter: VerifyAdapter) -> None:
+    """Use `adapter` for the family named by its `family` attribute (replacing the family's own)."""
     ADAPTERS[adapter.family] = adapter
 
 
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _OPTIONAL:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # the optional module itself is absent
-            if exc.name != mod:
-                raise
-
-
 def get_adapter(family: str) -> VerifyAdapter | None:
-    _load()
-    return ADAPTERS.get(family)
+    """The verify adapter of `family`.
+
+    Args:
+        family: a family name (see `athelas_migrate.families.FAMILIES`).
+
+    Returns:
+        The registered adapter, else an instance of the class the family names in `verify_adapter`; None when
+        the family is unknown or names none (it cannot be verified).
+    """
+    if family not in ADAPTERS:
+        from ..families import FAMILIES
+
+        fam = FAMILIES.get(family)
+        if fam is None or not fam.verify_adapter:
+            return None
+        ADAPTERS[family] = load_class(fam.verify_adapter)()
+    return ADAPTERS[family]
 
 
 def known_families() -> list[str]:
-    _load()
-    return sorted(ADAPTERS)
+    """Names of the families that have a verify adapter."""
+    from ..families import FAMILIES
+
+    return sorted(set(ADAPTERS) | {name for name, fam in FAMILIES.items() if fam.verify_adapter})

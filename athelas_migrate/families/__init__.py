@@ -1,26 +1,53 @@
 """Registry of model families and detection of (family, layout version) with evidence.
 
-To add a family: write its module here (a `Family` subclass per family, listed in the module's `FAMILIES`
-tuple), add the module to the registry below, and add its rule files under `mappings/<Family>/`;
-tests/test_families_complete.py lists what else it needs.
+A family is one folder: a package under `athelas_migrate/families/` (bundled) or a folder listed in
+`ATHELAS_MIGRATE_FAMILIES` (see `athelas_migrate.family_path`), whose `__init__.py` defines `Family`
+subclasses (detection, configuration, pure-Python layouts, class references) and lists instances in a
+`FAMILIES` tuple; its `verify.py` and `onnx.py` hold the verify adapter and the ONNX input spec, imported only when
+used. The registry finds the folders itself: adding a family touches its folder, its rule files and its fixtures
+(README, "Adding a layout version or a family"). tests/test_families_complete.py checks each family has every part.
 """
 
 from __future__ import annotations
 
-from ..errors import UnknownLayoutError
-from ..io.reader import RawCheckpoint
-from . import bert, names3risk, tsa
-from .base import Detection, Expected, Family, stamped_layout
-from .cnn import BimodalCNNFamily, TabAEFamily, TextCNNFamily
+import importlib
+import pkgutil
+from types import ModuleType
 
-#: Every known family by name. A family module lists its families in its own FAMILIES tuple; they are joined here
-#: (the registry imports the family modules, never the other way round).
-FAMILIES: dict[str, Family] = {f.name: f for f in (BimodalCNNFamily(), TextCNNFamily(), TabAEFamily(),
-                                                   *bert.FAMILIES, *names3risk.FAMILIES, *tsa.FAMILIES)}
+from ..config_keys import register_key_types
+from ..errors import UnknownLayoutError, UsageError
+from ..family_path import import_family_folders
+from ..io.reader import RawCheckpoint
+from .base import Detection, Expected, Family, stamped_layout
+
+
+def _bundled_folders() -> list[ModuleType]:
+    """The family folders shipped in this package (its subpackages), in name order."""
+    return [importlib.import_module(f"{__name__}.{info.name}")
+            for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name) if info.ispkg]
+
+
+def _collect(folders: list[ModuleType]) -> dict[str, Family]:
+    found: dict[str, Family] = {}
+    for folder in folders:
+        families = getattr(folder, "FAMILIES", None)
+        if not isinstance(families, tuple) or not all(isinstance(f, Family) for f in families):
+            raise UsageError(f"family folder {folder.__name__}: FAMILIES must be a tuple of Family instances")
+        for fam in families:
+            if fam.name in found:
+                raise UsageError(f"family {fam.name!r} is defined twice ({folder.__name__})")
+            found[fam.name] = fam
+            register_key_types(fam.key_types, fam.name)
+    return found
+
+
+#: Every known family by name: the bundled folders', then the extra folders' (`ATHELAS_MIGRATE_FAMILIES`).
+FAMILIES: dict[str, Family] = _collect(_bundled_folders() + import_family_folders())
 
 
 def register(family: Family) -> None:
-    """Add (or replace) a family at run time, e.g. a plugin's; the bundled ones are listed in FAMILIES above."""
+    """Add (or replace) a family at run time (a family folder is found without it; see the module docstring)."""
+    register_key_types(family.key_types, family.name)
     FAMILIES[family.name] = family
 
 

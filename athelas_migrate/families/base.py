@@ -40,10 +40,32 @@ class Expected:
 
 
 class Family:
+    """One model family: everything the engine needs, in pure Python; everything else named by reference.
+
+    A family folder (`athelas_migrate/families/<folder>/`, or one listed in `ATHELAS_MIGRATE_FAMILIES`) defines
+    its `Family` subclasses in `__init__.py` and lists them in a `FAMILIES` tuple; the registry
+    (`athelas_migrate.families`) finds them. Classes and adapters are named by "module:Class" strings so that
+    detection and migration never import torch: they are imported only when a model is built, verified or
+    exported.
+    """
+
+    #: the family's name, as rule files (`family = ...`) and stamps spell it
     name: str = ""
+    #: the newest layout version; must be the head of the family's rule graph
     latest: str = "v2"
-    v2_class: str = ""  # "module:Class" of the refactored model
-    legacy_classes: dict[str, str] = {}  # version -> "module:Class"
+    #: "module:Class" of the refactored (newest) model
+    v2_class: str = ""
+    #: layout version -> "module:Class" of the legacy class with that layout
+    legacy_classes: dict[str, str] = {}
+    #: "module:Class" of the equivalence runner's adapter (a `VerifyAdapter`, usually `<folder>.verify`)
+    verify_adapter: str = ""
+    #: "module:function" returning the ONNX `InputSpec` of a `v2_class` model (usually `<folder>.onnx`)
+    onnx_spec: str = ""
+    #: class path a whole pickled legacy module was saved under (`torch.save(model)`) -> "module:Class" of the
+    #: frozen class reproducing it; the restricted reader accepts exactly these as inert records
+    historical_classes: dict[str, str] = {}
+    #: hyper-parameter keys this family adds to `config_keys.KEY_TYPES` (for typed `--set KEY=VALUE`)
+    key_types: dict[str, str] = {}
 
     def detect(self, raw: RawCheckpoint) -> Detection | None:
         raise NotImplementedError
@@ -65,10 +87,24 @@ class Family:
 
 
 def load_class(spec: str) -> Any:
-    """The class named by "module:Class" (families name their classes by string so that they never import
-    the models or the legacy package)."""
+    """The class (or function) named by "module:Class".
+
+    Families name their classes by string so that they never import the models or the legacy package.
+
+    Args:
+        spec: "package.module:Name"; the package may be an extra family folder (`ATHELAS_MIGRATE_FAMILIES`).
+
+    Returns:
+        The named object.
+
+    Raises:
+        ImportError, AttributeError: the module or the name does not exist.
+    """
     import importlib
 
+    from ..family_path import import_family_folders
+
+    import_family_folders()
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
 

@@ -3,6 +3,8 @@
 The graph is validated once, when the rule files load (like Alembic's RevisionMap): per family the forward
 edges form no cycle and end in exactly one head, the newest layout. To add a layout version, add one rule file
 `mappings/<Family>/<old>-<new>.toml` whose target is the new head, and set the family's `latest` to it.
+Family folders outside the package keep their rule files in their own `mappings/` (see `family_path`); all roots
+form one graph, and two files for one edge are refused wherever they are.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import RuleError, UsageError, VersionGraphError
+from ..family_path import extra_mapping_roots
 from .inverse import invert_file
 from .schema import RuleFile, parse_rule_file
 
@@ -25,12 +28,29 @@ def mappings_root() -> Path:
     return Path(str(importlib.resources.files("athelas_migrate.mappings")))
 
 
-@lru_cache(maxsize=4)
 def load_rule_files(root: str | None = None) -> tuple[RuleFile, ...]:
-    base = Path(root) if root else mappings_root()
+    """Every rule file, parsed, with the version graph validated.
+
+    Args:
+        root: one mappings folder to read; default: the bundled `mappings/` plus the extra family folders'.
+
+    Returns:
+        The rule files, ordered by root and path.
+
+    Raises:
+        RuleError: a malformed file, or two files for one edge.
+        VersionGraphError: a family's edges form a cycle or end in more than one head.
+    """
+    roots = (Path(root),) if root else (mappings_root(), *extra_mapping_roots())
+    return _load_roots(roots)
+
+
+@lru_cache(maxsize=8)
+def _load_roots(roots: tuple[Path, ...]) -> tuple[RuleFile, ...]:
     files = []
-    for path in sorted(base.rglob("*.toml")):
-        files.append(parse_rule_file(path, path.relative_to(base).as_posix()))
+    for base in roots:
+        for path in sorted(base.rglob("*.toml")):
+            files.append(parse_rule_file(path, path.relative_to(base).as_posix()))
     seen: dict[tuple[str, str, str], str] = {}
     for rf in files:
         key = (rf.family, *rf.edge)
@@ -40,6 +60,9 @@ def load_rule_files(root: str | None = None) -> tuple[RuleFile, ...]:
     for family in sorted({rf.family for rf in files}):
         _head_of([rf for rf in files if rf.family == family], family)
     return tuple(files)
+
+
+load_rule_files.cache_clear = _load_roots.cache_clear  # type: ignore[attr-defined]
 
 
 def _head_of(edges: list[RuleFile], family: str) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from athelas_migrate.components.cnn_encoder import branch_output_length
 from legacy.text_cnn import legacy_pool_size
 
-from .adapters import Batch, Context, VerifyAdapter, register_adapter
+from ...equivalence.adapters import Batch, Context, VerifyAdapter
 
 BATCH_SPECS = (  # name, batch size, tabular pattern
     ("single", 1, "unit"),
@@ -264,6 +264,3 @@ class BimodalCNNAdapter(_CNNAdapter):
         feed[self._text_key(model)] = data["ids"]
         return model(feed)
 
-
-for _cls in (TextCNNAdapter, TabAEAdapter, BimodalCNNAdapter):
-    register_adapter(_cls())

@@ -14,10 +14,10 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from ..errors import MissingInformationError, UsageError
-from ..io.reader import RawCheckpoint
-from .base import Detection, Expected, Family, merge_config
-from .layout import LayoutBuilder
+from ...errors import MissingInformationError, UsageError
+from ...io.reader import RawCheckpoint
+from ..base import Detection, Expected, Family, merge_config
+from ..layout import LayoutBuilder
 
 _NOT_STORED = ("text_name", "tab_field_list")
 _PREFIX = {"v1": ("text_projection.", "token_embedding_table", "tab_projection.", "net.12."),
@@ -92,7 +92,7 @@ class _Names3RiskFamily(Family):
         if isinstance(fields, str) or len(fields) != n:
             raise UsageError(f"tab_field_list has {1 if isinstance(fields, str) else len(fields)} names but the "
                              f"tabular weights take {n} inputs")
-        from ..models.names3risk_config import resolve_names3risk_config
+        from ...models.names3risk_config import resolve_names3risk_config
 
         try:
             config = resolve_names3risk_config(config, self.name)
@@ -138,6 +138,8 @@ class LSTM2RiskFamily(_Names3RiskFamily):
     marker = {"v1": "text_projection.lstm.weight_ih_l0", "v2": "text_encoder.lstm.weight_ih_l0"}
     v2_class = "athelas_migrate.models.names3risk:LSTM2Risk"
     legacy_classes = {"v1": "legacy.names3risk:LSTM2Risk"}
+    verify_adapter = "athelas_migrate.families.names3risk.verify:LSTM2RiskAdapter"
+    onnx_spec = "athelas_migrate.families.names3risk.onnx:names3risk_spec"
 
     def text_layout(self, b: LayoutBuilder, pre: str, config: dict[str, Any], legacy: bool) -> None:
         h, e = config["hidden_size"], config["embedding_size"]
@@ -166,6 +168,8 @@ class Transformer2RiskFamily(_Names3RiskFamily):
               "v2": "text_encoder.blocks.0.self_attn.heads.0.qkv.weight"}
     v2_class = "athelas_migrate.models.names3risk:Transformer2Risk"
     legacy_classes = {"v1": "legacy.names3risk:Transformer2Risk"}
+    verify_adapter = "athelas_migrate.families.names3risk.verify:Transformer2RiskAdapter"
+    onnx_spec = "athelas_migrate.families.names3risk.onnx:names3risk_spec"
 
     def text_layout(self, b: LayoutBuilder, pre: str, config: dict[str, Any], legacy: bool) -> None:
         h, e, heads = config["hidden_size"], config["embedding_size"], config["n_heads"]

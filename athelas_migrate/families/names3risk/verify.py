@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Batch, Context, VerifyAdapter, register_adapter
-from .compare import compare
-from .report import EXPECTED, FAIL, PASS, Check, Section
+from ...equivalence.adapters import Batch, Context, VerifyAdapter
+from ...equivalence.compare import compare
+from ...equivalence.report import EXPECTED, FAIL, PASS, Check, Section
 
 PAD_ID = 1
 TEXT_LEN = 12
@@ -261,6 +261,3 @@ class Transformer2RiskAdapter(_Names3RiskAdapter):
     family = "Transformer2Risk"
     lstm = False
 
-
-for _cls in (LSTM2RiskAdapter, Transformer2RiskAdapter):
-    register_adapter(_cls())

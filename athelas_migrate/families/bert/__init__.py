@@ -13,10 +13,10 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from ..errors import InputError, MissingInformationError, NotApplicableError, UsageError
-from ..io.reader import RawCheckpoint
-from .base import Detection, Expected, Family, Needs, merge_config
-from .layout import LayoutBuilder
+from ...errors import InputError, MissingInformationError, NotApplicableError, UsageError
+from ...io.reader import RawCheckpoint
+from ..base import Detection, Expected, Family, Needs, merge_config
+from ..layout import LayoutBuilder
 
 NO_DECAY = ("bias", "LayerNorm.weight")
 #: The flat hyper-parameters the legacy fusion classes save, in their order (legacy/bert/_common.py's
@@ -54,6 +54,15 @@ STANDARD_BERTS: dict[str, dict[str, Any]] = {
                                   intermediate_size=2048),
 }
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
+
+#: package of the legacy Lightning classes, as pickled whole modules name it
+_LIGHTNING = "athelas.models.lightning."
+
+
+def _historical(module: str, cls: str) -> dict[str, str]:
+    """A fusion class's pickled path and its text encoder's, with the frozen classes reproducing them."""
+    return {f"{_LIGHTNING}{module}.{cls}": f"legacy.bert:{cls}",
+            f"{_LIGHTNING}text.pl_bert.TextBertBase": "legacy.bert:TextBertBase"}
 
 
 def bert_shapes(sd: dict, prefix: str, where: str) -> dict[str, int]:
@@ -190,11 +199,11 @@ class _FusionFamily(Family):
             bert["primary"] if bert["primary"] == bert["secondary"] else bert)
         known = {k: v for k, v in config.items() if v is not None}
         needs.raise_if_any(where, known, {"bert_config": config["_bert_config"]})
-        from ..models.bert_fusion_config import resolve_bert_fusion_config
+        from ...models.bert_fusion_config import resolve_bert_fusion_config
 
         resolved = resolve_bert_fusion_config({k: v for k, v in config.items() if not k.startswith("_")}, self.name)
         if bare:
-            from .cnn import record_unknown
+            from ..cnn import record_unknown
 
             record_unknown(resolved, {k: why for k, why in BERT_TRAINING_ONLY.items() if k not in known}, notes)
         resolved["_bert_config"] = config["_bert_config"]
@@ -290,6 +299,9 @@ class CrossAttnFamily(_FusionFamily):
     marker = "cross_att."
     v2_class = "athelas_migrate.models.bert_fusion:BimodalBertCrossAttn"
     legacy_classes = {"v1": "legacy.bert:BimodalBertCrossAttn"}
+    verify_adapter = "athelas_migrate.families.bert.verify:CrossAttnAdapter"
+    onnx_spec = "athelas_migrate.families.bert.onnx:bimodal_bert_spec"
+    historical_classes = _historical("bimodal.pl_bimodal_cross_attn", "BimodalBertCrossAttn")
 
     def head(self, sd: dict) -> Any:
         return sd["final_merge_network.2.weight"]
@@ -312,6 +324,9 @@ class GateFamily(_FusionFamily):
     marker = "gate_fusion."
     v2_class = "athelas_migrate.models.bert_fusion:BimodalBertGateFusion"
     legacy_classes = {"v1": "legacy.bert:BimodalBertGateFusion"}
+    verify_adapter = "athelas_migrate.families.bert.verify:GateAdapter"
+    onnx_spec = "athelas_migrate.families.bert.onnx:bimodal_bert_spec"
+    historical_classes = _historical("bimodal.pl_bimodal_gate_fusion", "BimodalBertGateFusion")
 
     def head(self, sd: dict) -> Any:
         return sd["final_merge_network.1.weight"]
@@ -331,6 +346,9 @@ class MoEFamily(_FusionFamily):
     marker = "moe_fusion."
     v2_class = "athelas_migrate.models.bert_fusion:BimodalBertMoE"
     legacy_classes = {"v1": "legacy.bert:BimodalBertMoE"}
+    verify_adapter = "athelas_migrate.families.bert.verify:MoEAdapter"
+    onnx_spec = "athelas_migrate.families.bert.onnx:bimodal_bert_spec"
+    historical_classes = _historical("bimodal.pl_bimodal_moe", "BimodalBertMoE")
 
     def head(self, sd: dict) -> Any:
         return sd["classifier.1.weight"]
@@ -353,6 +371,9 @@ class TrimodalFamily(_FusionFamily):
     texts = ("primary", "secondary")
     v2_class = "athelas_migrate.models.bert_fusion:TrimodalCrossAttentionBert"
     legacy_classes = {"v1": "legacy.bert:TrimodalCrossAttentionBert"}
+    verify_adapter = "athelas_migrate.families.bert.verify:TrimodalAdapter"
+    onnx_spec = "athelas_migrate.families.bert.onnx:trimodal_bert_spec"
+    historical_classes = _historical("trimodal.pl_trimodal_cross_attn", "TrimodalCrossAttentionBert")
 
     def text_name_keys(self) -> tuple[str, ...]:
         return ("primary_text_name", "secondary_text_name")

@@ -10,9 +10,9 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from ..errors import InputError, NotApplicableError, UnknownLayoutError, UsageError
-from ..io.reader import RawCheckpoint
-from .base import Detection, Expected, Family, Needs, merge_config
+from ...errors import InputError, NotApplicableError, UnknownLayoutError, UsageError
+from ...io.reader import RawCheckpoint
+from ..base import Detection, Expected, Family, Needs, merge_config
 
 V1_BIMODAL_WHITELIST = [
     "text_name", "text_input_ids_key", "is_binary", "num_classes", "kernel_size", "num_layers", "num_channels",
@@ -21,6 +21,9 @@ V1_BIMODAL_WHITELIST = [
 ]
 V2_ONLY_KEYS = ("text_batch_key", "vocab_size")
 _CONV = re.compile(r"convs\.(\d+)\.(\d+)\.weight")
+
+#: package of the legacy Lightning classes, as pickled whole modules name it
+_LIGHTNING = "athelas.models.lightning."
 
 
 def _float_values(t) -> list[float]:
@@ -125,8 +128,8 @@ def record_unknown(config: dict, unknown: dict[str, str], notes: list[str]) -> N
 
 
 def _resolve(config: dict, where: str = "checkpoint") -> dict:
-    from ..io.values import check_hparam_types
-    from ..models.config import resolve_config  # pure Python, no torch
+    from ...io.values import check_hparam_types
+    from ...models.config import resolve_config  # pure Python, no torch
 
     check_hparam_types(config, "hyper-parameters", where)  # merged from the checkpoint, --set and derived facts
     return resolve_config(config)
@@ -168,6 +171,10 @@ class TextCNNFamily(_CNNFamily):
     name = "TextCNN"
     v2_class = "athelas_migrate.models:TextCNN"
     legacy_classes = {"v0": "legacy:TextCNN", "v1": "legacy:TextCNN"}
+    verify_adapter = "athelas_migrate.families.cnn.verify:TextCNNAdapter"
+    onnx_spec = "athelas_migrate.families.cnn.onnx:text_cnn_spec"
+    historical_classes = {f"{_LIGHTNING}pl_text_cnn.TextCNN": "legacy:TextCNN",
+                          f"{_LIGHTNING}text.pl_text_cnn.TextCNN": "legacy:TextCNN"}
     pickled_paths = {"athelas.models.lightning.pl_text_cnn.TextCNN": "v0",
                      "athelas.models.lightning.text.pl_text_cnn.TextCNN": "v1"}
 
@@ -224,6 +231,12 @@ class TabAEFamily(_CNNFamily):
     name = "TabAE"
     v2_class = "athelas_migrate.models:TabAE"
     legacy_classes = {"v0": "legacy:TabAE", "v1": "legacy:TabAE"}
+    verify_adapter = "athelas_migrate.families.cnn.verify:TabAEAdapter"
+    onnx_spec = "athelas_migrate.families.cnn.onnx:tab_ae_spec"
+    historical_classes = {f"{_LIGHTNING}pl_tab_ae.TabularEmbeddingModule": "legacy:TabularEmbeddingModule",
+                          f"{_LIGHTNING}pl_tab_ae.TabAE": "legacy:TabAE",
+                          f"{_LIGHTNING}tabular.pl_tab_ae.TabularEmbeddingModule": "legacy:TabularEmbeddingModule",
+                          f"{_LIGHTNING}tabular.pl_tab_ae.TabAE": "legacy:TabAE"}
     pickled_paths = {"athelas.models.lightning.pl_tab_ae.TabAE": "v0",
                      "athelas.models.lightning.tabular.pl_tab_ae.TabAE": "v1"}
 
@@ -282,6 +295,10 @@ class BimodalCNNFamily(_CNNFamily):
     name = "BimodalCNN"
     v2_class = "athelas_migrate.models:BimodalCNN"
     legacy_classes = {"v0": "legacy:MultimodalCNN", "v1": "legacy:BimodalCNN"}
+    verify_adapter = "athelas_migrate.families.cnn.verify:BimodalCNNAdapter"
+    onnx_spec = "athelas_migrate.families.cnn.onnx:bimodal_cnn_spec"
+    historical_classes = {f"{_LIGHTNING}pl_multimodal_cnn.MultimodalCNN": "legacy:MultimodalCNN",
+                          f"{_LIGHTNING}bimodal.pl_bimodal_cnn.BimodalCNN": "legacy:BimodalCNN"}
     pickled_paths = {"athelas.models.lightning.pl_multimodal_cnn.MultimodalCNN": "v0",
                      "athelas.models.lightning.bimodal.pl_bimodal_cnn.BimodalCNN": "v1"}
 
@@ -372,3 +389,6 @@ class BimodalCNNFamily(_CNNFamily):
             return {k: config[k] for k in V1_BIMODAL_WHITELIST if k in config}
         return _render_text_model(config, version, state, "text_subnetwork.embeddings.weight")
 
+
+
+FAMILIES: tuple[Family, ...] = (BimodalCNNFamily(), TextCNNFamily(), TabAEFamily())

@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import InputError
-from ..io.reader import RawCheckpoint
-from .base import Detection, Family
+from ...errors import InputError
+from ...io.reader import RawCheckpoint
+from ..base import Detection, Family
 
 #: why no exact migration exists (A.7), one line each, for `--explain`
 DIFFERENCES = (

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Batch, Context, VerifyAdapter, first_optimizer, register_adapter
-from .cnn import _tab
+from ...equivalence.adapters import Batch, Context, VerifyAdapter, first_optimizer
+from ..cnn.verify import _tab
 
 TEXT_LEN = 16
 SECOND_TEXT_LEN = 12
@@ -258,6 +258,3 @@ class TrimodalAdapter(_BertFusionAdapter):
     family = "TrimodalCrossAttentionBert"
     texts = ("primary", "secondary")
 
-
-for _cls in (CrossAttnAdapter, GateAdapter, MoEAdapter, TrimodalAdapter):
-    register_adapter(_cls())
