@@ -148,9 +148,10 @@ LAYERS = [
 ]
 
 
-#: The parts of a family folder that run models: they sit at the top (beside the equivalence runner and export),
+#: The parts of a family folder that run models: its verify adapter, ONNX spec and, for a family whose classes live
+#: in its folder, the legacy and refactored classes. They sit at the top (beside the equivalence runner and export),
 #: named by the family by string and imported only when used.
-FOLDER_TOP_MODULES = ("verify", "onnx")
+FOLDER_TOP_MODULES = ("verify", "onnx", "legacy", "model")
 
 
 def _layer(module: str) -> int:
