@@ -53,14 +53,9 @@ def rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
     storage is untyped (numel in bytes) and the dtype comes as an argument.
 
     Args:
-        storage: the storage record `persistent_load` returned.
-        storage_offset: the view's offset, in elements.
-        size: the view's shape.
-        stride: the view's strides, in elements.
-        requires_grad: whether autograd tracks it.
-        backward_hooks: ignored.
+        storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata: as for
+            `rebuild_tensor_v2`.
         dtype: the dtype, as `torch.<name>` resolved to a DtypeName.
-        metadata: ignored.
 
     Returns:
         The tensor record, its storage retyped to `dtype`.
