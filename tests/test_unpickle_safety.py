@@ -25,6 +25,7 @@ from athelas_migrate import api
 from athelas_migrate.errors import InputError, UnsafeCheckpointError
 from athelas_migrate.io import safe_unpickle
 from athelas_migrate.io.reader import read_checkpoint
+from athelas_migrate.io.unpickling import limits, records
 from athelas_migrate.io.zip_archive import Member, write_members
 
 MANIFEST = {e["file"]: e for e in manifest_entries()}
@@ -140,7 +141,7 @@ def test_stubs_stay_inert(tmp_path):
     path = torch_zip(tmp_path / "mod.pt", P2 + root + b".")
     raw = read_checkpoint(path)
     assert raw.kind == "pickled_module" and raw.module_classpath == "torch.nn.modules.linear.Linear"
-    stub = safe_unpickle._stub_class("torch.nn.modules.linear.Linear", "module")
+    stub = records.stub_class("torch.nn.modules.linear.Linear", "module")
     assert stub.__setstate__ is safe_unpickle.Stub.__setstate__  # BUILD state is data, never methods
     with pytest.raises(UnsafeCheckpointError, match="collections.OrderedDict"):  # a converter as a value
         read_checkpoint(torch_zip(tmp_path / "conv.pt", P2 + module + b")R}" + S("f") + G("collections", "OrderedDict")
@@ -159,10 +160,10 @@ def test_module_stub_classes_are_an_explicit_bounded_list():
     for classpath in ("athelas.models.lightning.evil.Payload", "torch.nn.modules.module._IncompatibleKeys",
                       "torch.nn.modules.linear.NotALayer"):
         assert safe_unpickle.classify(*classpath.rsplit(".", 1)) == "refused", classpath
-    assert safe_unpickle._stub_class.cache_info().maxsize is not None
+    assert records.stub_class.cache_info().maxsize is not None
     for i in range(300):  # attacker-chosen numpy dtype class names: the cache does not grow past its bound
         safe_unpickle.resolve_global("numpy.dtypes", f"X{i}DType")
-    assert safe_unpickle._stub_class.cache_info().currsize <= safe_unpickle._stub_class.cache_info().maxsize
+    assert records.stub_class.cache_info().currsize <= records.stub_class.cache_info().maxsize
 
 
 def test_deep_mark_nesting_and_memo_bounds_are_refused(tmp_path, monkeypatch):
@@ -171,7 +172,7 @@ def test_deep_mark_nesting_and_memo_bounds_are_refused(tmp_path, monkeypatch):
     deep = P2 + b"(" * (safe_unpickle.MAX_DEPTH + 1) + b"."
     with pytest.raises(InputError, match="nests deeper"):
         read_checkpoint(torch_zip(tmp_path / "deep.ckpt", deep))
-    monkeypatch.setattr(safe_unpickle, "MAX_MEMO", 3)
+    monkeypatch.setattr(limits, "MAX_MEMO", 3)
     memo = P2 + b"N\x94" * 4 + b"0" * 4 + EMPTY_SD + b"."
     with pytest.raises(InputError, match="memo entries"):
         read_checkpoint(torch_zip(tmp_path / "memo.ckpt", memo))

@@ -214,18 +214,16 @@ def stamped_layout(raw: RawCheckpoint, families: dict[str, Family]) -> tuple[str
     """(family, layout) from a valid layout stamp; None when there is no stamp or it names a family this tool
     does not know (a user's subclass: detected from the keys instead).
 
-    A stamp is trusted only when it is well formed and its version is one this tool knows: a newer or unknown
-    version would otherwise end in a misleading missing-key error far from the cause."""
+    A stamp is trusted only when it is complete and its version is one this tool knows: a newer or unknown
+    version would otherwise end in a misleading missing-key error far from the cause. Its types were checked
+    when the file was read (io.values: a dict whose 'layout' and 'family', where present, are strings)."""
     stamp = raw.top.get(STAMP_KEY, raw.stamp) if isinstance(raw.top, dict) else raw.stamp
     if stamp is None:
         return None
     where = f"{raw.path}: layout stamp {STAMP_KEY!r}"
-    if not isinstance(stamp, dict):
-        raise UnknownLayoutError(f"{where} is malformed: expected a table with 'layout' and 'family', "
-                                 f"got {type(stamp).__name__}")
     layout, family = stamp.get("layout"), stamp.get("family")
-    if not isinstance(layout, str) or not isinstance(family, str):
-        raise UnknownLayoutError(f"{where} is malformed: 'layout' and 'family' must be strings, got "
+    if layout is None or family is None:
+        raise UnknownLayoutError(f"{where} is malformed: it needs both 'layout' and 'family', got "
                                  f"layout={layout!r}, family={family!r}")
     fam = families.get(family)
     known = sorted(set(fam.legacy_classes) | {fam.latest}) if fam else []

@@ -20,7 +20,7 @@ import mmap
 from typing import Any
 
 from ..errors import AthelasError, InputError
-from .safe_unpickle import _prescan, unpickle
+from .safe_unpickle import prescan, unpickle
 from .tensor_ref import DTYPES, StorageRef
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -43,7 +43,7 @@ def _no_storage(key: str, dtype: str, numel: int) -> Any:
 
 
 def _small_pickle(mm: Any, start: int, what: str) -> tuple[Any, int]:
-    end = _prescan(mm, start)
+    end = prescan(mm, start)
     return unpickle(mm[start:end], _no_storage), end
 
 
@@ -81,7 +81,7 @@ def _read(mm: Any, path: str, size: int) -> Any:
                              "types or sizes")
         return ref
 
-    end = _prescan(mm, pos)
+    end = prescan(mm, pos)
     obj = unpickle(mm[pos:end], storage_for, legacy=True)
     keys, pos = _small_pickle(mm, end, "storage keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
