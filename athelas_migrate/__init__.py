@@ -24,7 +24,15 @@ def _read_checkpoint_dict(source: Any, overrides: Any = None, cls: type | None =
     return read_checkpoint_dict(source, overrides, cls)
 
 
+def _family_class_paths() -> list[str]:
+    """Every family's historical class paths (the restricted reader's whole-module allowlist)."""
+    from .families import FAMILIES
+
+    return [path for fam in FAMILIES.values() for path in fam.historical_classes]
+
+
 hooks.install_checkpoint_reader(_read_checkpoint_dict)
+hooks.install_class_path_source(_family_class_paths)
 
 
 def __getattr__(name: str) -> Any:

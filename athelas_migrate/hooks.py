@@ -8,7 +8,7 @@ submodule) installs the engine's reader. To change how models load files, instal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 #: (source, overrides, cls) -> the v2 checkpoint dict with torch tensors; see athelas_migrate.materialise.
@@ -32,3 +32,24 @@ def checkpoint_reader() -> CheckpointReader:
     if _reader is None:
         raise RuntimeError("no checkpoint reader installed (athelas_migrate/__init__.py installs it)")
     return _reader
+
+
+#: () -> the historical class paths the model families declare; see athelas_migrate.io.unpickling.class_paths.
+ClassPathSource = Callable[[], Iterable[str]]
+
+_class_path_source: ClassPathSource | None = None
+
+
+def install_class_path_source(source: ClassPathSource) -> None:
+    """Make `source` what the restricted reader asks, once, for the families' historical class paths.
+
+    The reader sits below the family registry in the import graph, so the package installs a function that
+    imports the registry when the reader first needs it.
+    """
+    global _class_path_source
+    _class_path_source = source
+
+
+def family_class_paths() -> tuple[str, ...]:
+    """The historical class paths the installed source reports (none when nothing is installed)."""
+    return tuple(_class_path_source()) if _class_path_source is not None else ()

@@ -66,6 +66,14 @@ def test_family_lives_in_one_folder(name):
             assert module.startswith(f"athelas_migrate.families.{folder.name}."), ref
 
 
+def test_the_reader_allows_exactly_the_families_historical_class_paths():
+    """The restricted reader's whole-module allowlist is the families' declarations plus torch layers."""
+    from athelas_migrate.io.safe_unpickle import module_class_paths
+
+    declared = {path for fam in FAMILIES.values() for path in fam.historical_classes}
+    assert {p for p in module_class_paths() if not p.startswith("torch.nn.modules.")} == declared
+
+
 def test_historical_class_paths_are_declared_by_the_families_alone():
     """The frozen legacy package maps exactly the class paths the families declare (one source of truth)."""
     import legacy

@@ -18,6 +18,7 @@ from ..config_keys import register_key_types
 from ..errors import UnknownLayoutError, UsageError
 from ..family_path import import_family_folders
 from ..io.reader import RawCheckpoint
+from ..io.unpickling.class_paths import register_historical_class_paths
 from .base import Detection, Expected, Family, stamped_layout
 
 
@@ -48,6 +49,7 @@ FAMILIES: dict[str, Family] = _collect(_bundled_folders() + import_family_folder
 def register(family: Family) -> None:
     """Add (or replace) a family at run time (a family folder is found without it; see the module docstring)."""
     register_key_types(family.key_types, family.name)
+    register_historical_class_paths(family.historical_classes)
     FAMILIES[family.name] = family
 
 

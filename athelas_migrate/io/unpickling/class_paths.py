@@ -6,9 +6,11 @@ version, and its sub-modules are torch layers. Each of these classes becomes an 
 is such a class. The list is explicit, not a prefix: a prefix would let a pickle make the reader mint
 stub classes for names it chooses (the stub-class cache is bounded, but the list is the first line).
 
-To allow a new class path: a model family registers its historical class paths with
-`register_historical_class_paths` (at import), or a torch layer its legacy models are built from is
-added to `_TORCH_LAYERS`. `module_class_paths()` is what the reader consults.
+The historical class paths come from the model families alone (`Family.historical_classes` in each family
+folder): the first time the reader needs the list it asks `athelas_migrate.hooks.family_class_paths()`, which
+the package wires to the family registry (this module sits below it in the import graph). To allow another
+path at run time, call `register_historical_class_paths`; a torch layer legacy models are built from is added
+to `_TORCH_LAYERS`. `module_class_paths()` is what the reader consults.
 """
 
 from __future__ import annotations
@@ -17,23 +19,8 @@ import re
 import threading
 from collections.abc import Iterable
 
-# The historical class paths of the legacy families (`legacy.all_class_paths()`, checked by
-# tests/test_unpickle_safety.py): the default until every family registers its own.
-_HISTORICAL_MODULES = frozenset({
-    "athelas.models.lightning.pl_text_cnn.TextCNN",
-    "athelas.models.lightning.pl_tab_ae.TabularEmbeddingModule",
-    "athelas.models.lightning.pl_tab_ae.TabAE",
-    "athelas.models.lightning.pl_multimodal_cnn.MultimodalCNN",
-    "athelas.models.lightning.text.pl_text_cnn.TextCNN",
-    "athelas.models.lightning.tabular.pl_tab_ae.TabularEmbeddingModule",
-    "athelas.models.lightning.tabular.pl_tab_ae.TabAE",
-    "athelas.models.lightning.bimodal.pl_bimodal_cnn.BimodalCNN",
-    "athelas.models.lightning.text.pl_bert.TextBertBase",
-    "athelas.models.lightning.bimodal.pl_bimodal_cross_attn.BimodalBertCrossAttn",
-    "athelas.models.lightning.bimodal.pl_bimodal_gate_fusion.BimodalBertGateFusion",
-    "athelas.models.lightning.bimodal.pl_bimodal_moe.BimodalBertMoE",
-    "athelas.models.lightning.trimodal.pl_trimodal_cross_attn.TrimodalCrossAttentionBert",
-})
+from ... import hooks
+
 # torch.nn.modules.<module>.<class>: the layers the legacy models are built from.
 _TORCH_LAYERS = {
     "linear": ("Linear", "Identity", "Bilinear"),
@@ -53,15 +40,20 @@ _CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
 _MAX_PATH = 200
 
 _lock = threading.Lock()
-_paths = _HISTORICAL_MODULES | _LAYERS  # replaced whole, never mutated: readers need no lock
+_paths = _LAYERS  # replaced whole, never mutated: readers need no lock
+_families_added = False
 
 
 def module_class_paths() -> frozenset[str]:
     """Every class path that loads as an inert module record.
 
     Returns:
-        The historical class paths (the default list plus those registered) and the allowed torch layers.
+        The historical class paths (the families' and those registered) and the allowed torch layers.
     """
+    global _families_added
+    if not _families_added:
+        register_historical_class_paths(hooks.family_class_paths())
+        _families_added = True
     return _paths
 
 
