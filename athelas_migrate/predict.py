@@ -97,7 +97,9 @@ def predict(ckpt: str, data: str, out: str, *, vocab: str | None = None,
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
 
-    from .train import build_tensors, compute_metrics, read_table
+    from .training.batches import build_tensors, make_loader
+    from .training.metrics import compute_metrics
+    from .training.tables import read_table
 
     table = read_table(data)  # fail early on a bad data file, before loading the model
     if model is None:
@@ -125,8 +127,6 @@ def predict(ckpt: str, data: str, out: str, *, vocab: str | None = None,
     ids = table.column(id_col, "id") if id_col else list(range(table.n_rows))
 
     import torch
-
-    from .train import make_loader
 
     tensors = build_tensors(table, vocabulary, text_col=text_col, text_key=text_key, length=length,
                             tab_fields=fields, label_col=label_col if has_label else None)
