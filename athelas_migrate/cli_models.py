@@ -11,25 +11,9 @@ the main group turns them into one-line messages.
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-__all__ = ["demo_data_cmd", "export_cmd", "parse_overrides", "predict_cmd", "train_cmd"]
-
-
-def parse_overrides(sets: tuple[str, ...] | list[str], config_file: str | None = None,
-                    bert_config: str | None = None) -> dict[str, Any]:
-    """``--config FILE.json`` and ``--set KEY=VALUE`` (VALUE parsed as JSON when it is valid JSON),
-    as for every other command (``athelas_migrate.overrides``); in addition a ``tab_field_list``
-    given as a plain string is split at commas (``--set tab_field_list=a,b,c``)."""
-    from .overrides import parse_overrides as parse
-
-    out = parse(sets, config_file, bert_config)
-    fields = out.get("tab_field_list")
-    if isinstance(fields, str):
-        out["tab_field_list"] = [f.strip() for f in fields.split(",") if f.strip()]
-    return out
+__all__ = ["demo_data_cmd", "export_cmd", "predict_cmd", "train_cmd"]
 
 
 def _split_list(values: tuple[str, ...]) -> list[str] | None:
@@ -100,14 +84,16 @@ def train_cmd(train_file: str, val_file: str | None, out_dir: str, model: str, c
       athelas-migrate demo-data demo
       athelas-migrate train demo/train.csv --val demo/val.csv --config demo/config.json --out runs/demo
     """
-    from .train import TrainOptions, render_result, resolve_model_name, train
+    from .overrides import parse_overrides
+    from .train import TrainOptions, parse_train_sets, render_result, resolve_model_name, train
 
     resolve_model_name(model)  # refuse TabAE / unknown names before any heavy import
+    train_sets, model_sets = parse_train_sets(sets)
     opts = TrainOptions(
         train_path=train_file, val_path=val_file, out_dir=out_dir, model=model, config_file=config_file,
         text_col=text_col, num_cols=_split_list(num_cols), label_col=label_col,
-        overrides=parse_overrides(sets), max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, max_len=max_len, embed_size=embed_size, min_freq=min_freq,
+        overrides={**parse_overrides(model_sets), **train_sets}, max_epochs=max_epochs, batch_size=batch_size,
+        lr=lr, optimizer=optimizer, max_len=max_len, embed_size=embed_size, min_freq=min_freq,
         max_vocab_size=max_vocab_size, word_vectors=word_vectors, patience=patience,
         val_fraction=val_fraction, seed=seed, accelerator=accelerator, devices=devices,
         strategy=strategy, precision=precision, progress=progress, force=force,
@@ -142,6 +128,7 @@ def predict_cmd(ckpt: str, data: str, out: str, vocab: str | None, text_col: str
     Output columns: row (or --id-col), prob_0 .. prob_{C-1}, prediction, and label when DATA has it.
     """
     from .outputs import prepare_output, read_inputs_first
+    from .overrides import parse_overrides
 
     overrides = parse_overrides(sets, config_file)  # usage errors first, before any heavy import
     prepare_output(out, force, inputs=(ckpt, data))
@@ -187,6 +174,7 @@ def export_cmd(ckpt: str, out: str, atol: float, opset: int, batch_sizes: str, s
     """
     from .errors import UsageError
     from .outputs import prepare_output, read_inputs_first
+    from .overrides import parse_overrides
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]

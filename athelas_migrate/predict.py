@@ -16,8 +16,8 @@ comma separated; the file is written atomically.
 from __future__ import annotations
 
 import csv
+import io
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,22 +147,19 @@ def predict(ckpt: str, data: str, out: str, *, vocab: str | None = None,
         header.append("label")
     preds = probs.argmax(dim=1).tolist()
     rows = probs.tolist()
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out_abs)}.", suffix=".tmp",
-                               dir=os.path.dirname(out_abs))
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
-            writer.writerow(header)
-            for i, p in enumerate(rows):
-                line = [ids[i], *(f"{v:.8g}" for v in p), preds[i]]
-                if labels is not None:
-                    line.append(labels[i])
-                writer.writerow(line)
-        os.replace(tmp, out_abs)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .io.writer import atomic_output
+
+    with atomic_output(out_abs) as fh:
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(header)
+        for i, p in enumerate(rows):
+            line = [ids[i], *(f"{v:.8g}" for v in p), preds[i]]
+            if labels is not None:
+                line.append(labels[i])
+            writer.writerow(line)
+        text.flush()
+        text.detach()  # the atomic writer closes (and publishes) the file, not the text layer
     notes = []
     if label_col and not has_label:
         notes.append(f"no {label_col!r} column in {data}: no labels or metrics")
