@@ -5,8 +5,11 @@ The main ``athelas-migrate`` group registers ``train_cmd``, ``predict_cmd``,
 standard library at import time; torch, Lightning, ONNX and rich are imported
 inside the commands so that ``athelas-migrate --help`` stays fast. Errors that
 are the user's fault are raised as ``athelas_migrate.errors`` exceptions
-(``UsageError`` exit 2, ``InputError`` exit 3, ``ValidationError`` exit 1);
-the main group turns them into one-line messages.
+(``UsageError`` exit 2, ``InputError`` exit 3, ``ValidationError`` exit 1,
+``OutputError`` exit 4); the main group turns them into one-line messages.
+
+To add a command, write it here as a thin click layer over a function of its own module (as ``train``
+over :mod:`athelas_migrate.train`) and list its name where ``cli.py`` registers this module.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def train_cmd(train_file: str, val_file: str | None, out_dir: str, model: str, c
               max_vocab_size: int | None, word_vectors: str | None, patience: int | None,
               val_fraction: float | None, seed: int | None, accelerator: str, devices: str, strategy: str,
               precision: str | None, progress: bool, force: bool) -> None:
-    """Train a TextCNN or BimodalCNN from CSV/TSV/Parquet files; writes v2 checkpoints.
+    """Train a TextCNN, BimodalCNN, LSTM2Risk or Transformer2Risk from CSV/TSV/Parquet files; writes v2 checkpoints.
 
     \b
     Example:

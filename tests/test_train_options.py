@@ -85,3 +85,18 @@ def test_predictions_are_written_like_every_other_output(tmp_path):
     lines = (tmp_path / "p.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["row", "prob_0", "prob_1", "prediction", "label"] and len(lines) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "p.tsv", "vocab.json"]
+
+
+def test_the_train_facade_imports_nothing_heavy():
+    """The CLI refuses a bad --model or --set through athelas_migrate.train before torch loads: the facade and
+    every module of the training package keep torch, Lightning, torchmetrics and rich inside their functions."""
+    import subprocess
+    import sys
+
+    code = ("import sys, athelas_migrate.train as t, pkgutil, importlib, athelas_migrate.training as p\n"
+            "for m in pkgutil.iter_modules(p.__path__, p.__name__ + '.'): importlib.import_module(m.name)\n"
+            "assert all(hasattr(t, name) for name in t.__all__)\n"
+            "print(','.join(m for m in ('torch', 'lightning', 'torchmetrics', 'rich', 'pyarrow') "
+            "if m in sys.modules) or '-')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "-", proc.stdout + proc.stderr
