@@ -19,11 +19,6 @@ import click
 __all__ = ["demo_data_cmd", "export_cmd", "predict_cmd", "train_cmd"]
 
 
-def _split_list(values: tuple[str, ...]) -> list[str] | None:
-    items = [part.strip() for v in values for part in v.split(",") if part.strip()]
-    return items or None
-
-
 def _console():
     from rich.console import Console
 
@@ -88,13 +83,13 @@ def train_cmd(train_file: str, val_file: str | None, out_dir: str, model: str, c
       athelas-migrate train demo/train.csv --val demo/val.csv --config demo/config.json --out runs/demo
     """
     from .overrides import parse_overrides
-    from .train import TrainOptions, parse_train_sets, render_result, resolve_model_name, train
+    from .train import TrainOptions, parse_train_sets, render_result, resolve_model_name, split_names, train
 
     resolve_model_name(model)  # refuse TabAE / unknown names before any heavy import
     train_sets, model_sets = parse_train_sets(sets)
     opts = TrainOptions(
         train_path=train_file, val_path=val_file, out_dir=out_dir, model=model, config_file=config_file,
-        text_col=text_col, num_cols=_split_list(num_cols), label_col=label_col,
+        text_col=text_col, num_cols=split_names(",".join(num_cols)) or None, label_col=label_col,
         overrides={**parse_overrides(model_sets), **train_sets}, max_epochs=max_epochs, batch_size=batch_size,
         lr=lr, optimizer=optimizer, max_len=max_len, embed_size=embed_size, min_freq=min_freq,
         max_vocab_size=max_vocab_size, word_vectors=word_vectors, patience=patience,
