@@ -5,36 +5,18 @@ The main ``athelas-migrate`` group registers ``train_cmd``, ``predict_cmd``,
 standard library at import time; torch, Lightning, ONNX and rich are imported
 inside the commands so that ``athelas-migrate --help`` stays fast. Errors that
 are the user's fault are raised as ``athelas_migrate.errors`` exceptions
-(``UsageError`` exit 2, ``InputError`` exit 3, ``ValidationError`` exit 1);
-the main group turns them into one-line messages.
+(``UsageError`` exit 2, ``InputError`` exit 3, ``ValidationError`` exit 1,
+``OutputError`` exit 4); the main group turns them into one-line messages.
+
+To add a command, write it here as a thin click layer over a function of its own module (as ``train``
+over :mod:`athelas_migrate.train`) and list its name where ``cli.py`` registers this module.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-__all__ = ["demo_data_cmd", "export_cmd", "parse_overrides", "predict_cmd", "train_cmd"]
-
-
-def parse_overrides(sets: tuple[str, ...] | list[str], config_file: str | None = None,
-                    bert_config: str | None = None) -> dict[str, Any]:
-    """``--config FILE.json`` and ``--set KEY=VALUE`` (VALUE parsed as JSON when it is valid JSON),
-    as for every other command (``athelas_migrate.overrides``); in addition a ``tab_field_list``
-    given as a plain string is split at commas (``--set tab_field_list=a,b,c``)."""
-    from .overrides import parse_overrides as parse
-
-    out = parse(sets, config_file, bert_config)
-    fields = out.get("tab_field_list")
-    if isinstance(fields, str):
-        out["tab_field_list"] = [f.strip() for f in fields.split(",") if f.strip()]
-    return out
-
-
-def _split_list(values: tuple[str, ...]) -> list[str] | None:
-    items = [part.strip() for v in values for part in v.split(",") if part.strip()]
-    return items or None
+__all__ = ["demo_data_cmd", "export_cmd", "predict_cmd", "train_cmd"]
 
 
 def _console():
@@ -93,21 +75,23 @@ def train_cmd(train_file: str, val_file: str | None, out_dir: str, model: str, c
               max_vocab_size: int | None, word_vectors: str | None, patience: int | None,
               val_fraction: float | None, seed: int | None, accelerator: str, devices: str, strategy: str,
               precision: str | None, progress: bool, force: bool) -> None:
-    """Train a TextCNN or BimodalCNN from CSV/TSV/Parquet files; writes v2 checkpoints.
+    """Train a TextCNN, BimodalCNN, LSTM2Risk or Transformer2Risk from CSV/TSV/Parquet files; writes v2 checkpoints.
 
     \b
     Example:
       athelas-migrate demo-data demo
       athelas-migrate train demo/train.csv --val demo/val.csv --config demo/config.json --out runs/demo
     """
-    from .train import TrainOptions, render_result, resolve_model_name, train
+    from .overrides import parse_overrides
+    from .train import TrainOptions, parse_train_sets, render_result, resolve_model_name, split_names, train
 
     resolve_model_name(model)  # refuse TabAE / unknown names before any heavy import
+    train_sets, model_sets = parse_train_sets(sets)
     opts = TrainOptions(
         train_path=train_file, val_path=val_file, out_dir=out_dir, model=model, config_file=config_file,
-        text_col=text_col, num_cols=_split_list(num_cols), label_col=label_col,
-        overrides=parse_overrides(sets), max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, max_len=max_len, embed_size=embed_size, min_freq=min_freq,
+        text_col=text_col, num_cols=split_names(",".join(num_cols)) or None, label_col=label_col,
+        overrides={**parse_overrides(model_sets), **train_sets}, max_epochs=max_epochs, batch_size=batch_size,
+        lr=lr, optimizer=optimizer, max_len=max_len, embed_size=embed_size, min_freq=min_freq,
         max_vocab_size=max_vocab_size, word_vectors=word_vectors, patience=patience,
         val_fraction=val_fraction, seed=seed, accelerator=accelerator, devices=devices,
         strategy=strategy, precision=precision, progress=progress, force=force,
@@ -142,6 +126,7 @@ def predict_cmd(ckpt: str, data: str, out: str, vocab: str | None, text_col: str
     Output columns: row (or --id-col), prob_0 .. prob_{C-1}, prediction, and label when DATA has it.
     """
     from .outputs import prepare_output, read_inputs_first
+    from .overrides import parse_overrides
 
     overrides = parse_overrides(sets, config_file)  # usage errors first, before any heavy import
     prepare_output(out, force, inputs=(ckpt, data))
@@ -187,6 +172,7 @@ def export_cmd(ckpt: str, out: str, atol: float, opset: int, batch_sizes: str, s
     """
     from .errors import UsageError
     from .outputs import prepare_output, read_inputs_first
+    from .overrides import parse_overrides
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
