@@ -4,6 +4,10 @@ Only click is imported at start-up; everything heavy is imported inside the
 command that needs it, so `--help` answers instantly. Errors are mapped to exit
 codes in one place (`_Group.invoke`): 0 ok, 1 check failed, 2 usage, 3 input refused, 4 cannot write
 the output, 128+N killed by signal N during a write.
+
+To add a command: write it as a click command over an API function in its feature module (shared
+options from `cli_options`, printing in a render module such as `cli_render`) and add one line to
+COMMAND_MODULES.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from typing import Any
 
 import click
 
+from .cli_options import explain_option, needs_boundary, override_options, write_config_option
+from .cli_render import console as _console
+from .cli_render import literal as _text
+from .cli_render import render_inspect, render_result, result_summary
 from .errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AthelasError
 
 #: Flags of the root command accepted anywhere on the line (`ckpt OLD NEW --debug` as well as `--debug ckpt`).
@@ -86,8 +94,6 @@ def _err(message: str) -> None:
 def busy(message: str):
     """A spinner with `message` on stderr while a command works, on a terminal only (silent when piped), so a
     step that takes seconds (imports, reading a large file, building BERT models) says what it is doing."""
-    import contextlib
-
     if not sys.stderr.isatty():
         return contextlib.nullcontext()
     from rich.console import Console
@@ -95,68 +101,10 @@ def busy(message: str):
     return Console(stderr=True).status(message)
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
-
-
-def _text(value: Any) -> str:
-    """Checkpoint-derived text printed literally: a key like '[/]' is data, not rich markup."""
-    from rich.markup import escape
-
-    return escape(str(value))
-
-
 def _overrides(sets: tuple[str, ...], config_file: str | None, bert_config: str | None = None) -> dict[str, Any]:
     from .overrides import parse_overrides
 
     return parse_overrides(sets, config_file, bert_config)
-
-
-set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                          help="Hyper-parameter the checkpoint lacks (VALUE parsed as JSON when valid JSON).")
-config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                             help="JSON object of hyper-parameters (like --set).")
-write_config_option = click.option(
-    "--write-config", "write_config", type=click.Path(dir_okay=False), default=None,
-    help="When information is missing: write a config skeleton here (known values filled in, the missing ones "
-         "marked) to complete and pass back with --config.")
-
-
-def _needs_boundary(write_config: str | None, force: bool = False):
-    """On a refusal for missing information, write the config skeleton it carries to `write_config`."""
-    import contextlib
-
-    from .errors import MissingInformationError
-
-    @contextlib.contextmanager
-    def boundary():
-        try:
-            yield
-        except MissingInformationError as exc:
-            if not write_config or exc.skeleton is None:
-                raise
-            from .io.writer import atomic_output
-            from .outputs import prepare_output
-
-            prepare_output(write_config, force)
-
-            with atomic_output(write_config) as fh:
-                fh.write((json.dumps(exc.skeleton, indent=2, sort_keys=True) + "\n").encode())
-            raise MissingInformationError(f"{exc}\nwrote {write_config}: replace each \"<required...>\" value, "
-                                          f"then rerun with --config {write_config}", exc.needs,
-                                          exc.skeleton) from exc
-
-    return boundary()
-
-
-explain_option = click.option(
-    "--explain", is_flag=True, expose_value=False,
-    callback=lambda ctx, _param, value: ctx.meta.__setitem__("explain", True) if value else None,
-    help="On a refusal that has reasons (e.g. TSA: no exact migration), list them.")
-bert_option = click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False), default=None,
-                           help="BERT families: the transformers config.json of the text encoder(s).")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -179,9 +127,7 @@ def main(debug: bool, quiet: bool, verbose: bool, allow_unknown_keys: bool) -> N
 @click.argument("old", type=click.Path(readable=False))  # the reader refuses unreadable files in one line
 @click.argument("new", type=click.Path())
 @click.option("--to", "to", default=None, help="Target layout version (default: newest; older = rollback).")
-@set_option
-@config_option
-@bert_option
+@override_options
 @click.option("--new-batch-keys", is_flag=True, help="v0 sources: use the v1 text batch key convention.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @explain_option
@@ -197,76 +143,23 @@ def ckpt_cmd(old, new, to, sets, config_file, bert_config, new_batch_keys, dry_r
     if new_batch_keys:
         overrides["text_batch_key"] = None
     t0 = time.perf_counter()
-    with _needs_boundary(write_config, force), busy(f"migrating {os.path.basename(old)}"):
+    with needs_boundary(write_config, force), busy(f"migrating {os.path.basename(old)}"):
         result = migrate(old, new, to=to, overrides=overrides, force=force, dry_run=dry_run)
     elapsed = time.perf_counter() - t0
     if json_out:
-        click.echo(json.dumps(_result_summary(result, new, dry_run, elapsed), indent=2))
+        click.echo(json.dumps(result_summary(result, new, dry_run, elapsed), indent=2))
         return
     if click.get_current_context().find_root().params.get("quiet"):
         if not dry_run:
             click.echo(os.path.abspath(new))
         return
-    _render_result(result, new, dry_run, elapsed)
-
-
-def _result_summary(result, new: str, dry_run: bool, elapsed: float) -> dict[str, Any]:
-    traces = result.traces
-    return {
-        "source": result.raw.path, "family": result.family.name, "from": result.source_version,
-        "to": result.target_version, "evidence": result.detection.evidence,
-        "rule_files": [rf.name for rf in result.chain],
-        "renamed": sum(1 for t in traces if t.target and t.target != t.source),
-        "kept": sum(1 for t in traces if t.target == t.source),
-        "dropped": [{"key": t.source, "reason": t.reason} for t in traces if t.target is None],
-        "restored": [c.target for c in result.created], "hparam_edits": result.hparam_notes,
-        "notes": result.notes, "warnings": result.warnings, "noop": result.noop,
-        "written": None if dry_run else os.path.abspath(new), "seconds": round(elapsed, 3),
-    }
-
-
-def _render_result(result, new: str, dry_run: bool, elapsed: float) -> None:
-    from rich.table import Table
-
-    con = _console()
-    s = _result_summary(result, new, dry_run, elapsed)
-    con.print(f"[bold]{s['family']}[/] {s['from']} -> {s['to']}  ({_text(os.path.basename(s['source']))})")
-    con.print("  detected by: " + _text("; ".join(s["evidence"])))
-    if result.noop:
-        what = "nothing written (dry run)" if dry_run else f"copied verbatim to {_text(new)}"
-        con.print(f"[yellow]already at layout {s['to']}: no change needed; {what}[/]")
-        return
-    table = Table(title="plan", show_lines=False)
-    for col in ("rule file", "edge"):
-        table.add_column(col)
-    for rf in result.chain:
-        table.add_row(rf.name, f"{rf.source_version} -> {rf.target_version}")
-    con.print(table)
-    con.print(f"  tensors: {s['renamed']} renamed, {s['kept']} kept, {len(s['dropped'])} dropped, "
-              f"{len(s['restored'])} restored")
-    for d in s["dropped"]:
-        con.print(f"  [dim]dropped[/] {_text(d['key'])}: {_text(d['reason'])}")
-    for r in s["restored"]:
-        con.print(f"  [dim]restored[/] {_text(r)}")
-    for h in s["hparam_edits"]:
-        con.print(f"  [dim]hparam[/] {_text(h)}")
-    for n in s["notes"]:
-        con.print(f"  [cyan]note[/] {_text(n)}")
-    for w in s["warnings"]:
-        con.print(f"  [yellow]warning[/] {_text(w)}")
-    if dry_run:
-        con.print("[yellow]dry run: nothing written[/]")
-    else:
-        size = os.path.getsize(new)
-        con.print(f"[green]wrote[/] {_text(new)} ({size:,} bytes) in {elapsed:.2f} s")
+    render_result(result, new, dry_run, elapsed)
 
 
 @main.command("audit")
 @click.argument("old", type=click.Path(readable=False))
 @click.option("--to", "to", default=None, help="Target layout version (default: newest).")
-@set_option
-@config_option
-@bert_option
+@override_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the report to a file.")
 @click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
@@ -280,7 +173,7 @@ def audit_cmd(old, to, sets, config_file, bert_config, fmt, output, force, write
         from .outputs import prepare_output
 
         prepare_output(output, force, inputs=(old,))
-    with _needs_boundary(write_config, force), busy(f"auditing {os.path.basename(old)}"):
+    with needs_boundary(write_config, force), busy(f"auditing {os.path.basename(old)}"):
         report = audit(old, to=to, overrides=_overrides(sets, config_file, bert_config))
     if fmt in ("json", "md"):
         text = report.to_json() if fmt == "json" else report.to_markdown()
@@ -310,21 +203,7 @@ def inspect_cmd(path, json_out) -> None:
     if json_out:
         click.echo(json.dumps(info, indent=2, default=str))
         return
-    from rich.table import Table
-
-    table = Table(show_header=False, title=_text(os.path.basename(path)))
-    for key in ("family", "layout", "format", "file_bytes", "tensors", "parameters", "tensor_bytes", "dtypes",
-                "epoch", "global_step", "optimizer_states", "lr_schedulers", "pickled_class"):
-        table.add_row(key, _text(info[key]))
-    table.add_row("evidence", _text("\n".join(info["evidence"])))
-    if info["notes"]:
-        table.add_row("notes", _text("\n".join(info["notes"])))
-    needs = info.get("migration_needs") or []
-    table.add_row("a migration needs", _text("\n".join(f"{n['key']}: {n['why']}" for n in needs) or "nothing more"))
-    hp = info["hyper_parameters"] or {}
-    flat = [f"{k}: {json.dumps(v, default=str)}" for k, v in hp.items()] if isinstance(hp, dict) else [str(hp)]
-    table.add_row("hyper_parameters", _text("\n".join(line[:300] for line in flat[:200])))
-    _console().print(table)
+    render_inspect(path, info)
 
 
 @main.command("history")
@@ -366,18 +245,25 @@ def history_cmd(family) -> None:
         con.print(tree)
 
 
+#: Commands that live beside their feature modules, one line per module: (module, command names); a command
+#: NAME is the module's `NAME_cmd` (dashes as underscores), a click command or group importing only click.
+COMMAND_MODULES = (
+    ("athelas_migrate.equivalence.cli", ("verify",)),
+    ("athelas_migrate.cli_models", ("train", "predict", "export", "demo-data")),
+    ("athelas_migrate.batch", ("batch", "merge-summaries")),
+    ("athelas_migrate.infer.cli", ("rules",)),
+    ("athelas_migrate.report.cli", ("report",)),
+)
+
+
 def _register_optional() -> None:
-    """Commands that live beside their feature modules (each imports only click at load time).
+    """Add the commands of COMMAND_MODULES.
 
     A module that fails to import still gets its commands, which say why when run (exit 70): a command
     never vanishes from `--help` because of a broken or partial installation."""
     import importlib
 
-    for module, names in (("athelas_migrate.equivalence.cli", ("verify",)),
-                          ("athelas_migrate.cli_models", ("train", "predict", "export", "demo-data")),
-                          ("athelas_migrate.batch", ("batch", "merge-summaries")),
-                          ("athelas_migrate.infer.cli", ("rules",)),
-                          ("athelas_migrate.report.cli", ("report",))):
+    for module, names in COMMAND_MODULES:
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

@@ -37,6 +37,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
+from athelas_migrate.report.render import format_number  # noqa: E402
+
 DEFAULT_MANIFESTS = (ROOT / "fixtures" / "manifest.json", ROOT / "fixtures" / "fusion_manifest.json",
                      ROOT / "fixtures" / "names3risk_manifest.json")
 STYLE = {"passed": "green", "failed": "bold red", "error": "bold magenta", "skipped": "dim"}
@@ -56,14 +58,6 @@ def load_entries(manifests: list[Path]) -> list[tuple[dict[str, Any], Path]]:
             raise SystemExit(f"gate: manifest {m} must hold a list of entries")
         out += [(e, m.parent) for e in entries]
     return out
-
-
-def _fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    return "0" if x == 0 else f"{x:.1e}"
 
 
 def _worst(report, section: str, check: str | None = None) -> float | None:
@@ -188,9 +182,11 @@ def run_gate(entries: list[tuple[dict[str, Any], Path]], out: Path, device: str 
             r = dom.summary.get("ranges", {}) if dom else {}
             domain = " / ".join(r.get(k, "-") for k in ("agrees", "differs-expected", "legacy-raises")) if dom \
                 else ("n/a" if row.get("domain_note") else "-")
-            cells = [_fmt(logits.max_abs if logits else None), _fmt(probs.max_abs if probs else None),
-                     _fmt(_worst(rep, "weights")), _fmt(_worst(rep, "training", "gradients")),
-                     _fmt(_worst(rep, "training", "one optimizer step")), domain]
+            cells = [format_number(x, 1) for x in (logits.max_abs if logits else None,
+                                                    probs.max_abs if probs else None, _worst(rep, "weights"),
+                                                    _worst(rep, "training", "gradients"),
+                                                    _worst(rep, "training", "one optimizer step"))]
+            cells.append(domain)
             layout = f"{rep.old_version}->v2"
         else:
             cells = ["-"] * 6

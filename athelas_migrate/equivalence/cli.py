@@ -16,6 +16,8 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from ..cli_options import override_options
+
 
 @click.command(
     "verify",
@@ -37,13 +39,7 @@ from rich.text import Text
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance.")
 @click.option("--rtol", type=float, default=0.0, show_default=True,
               help="Relative tolerance: |new - old| <= atol + rtol * |old|.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Hyper-parameter OLD lacks (value parsed as JSON when valid JSON, else a string). Repeatable.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str),
-              help="JSON object of hyper-parameters (--set wins).")
-@click.option("--bert-config", "bert_config", type=click.Path(dir_okay=False, path_type=str),
-              help="BERT families: the transformers config.json of the text encoder(s) (a JSON object; "
-                   "for two texts that differ, {\"primary\": {...}, \"secondary\": {...}}).")
+@override_options
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, path_type=str),
               help="Real batches (torch file loadable with weights_only=True; see docs/verify.md) instead of "
                    "generated ones.")

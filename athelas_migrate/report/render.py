@@ -8,7 +8,6 @@ SVG: the page fetches nothing when opened.
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 from typing import Any
@@ -26,18 +25,27 @@ def _env() -> Any:
                              autoescape=True, trim_blocks=False, lstrip_blocks=False,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}
-    env.globals["fmt"] = _fmt
+    env.globals["fmt"] = format_number
     return env
 
 
-def _fmt(x: Any) -> str:
+def format_number(x: Any, digits: int = 3) -> str:
+    """A difference as the reports print it (the HTML page here, the gate's table in tools/gate.py).
+
+    Args:
+        x: a number, None (nothing measured) or text (passed through).
+        digits: decimals of the mantissa.
+
+    Returns:
+        "-" for None, "0" for exactly zero, otherwise scientific notation ("inf" and "nan" as such).
+    """
     if x is None:
         return "-"
     if isinstance(x, str):
         return x
     if x == 0:
         return "0"
-    return "inf" if math.isinf(x) else f"{x:.3e}"
+    return f"{x:.{digits}e}"
 
 
 def _counts(page: Page) -> dict[str, int]:
