@@ -12,7 +12,15 @@ from .errors import OutputError, OutputExistsError, UsageError
 
 
 def prepare_output(path: str | os.PathLike[str], force: bool = False, inputs: tuple = ()) -> str:
-    """Check `path` as an output of a command reading `inputs`; create its parent directories. Returns the path.
+    """Check `path` as an output of a command reading `inputs`; create its parent directories.
+
+    Args:
+        path: the output file.
+        force: replace an existing file.
+        inputs: the command's input files; none may be the output.
+
+    Returns:
+        The path as a str.
 
     Raises:
         UsageError: `path` is a directory or one of `inputs`.
@@ -40,7 +48,11 @@ def prepare_output(path: str | os.PathLike[str], force: bool = False, inputs: tu
 def read_inputs_first(*paths: str | os.PathLike[str]) -> None:
     """Read each input checkpoint with the torch-free safe reader before a command imports torch, Lightning or
     transformers: a missing, unreadable, unsafe or malformed file is refused in a fraction of a second instead
-    of after seconds of imports. Directories are left to the command."""
+    of after seconds of imports. Directories are left to the command.
+
+    Args:
+        *paths: the input checkpoints.
+    """
     from .io.reader import read_checkpoint
 
     for path in paths:

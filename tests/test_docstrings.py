@@ -195,8 +195,10 @@ def _inherited(cls: ast.ClassDef, methods: dict[str, set[str]], bases: dict[str,
     return names, external
 
 
-def _targets(modules: list[tuple[str, ast.Module]]) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
-    """(module path, function) for every function the contract applies to, outside PENDING."""
+def _targets(modules: list[tuple[str, ast.Module]]) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef,
+                                                                      bool]]:
+    """(module path, function, whether it is a method) for every function the contract applies to, outside
+    PENDING."""
     methods = _class_methods(modules)
     bases: dict[str, list[str]] = {}
     for _, tree in modules:
@@ -209,7 +211,7 @@ def _targets(modules: list[tuple[str, ast.Module]]) -> Iterator[tuple[str, ast.F
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 if not node.name.startswith("_") and not _is_command(node):
-                    yield rel, node
+                    yield rel, node, False
             elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
                 inherited, external = _inherited(node, methods, bases)
                 for func in node.body:
@@ -217,7 +219,7 @@ def _targets(modules: list[tuple[str, ast.Module]]) -> Iterator[tuple[str, ast.F
                         continue
                     if func.name in inherited or (external and func.name in FRAMEWORK_HOOKS):
                         continue
-                    yield rel, func
+                    yield rel, func, True
 
 
 def offenders(modules: list[tuple[str, ast.Module]]) -> list[str]:
@@ -225,7 +227,7 @@ def offenders(modules: list[tuple[str, ast.Module]]) -> list[str]:
     module docstring."""
     errors = _package_errors(modules)
     found = [f"{rel}:1 <module>: missing module docstring" for rel, tree in modules if not ast.get_docstring(tree)]
-    for rel, func in _targets(modules):
+    for rel, func, method in _targets(modules):
         doc = ast.get_docstring(func)
         if not doc:
             found.append(f"{rel}:{func.lineno} {func.name}: missing docstring")
@@ -235,7 +237,8 @@ def offenders(modules: list[tuple[str, ast.Module]]) -> list[str]:
         a = func.args
         params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
         params += [p.arg for p in (a.vararg, a.kwarg) if p is not None]
-        params = [p for p in params if p not in ("self", "cls")]
+        if method and params[:1] in (["self"], ["cls"]):
+            params = params[1:]
         undocumented = [p for p in params if p not in have.get("Args", [])]
         if undocumented:
             missing.append(f"Args ({', '.join(undocumented)})")

@@ -45,6 +45,14 @@ def _tensors(obj: Any) -> Any:
 
 
 def saved_optimizer_state(raw) -> dict | None:
+    """The first optimizer state a checkpoint stores, with torch tensors.
+
+    Args:
+        raw: the checkpoint as read by the restricted reader, or None.
+
+    Returns:
+        The state dict of `optimizer_states[0]`, or None when the file stores none.
+    """
     states = (raw.top or {}).get("optimizer_states") if raw is not None else None
     if not states or not isinstance(states[0], dict):
         return None
@@ -104,6 +112,20 @@ def _optimizers(adapter: VerifyAdapter, ctx: Context, section: Section) -> tuple
 
 def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Section, atol: float,
                  rtol: float, skip_optimizer: bool = False) -> None:
+    """One training step on both models: loss, every gradient, the stored optimizer state, and the step.
+
+    Dropout stays off (eval mode) so the two sides see the same arithmetic; a step that cannot run records
+    an error check, never a pass.
+
+    Args:
+        ctx: the verify context with both models loaded.
+        adapter: the family's adapter (labelled batch, loss, optimizer).
+        batch: the batch to train on.
+        section: where the checks go.
+        atol: absolute tolerance.
+        rtol: relative tolerance.
+        skip_optimizer: leave out the optimizer checks (`--skip-check optimizer`).
+    """
     old, new = ctx.old_model, ctx.new_model
     assert old is not None and new is not None
     batch = adapter.to_device(adapter.labelled(ctx, batch), ctx.device)
