@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "athelas_migrate"
 
-#: Modules (paths relative to the repository root, or a folder ending in "/") whose functions are not converted
-#: yet; their owners convert them, then the entry goes. Module docstrings are checked everywhere regardless.
+#: Modules (paths relative to the repository root, or a folder ending in "/") not converted yet; their owners
+#: convert them, then the entry goes.
 PENDING: set[str] = {
     "athelas_migrate/__init__.py",
     "athelas_migrate/__main__.py",
@@ -226,7 +226,8 @@ def offenders(modules: list[tuple[str, ast.Module]]) -> list[str]:
     """`path:line name: missing ...` for every function that breaks the contract, and every module without a
     module docstring."""
     errors = _package_errors(modules)
-    found = [f"{rel}:1 <module>: missing module docstring" for rel, tree in modules if not ast.get_docstring(tree)]
+    found = [f"{rel}:1 <module>: missing module docstring" for rel, tree in modules
+             if not ast.get_docstring(tree) and not _pending(rel)]
     for rel, func, method in _targets(modules):
         doc = ast.get_docstring(func)
         if not doc:
