@@ -227,7 +227,7 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
             section.add(Check("optimizer state", ERROR, f"loading the saved optimizer state failed: "
                               f"{type(exc).__name__}: {exc}", duration_s=time.perf_counter() - t))
             return
-    section.add(_optimizer_settings(opt_o, opt_n, atol, rtol))
+    section.add(_optimizer_settings(opt_o, opt_n))
     if st_o is not None:
         section.add(_state_check(old, new, opt_o, opt_n, ctx, atol, rtol, time.perf_counter() - t))
 
@@ -340,7 +340,7 @@ def _in_place_step(pairs: list, old: nn.Module, new: nn.Module, opt_o: Any, opt_
     return [(name, p.detach(), q.detach()) for name, p, q in pairs]
 
 
-def _optimizer_settings(opt_o, opt_n, atol: float, rtol: float) -> Check:
+def _optimizer_settings(opt_o, opt_n) -> Check:
     to, tn = type(opt_o).__name__, type(opt_n).__name__
     diffs = []
     if to != tn:
