@@ -290,3 +290,50 @@ def test_checker_accepts_a_complete_docstring_and_names_each_gap():
     assert offenders([("m.py", bad)]) == ["m.py:6 go: missing Args (b), Returns, Raises (UsageError)"]
     assert offenders([("m.py", ast.parse("def f(): pass"))]) == [
         "m.py:1 <module>: missing module docstring", "m.py:1 f: missing docstring"]
+
+
+_SKIPPED = '''
+"""Module."""
+import click
+from torch import nn
+
+@click.command()
+def run_cmd(path):
+    pass
+
+def _helper(x):
+    return x
+
+class Base:
+    def step(self, x: int) -> int:
+        """Step.
+
+        Args:
+            x: input.
+
+        Returns:
+            The output.
+        """
+        return x
+
+class Child(Base):
+    def step(self, x: int) -> int:
+        return x
+
+class Net(nn.Module):
+    def forward(self, x):
+        return x
+
+    @property
+    def width(self) -> int:
+        """The width."""
+        return 3
+
+    def grow(self, by):
+        return by
+'''
+
+
+def test_checker_skips_commands_private_names_and_overrides_but_not_new_methods():
+    assert offenders([("m.py", ast.parse(_SKIPPED))]) == ["m.py:38 grow: missing docstring"]
+    assert offenders([("athelas_migrate/rules/x.py", ast.parse(_SKIPPED))]) == []  # PENDING folder
