@@ -43,13 +43,9 @@ PENDING: set[str] = {
     "athelas_migrate/family_path.py",
     "athelas_migrate/config_keys.py",
     "athelas_migrate/report/render.py",
-    "athelas_migrate/equivalence/__init__.py",
     "athelas_migrate/equivalence/runner.py",
     "athelas_migrate/equivalence/cli.py",
     "athelas_migrate/equivalence/adapters.py",
-    "athelas_migrate/equivalence/bert.py",
-    "athelas_migrate/equivalence/cnn.py",
-    "athelas_migrate/equivalence/names3risk.py",
 }
 
 #: Methods a class with a base outside the package may override from that base (torch, Lightning, click, json,

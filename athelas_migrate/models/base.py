@@ -278,7 +278,7 @@ def device_of(map_location: Any) -> Any:
         The torch.device, or None to leave the model on the CPU.
 
     Raises:
-        UsageError: any other form (a callable, a mapping without ``"cpu"`` is accepted as None).
+        UsageError: any other form, such as a callable.
     """
     if map_location is None:
         return None
