@@ -13,7 +13,8 @@ from typing import Any
 
 from .errors import UsageError
 from .materialise import build_v2_model
-from .pipeline import MigrationResult, plan_and_apply, write_result
+from .outputs import write_result
+from .pipeline import MigrationResult, plan_and_apply
 
 
 def migrate(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = None, to: str | None = None,

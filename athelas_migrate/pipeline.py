@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._version import __version__
-from .errors import InputError, MalformedSourceError, UsageError, ValidationError
+from .errors import MalformedSourceError, UsageError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
 from .families.base import refuse_marked
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
 from .io.values import check_hparam_types
-from .io.writer import write_safetensors, write_torch_zip
 from .optimizer_state import remap_optimizer_states
+from .outputs import copy_verbatim as copy_verbatim  # re-exported: callers import it from here
+from .outputs import write_result as write_result  # likewise
 from .rules.apply import KeyEvent, apply_hparam_rules, apply_state_rules
 from .rules.graph import head, plan_path
 from .rules.schema import RuleFile
@@ -416,73 +416,3 @@ def _provenance(result: MigrationResult) -> dict[str, Any]:
         **({"hparams_before": result.hparams_before} if result.hparams_before else {}),
         **({"previous": previous} if previous else {}),
     }
-
-
-def write_result(result: MigrationResult, dst: str, force: bool = False) -> None:
-    """Write atomically; never over the input, never over an existing file without `force`.
-
-    Args:
-        result: the migration.
-        dst: `.safetensors` (weights and JSON metadata) or anything else (a Lightning-loadable torch zip); a
-            no-op migration to a `.ckpt` copies the source verbatim.
-        force: replace an existing `dst`.
-    """
-    from .outputs import prepare_output
-
-    prepare_output(dst, force, inputs=(result.raw.path,))
-    if result.noop and not dst.endswith(".safetensors"):
-        copy_verbatim(result.raw.path, dst)
-        return
-    if dst.endswith(".safetensors"):
-        src = result.raw.path
-        meta = {STAMP_KEY: json.dumps(_jsonable(result.stamp, f"{src}: {STAMP_KEY}"), sort_keys=True),
-                "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters, f"{src}: hyper_parameters"),
-                                               sort_keys=True),
-                "format": "pt"}
-        write_safetensors(dst, result.state, meta)
-    else:
-        write_torch_zip(dst, result.checkpoint)
-
-
-def copy_verbatim(src: str, dst: str) -> None:
-    """A file already at the target layout: NEW is a byte-for-byte copy (exit 0 always means NEW exists).
-
-    Copied kernel-side (`copy_range`: reflink file systems share the blocks). The copy must be the whole input
-    as it was when opened: a source that shrinks, grows or is rewritten meanwhile is refused.
-
-    Args:
-        src: the input file.
-        dst: the output file, published atomically.
-
-    Raises:
-        InputError: the source changed while it was copied; nothing is published.
-    """
-    from .io.writer import atomic_output
-    from .io.zip_archive import copy_range
-
-    with atomic_output(dst) as fh, open(src, "rb") as inp:
-        fh.flush()
-        before = os.fstat(inp.fileno())
-        copy_range(inp.fileno(), fh.fileno(), 0, before.st_size, what=src, dst=dst)
-        after = os.fstat(inp.fileno())
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise InputError(f"{src} changed while being copied ({before.st_size} bytes when opened, "
-                             f"{after.st_size} now); nothing was written")
-
-
-def _jsonable(obj: Any, path: str) -> Any:
-    """Values for the JSON metadata of a .safetensors file (tensors dropped: they are not metadata). Values JSON
-    cannot hold (sets, bytes, complex numbers, ...) are refused by path rather than written lossily; a .ckpt
-    output keeps them. The input was validated on load, so this walk is bounded."""
-    from .io.values import value_path
-
-    if isinstance(obj, TensorRef):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v, value_path(path, k)) for k, v in obj.items() if not isinstance(v, TensorRef)}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(obj)]
-    if obj is None or isinstance(obj, str | int | float):
-        return obj
-    raise InputError(f"{path}: a value of type {type(obj).__name__} cannot be stored in .safetensors JSON "
-                     "metadata; write a .ckpt to keep it")

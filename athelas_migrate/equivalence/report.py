@@ -28,6 +28,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
+from .junit import add_counts, check_numbers, classname, junit_document, short, shown_path, testsuite
+
 PASS, FAIL, ERROR, EXPECTED, SKIP = "pass", "fail", "error", "expected", "skipped"
 OK_STATUSES = {PASS, EXPECTED, SKIP}
 
@@ -317,39 +319,39 @@ class VerifyReport:
         Returns:
             The <testsuite> elements, a run error's first.
         """
-        label = prefix or f"{_shown(self.old)} -> {_shown(self.new)}"
+        label = prefix or f"{shown_path(self.old)} -> {shown_path(self.new)}"
         suites = []
         props = {"old": self.old, "new": self.new, "family": self.family or "", "device": self.device,
                  "weights_dtype": self.weights_dtype or "", "compute_dtype": self.compute_dtype or "",
                  "atol": repr(self.tolerance()[0]), "rtol": repr(self.tolerance()[1]), "seed": str(self.seed),
                  "inputs": self.inputs_source}
         if self.error is not None:
-            suite = _suite(f"{label} / run", [], props, self.duration_s)
-            case = ET.SubElement(suite, "testcase", classname=_classname(self.family, "run"), name="run verify",
+            suite = testsuite(f"{label} / run", [], props, self.duration_s)
+            case = ET.SubElement(suite, "testcase", classname=classname(self.family, "run"), name="run verify",
                                  time=f"{self.duration_s:.6f}")
-            ET.SubElement(case, "error", message=_short(self.error), type="CannotRun").text = self.error
-            _count(suite)
+            ET.SubElement(case, "error", message=short(self.error), type="CannotRun").text = self.error
+            add_counts(suite)
             suites.append(suite)
         for sec in self.sections:
-            suite = _suite(f"{label} / {sec.title}", sec.checks, props, sec.duration_s)
+            suite = testsuite(f"{label} / {sec.title}", sec.checks, props, sec.duration_s)
             for c in sec.checks:
-                case = ET.SubElement(suite, "testcase", classname=_classname(self.family, sec.name), name=c.name,
+                case = ET.SubElement(suite, "testcase", classname=classname(self.family, sec.name), name=c.name,
                                      time=f"{c.duration_s:.6f}")
-                numbers = _numbers(c)
+                numbers = check_numbers(c)
                 if c.status == FAIL:
                     msg = c.detail or "values differ"
                     if self.localisation and sec.name == "outputs":
                         msg += f"; first divergent module: {self.localisation.get('module')}"
-                    ET.SubElement(case, "failure", message=_short(msg), type="Mismatch").text = \
+                    ET.SubElement(case, "failure", message=short(msg), type="Mismatch").text = \
                         f"{msg}\n{numbers}".strip()
                 elif c.status == ERROR:
-                    ET.SubElement(case, "error", message=_short(c.detail), type="CheckError").text = c.detail
+                    ET.SubElement(case, "error", message=short(c.detail), type="CheckError").text = c.detail
                 elif c.status == SKIP:
-                    ET.SubElement(case, "skipped", message=_short(c.detail or "skipped"))
+                    ET.SubElement(case, "skipped", message=short(c.detail or "skipped"))
                 if c.status in (PASS, EXPECTED) and (c.detail or numbers):
                     tag = "expected difference: " if c.status == EXPECTED else ""
                     ET.SubElement(case, "system-out").text = f"{tag}{c.detail}\n{numbers}".strip()
-            _count(suite)
+            add_counts(suite)
             suites.append(suite)
         return suites
 
@@ -375,81 +377,6 @@ class VerifyReport:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def junit_document(suites: list[ET.Element], name: str, seconds: float | None = None) -> str:
-    """The <testsuites> document; its time is `seconds` (the whole run's wall time: what the suites leave out,
-    such as loading and migrating, counts too) when given, else the sum of the suites'.
-
-    Args:
-        suites: <testsuite> elements (of one or many pairs: `batch --verify` merges them).
-        name: the document's name attribute.
-        seconds: the whole run's wall time, or None.
-
-    Returns:
-        The XML text, with totals of tests, failures, errors and skips.
-    """
-    root = ET.Element("testsuites", name=name)
-    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    t = 0.0
-    for s in suites:
-        root.append(s)
-        for k in totals:
-            totals[k] += int(s.get(k, "0"))
-        t += float(s.get("time", "0"))
-    for k, v in totals.items():
-        root.set(k, str(v))
-    root.set("time", f"{max(t, seconds) if seconds is not None else t:.6f}")
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _shown(path: str) -> str:
-    """A report path in a suite name: relative to the working directory when inside it, else absolute."""
-    full = os.path.abspath(path)
-    rel = os.path.relpath(full)
-    return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
-
-
-def _suite(name: str, checks: list[Check], props: dict[str, str], seconds: float = 0.0) -> ET.Element:
-    suite = ET.Element("testsuite", name=name, time=f"{max(seconds, sum(c.duration_s for c in checks)):.6f}")
-    pe = ET.SubElement(suite, "properties")
-    for k, v in props.items():
-        ET.SubElement(pe, "property", name=k, value=str(v))
-    return suite
-
-
-def _count(suite: ET.Element) -> None:
-    cases = suite.findall("testcase")
-    suite.set("tests", str(len(cases)))
-    suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
-    suite.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
-    suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
-
-
-def _classname(family: str | None, section: str) -> str:
-    return f"verify.{family or 'unknown'}.{section}"
-
-
-def _numbers(c: Check) -> str:
-    parts = []
-    if c.max_abs is not None:
-        parts.append(f"max_abs={_fmt(c.max_abs)}")
-    if c.max_rel is not None:
-        parts.append(f"max_rel={_fmt(c.max_rel)}")
-    if c.atol is not None:
-        parts.append(f"atol={c.atol:g} rtol={c.rtol or 0.0:g}")
-    return " ".join(parts)
-
-
-def _fmt(x: float) -> str:
-    return "inf" if math.isinf(x) else ("nan" if math.isnan(x) else f"{x:.3e}")
-
-
-def _short(text: str, n: int = 300) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
 
 def _max(a: float | None, b: float | None) -> float:
     vals = [v for v in (a, b) if v is not None]
