@@ -68,7 +68,7 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     Reads with the restricted reader only; tensors are not loaded, so it is cheap on large files.
 
     Args:
-        path: the checkpoint.
+        path: a torch zip, legacy torch or safetensors checkpoint.
 
     Returns:
         A JSON-ready dict (the `inspect --json` output), including what a migration would still need.

@@ -26,7 +26,7 @@ def read_option_file(path: str | os.PathLike[str], option: str, limit: int = OPT
     tool forever.
 
     Args:
-        path: the file.
+        path: the file the option names.
         option: the option's name, for the message (`--config`).
         limit: the most bytes accepted.
 
@@ -63,7 +63,7 @@ def read_json_object(path: str | os.PathLike[str], option: str) -> dict[str, Any
     """The JSON object in the file an option names (`--config`, `--bert-config`).
 
     Args:
-        path: the file.
+        path: the file the option names.
         option: the option's name, for the message.
 
     Returns:

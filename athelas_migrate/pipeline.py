@@ -99,7 +99,7 @@ def file_sha256(path: str) -> str:
     """sha256 of the whole file (reads every byte: about 0.8 s per GB here, twice a `cp` of it).
 
     Args:
-        path: the file.
+        path: any file; read in 16 MiB chunks.
 
     Returns:
         The hex digest.
@@ -205,7 +205,7 @@ def nonfinite_tensors(state: dict[str, TensorRef], changed_only: bool = False) -
     reads every byte of the file (about 0.1 s per GB, a third of a `cp`), which a rename should not pay.
 
     Args:
-        state: the tensors.
+        state: name -> TensorRef; values are read as bytes, never decoded into torch.
         changed_only: see above.
 
     Returns:
@@ -231,7 +231,7 @@ def check_latest(fam: Family) -> None:
     stop short of, or past, the newest rules).
 
     Args:
-        fam: the family.
+        fam: a registered family, held to the rule files loaded for its name.
 
     Raises:
         VersionGraphError: they differ.

@@ -143,7 +143,7 @@ class Vocabulary:
         """Ids of the tokens of ``text``, unpadded.
 
         Args:
-            text: one text.
+            text: a cell of the text column (see `tokenize`).
 
         Returns:
             One id per token; unknown tokens are ``1``.
@@ -155,7 +155,7 @@ class Vocabulary:
         """Exactly ``length`` ids: truncated at the end, or right-padded with ``0``.
 
         Args:
-            text: one text.
+            text: a cell of the text column (see `tokenize`).
             length: the model's ``max_sen_len``.
 
         Returns:
@@ -168,7 +168,7 @@ class Vocabulary:
         """`encode` of every text.
 
         Args:
-            texts: the texts.
+            texts: cells of the text column.
             length: the model's ``max_sen_len``.
 
         Returns:
@@ -180,7 +180,7 @@ class Vocabulary:
         """Fraction of tokens of ``texts`` that map to ``<unk>`` (train and predict warn when it is high).
 
         Args:
-            texts: the texts.
+            texts: cells of the text column.
 
         Returns:
             The fraction; 0.0 when there are no tokens.
@@ -243,7 +243,7 @@ class Vocabulary:
         """Read a vocabulary JSON file written by `save`.
 
         Args:
-            path: the file.
+            path: a JSON file written by `save`.
 
         Returns:
             The vocabulary.

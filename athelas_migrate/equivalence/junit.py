@@ -103,7 +103,7 @@ def check_numbers(c: Any) -> str:
     """A check's differences and tolerances on one line.
 
     Args:
-        c: a Check.
+        c: a Check (its max_abs, max_rel, atol and rtol are read).
 
     Returns:
         `max_abs=... max_rel=... atol=... rtol=...`, each only when known; "" when none is.
@@ -127,7 +127,7 @@ def short(text: str, n: int = 300) -> str:
 
     Args:
         text: the full text (it goes in the element's body).
-        n: the limit.
+        n: the most characters kept.
 
     Returns:
         The shortened text, ending in "..." when cut.

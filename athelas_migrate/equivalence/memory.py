@@ -57,7 +57,7 @@ def compute_parameters(model: nn.Module) -> int:
     """Parameters that cost compute per example: embedding tables (a lookup) left out.
 
     Args:
-        model: the model.
+        model: a built model, legacy or refactored.
 
     Returns:
         The count (verify picks its thread count by it).

@@ -79,7 +79,7 @@ class Section:
         """Append a check.
 
         Args:
-            check: the check.
+            check: a Check; the section keeps its checks in the order they were added.
 
         Returns:
             The same check, so a caller can fill in its numbers afterwards.

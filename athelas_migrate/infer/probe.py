@@ -23,7 +23,7 @@ def run(model: nn.Module, x: Any) -> Any:
     """One example input: `model(*x)` for a tuple, `model(x)` otherwise (the public contract).
 
     Args:
-        model: the model.
+        model: the old model, or a copy of the new one loaded with inferred state.
         x: one example input.
 
     Returns:

@@ -86,8 +86,8 @@ def agreeing(trial: nn.Module, x: Any, rec_old: Record, pairs: dict[str, str], a
 
     Args:
         trial: the loaded new model.
-        x: one input.
-        rec_old: the old model's record on the probe inputs (its first call per module).
+        x: the first probe input (the old calls compared are those of `rec_old` on it).
+        rec_old: the old model's record on the probe inputs.
         pairs: new module name -> old module name.
         atol: absolute tolerance.
 
