@@ -70,7 +70,7 @@ def write_result(result: Any, dst: str, force: bool = False) -> None:
     Args:
         result: the pipeline's MigrationResult.
         dst: `.safetensors` (weights and JSON metadata) or anything else (a Lightning-loadable torch zip); a
-            no-op migration to a `.ckpt` copies the source verbatim.
+            no-op migration to anything but `.safetensors` copies the source verbatim.
         force: replace an existing `dst`.
     """
     from .io.reader import STAMP_KEY

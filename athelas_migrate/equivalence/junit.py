@@ -1,5 +1,5 @@
 """JUnit XML for verify reports: the building blocks of `VerifyReport.junit_suites` and the document that
-holds the suites of one or many file pairs (`batch --verify` and the gate merge them).
+holds the suites of one or many file pairs (the gate, tools/gate.py, merges them).
 
 Pure Python (xml.etree). To show another fact in CI, add it to the suite properties or the test case's
 text in `VerifyReport.junit_suites`; the counts and times here follow the elements by themselves.
@@ -18,7 +18,7 @@ def junit_document(suites: list[ET.Element], name: str, seconds: float | None = 
     such as loading and migrating, counts too) when given, else the sum of the suites'.
 
     Args:
-        suites: <testsuite> elements (of one or many pairs: `batch --verify` merges them).
+        suites: <testsuite> elements, of one file pair or of many (the gate merges them).
         name: the document's name attribute.
         seconds: the whole run's wall time, or None.
 
