@@ -3,6 +3,9 @@
 Three renderings of one `AuditReport`: JSON (everything), Markdown (a summary a reviewer reads first, then one
 section per rule), and terminal text that stays readable at 80 columns and when piped (a key per line,
 grouped by rule; a long target goes on its own line instead of splitting an identifier).
+
+To add a field, add it to `AuditReport`, fill it in `build_audit` from the MigrationResult, and render it in
+`to_markdown` and `to_text` (JSON follows the dataclass by itself).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from .pipeline import MigrationResult
 
 @dataclass
 class AuditRow:
+    """One source key: the rule that handled it, where it went, and whether its values are unchanged."""
+
     source: str
     rule: str
     op: str
@@ -31,6 +36,8 @@ class AuditRow:
 
 @dataclass
 class AuditReport:
+    """The rename report of one migration; JSON, Markdown and terminal text are renderings of it."""
+
     source: str
     family: str
     source_layout: str
@@ -44,7 +51,11 @@ class AuditReport:
     optimizer_moves: list[list[int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
-        """Counts a reviewer checks first."""
+        """Counts a reviewer checks first.
+
+        Returns:
+            Label -> count (kept, renamed, dropped, restored, values changed, ...), in display order.
+        """
         return {
             "kept": sum(1 for r in self.rows if r.target == r.source),
             "renamed": sum(1 for r in self.rows if r.target and r.target != r.source),
@@ -56,18 +67,38 @@ class AuditReport:
         }
 
     def by_rule(self) -> dict[str, list[AuditRow]]:
+        """The rows grouped by the rule (or rule chain) that handled them, in first-seen order.
+
+        Returns:
+            Rule label -> its rows.
+        """
         groups: dict[str, list[AuditRow]] = defaultdict(list)
         for r in self.rows:
             groups[r.rule].append(r)
         return dict(groups)
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready.
+
+        Returns:
+            The report's fields plus its `summary`.
+        """
         return {**asdict(self), "summary": self.summary()}
 
     def to_json(self) -> str:
+        """The `audit --format json` output.
+
+        Returns:
+            `to_dict()` as indented JSON.
+        """
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
+        """The `audit --format md` output: the summary a reviewer reads first, then one table per rule.
+
+        Returns:
+            The Markdown document, newline-terminated.
+        """
         files = ", ".join(f"`{r['file']}` (sha256 {r['sha256'][:12]})" for r in self.rule_files) or "none"
         lines = [f"# Migration audit: `{self.source}`", "",
                  f"{self.family} {self.source_layout} -> {self.target_layout}; rule files: {files}", "",
@@ -93,7 +124,14 @@ class AuditReport:
         return "\n".join(lines) + "\n"
 
     def to_text(self, width: int = 80) -> list[str]:
-        """Plain lines for a terminal: no line is cut inside an identifier at `width` columns."""
+        """Plain lines for a terminal: no line is cut inside an identifier at `width` columns.
+
+        Args:
+            width: the terminal width; longer rows put the target and metadata on lines of their own.
+
+        Returns:
+            The lines, without newlines.
+        """
         out = [f"{self.family} {self.source_layout} -> {self.target_layout}: {self.source}",
                "summary: " + ", ".join(f"{v} {k}" for k, v in self.summary().items() if v)]
         for rule, rows in self.by_rule().items():
@@ -171,6 +209,14 @@ def _same(x: Any, y: Any) -> bool:
 
 
 def build_audit(result: MigrationResult) -> AuditReport:
+    """The audit of a migration planned and applied in memory (nothing written).
+
+    Args:
+        result: what `pipeline.plan_and_apply` returned; its traces cover every source key.
+
+    Returns:
+        The AuditReport, with a sha256 of every source tensor and whether its target is bitwise the same.
+    """
     rows = []
     for tr in result.traces:
         src = result.raw.state_dict[tr.source]

@@ -86,7 +86,18 @@ TAB_SHIFT = 0.5
 
 
 def make_demo_rows(n_rows: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
-    """``n_rows`` demo rows (dicts keyed by :data:`DEMO_COLUMNS`), deterministic in ``seed``."""
+    """Demo rows whose label the text and the tabular columns both predict, so a short training run learns.
+
+    Args:
+        n_rows: how many rows.
+        seed: the same seed gives the same rows on every machine (``random.Random``, no numpy).
+
+    Returns:
+        Dicts keyed by :data:`DEMO_COLUMNS`.
+
+    Raises:
+        UsageError: ``n_rows`` is below 1.
+    """
     if n_rows < 1:
         raise UsageError(f"the number of rows must be >= 1, got {n_rows}")
     rng = random.Random(seed)
@@ -151,10 +162,25 @@ def _write_parquet(path: str, rows: list[dict[str, Any]]) -> None:
 def write_demo_data(out_dir: str | os.PathLike[str], n_rows: int = 1000, seed: int = 0,
                     val_fraction: float = 0.2, test_fraction: float = 0.1, fmt: str = "csv",
                     force: bool = False) -> dict[str, Any]:
-    """Write ``train``/``val``/``test`` files and ``config.json`` into ``out_dir``.
+    """Write ``train``/``val``/``test`` files and a matching training ``config.json`` into ``out_dir``.
 
-    Returns ``{"train": path, "val": path, "test": path, "config": path, "rows": {...}}``.
-    Existing demo files are only replaced with ``force=True``.
+    Each file is written atomically; all options are checked before the first write.
+
+    Args:
+        out_dir: the directory, created when missing.
+        n_rows: rows over all three splits.
+        seed: seed of :func:`make_demo_rows`.
+        val_fraction: share of rows in ``val`` (at least one row).
+        test_fraction: share of rows in ``test`` (may be 0).
+        fmt: ``csv`` or ``parquet`` (needs pyarrow).
+        force: replace existing demo files.
+
+    Returns:
+        ``{"train": path, "val": path, "test": path, "config": path, "rows": {split: count}}``.
+
+    Raises:
+        UsageError: a bad format or fraction, pyarrow missing for Parquet, ``out_dir`` is a file, a demo file
+            exists without ``force``, or no training rows are left.
     """
     fmt = fmt.lower()
     if fmt not in ("csv", "parquet"):

@@ -3,6 +3,11 @@
 Exit codes (documented in the README): 0 success, 1 verification or check
 failed, 2 usage error, 3 input refused, 4 cannot write the output, 70 internal
 error (a bug).
+
+To add a refusal, subclass the error whose exit code it should have (InputError 3, UsageError 2, OutputError 4,
+ValidationError 1, RuleError 3) and give it the fields a caller needs (VersionGraphError, MissingInformationError);
+the CLI's error boundary (`cli.error_boundary`) prints its message without a traceback and exits with its
+`exit_code`, so no command changes.
 """
 
 from __future__ import annotations

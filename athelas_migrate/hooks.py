@@ -18,13 +18,20 @@ _reader: CheckpointReader | None = None
 
 
 def install_checkpoint_reader(reader: CheckpointReader) -> None:
-    """Make `reader` the function `AthelasModule.load_from_checkpoint` reads files with."""
+    """Make `reader` the function `AthelasModule.load_from_checkpoint` reads files with.
+
+    Args:
+        reader: (source, overrides, cls) -> the v2 checkpoint dict with torch tensors.
+    """
     global _reader
     _reader = reader
 
 
 def checkpoint_reader() -> CheckpointReader:
     """The installed reader.
+
+    Returns:
+        The function `install_checkpoint_reader` was last given.
 
     Raises:
         RuntimeError: none is installed (only possible if the package's `__init__` did not run).

@@ -32,6 +32,12 @@ def build_v2_model(result: MigrationResult) -> Any:
 
     Tensors are assigned from the file (memory-mapped copy-on-write), so the weights are
     never read into a second copy; only the fresh model's initial values are allocated.
+
+    Args:
+        result: a migration to the refactored layout (`plan_and_apply(..., to="v2")`).
+
+    Returns:
+        The model in eval mode (float32 when the file holds half-precision weights).
     """
     import torch
 
@@ -46,7 +52,14 @@ def build_v2_model(result: MigrationResult) -> Any:
 
 
 def materialise(obj: Any) -> Any:
-    """A copy of `obj` with every TensorRef decoded into a torch tensor (shared refs stay shared)."""
+    """A copy of `obj` with every TensorRef decoded into a torch tensor (shared refs stay shared).
+
+    Args:
+        obj: a checkpoint (nested dicts, lists, tuples) as the restricted reader returns it.
+
+    Returns:
+        The same structure with torch tensors mapped copy-on-write from the file.
+    """
     done: dict[int, Any] = {}
 
     def walk(cur: Any) -> Any:
@@ -85,8 +98,22 @@ def _top_dict(path: str, overrides: Mapping[str, Any] | None, cls: type | None =
 
 def read_checkpoint_dict(source: Any, overrides: Mapping[str, Any] | None = None,
                          cls: type | None = None) -> dict[str, Any]:
-    """The v2 checkpoint dict (torch tensors) of a path or binary file object, read safely; with `cls`, a file
-    of another family is refused first, naming the class that loads it."""
+    """The v2 checkpoint dict (torch tensors) of a path or binary file object, read safely.
+
+    The reader `athelas_migrate.hooks` installs for `AthelasModule.load_from_checkpoint`; an older layout is
+    migrated in memory, with a DeprecationWarning that says how to migrate the file for good.
+
+    Args:
+        source: a local path, or a binary file object (spooled to a private temporary file).
+        overrides: hyper-parameters the checkpoint lacks.
+        cls: the class loading it; a file of another family is then refused first, naming the right class.
+
+    Returns:
+        The Lightning checkpoint dict with torch tensors.
+
+    Raises:
+        UsageError: `source` is neither a path nor a file object, or the file belongs to another class.
+    """
     if hasattr(source, "read"):  # a file object: spooled to a private file the reader can map
         with tempfile.TemporaryDirectory(prefix="athelas-load-") as tmp:
             path = os.path.join(tmp, "checkpoint")
@@ -101,7 +128,17 @@ def read_checkpoint_dict(source: Any, overrides: Mapping[str, Any] | None = None
 
 def check_family(cls: type, family: str, version: str, path: str) -> None:
     """Refuse a checkpoint of another family before migrating it, naming the class that loads it (else the
-    migration succeeds and Lightning fails later with a list of unexpected keys)."""
+    migration succeeds and Lightning fails later with a list of unexpected keys).
+
+    Args:
+        cls: the class asked to load the file (a subclass of the family's class is accepted).
+        family: the detected family.
+        version: the detected layout version (for the message).
+        path: the file (for the message).
+
+    Raises:
+        UsageError: `cls` is not the family's refactored class or a subclass of it.
+    """
     from . import models
 
     right = load_class(get_family(family).v2_class)

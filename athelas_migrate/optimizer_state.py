@@ -17,6 +17,21 @@ from .errors import ValidationError
 
 def remap_optimizer_states(states: list[Any], src_groups: list[list[str]], dst_groups: list[list[str]],
                            rename: dict[str, str]) -> list[Any]:
+    """Renumber every saved optimizer state from the source grouping to the target's.
+
+    Args:
+        states: the checkpoint's `optimizer_states` (entries that are not torch optimizer states pass through).
+        src_groups: the source family's parameter names per optimizer group, in the order it gave them.
+        dst_groups: the target family's, likewise.
+        rename: source parameter name -> target name.
+
+    Returns:
+        New state dicts (the input is not modified): state keyed by target ids, groups listing target ids.
+
+    Raises:
+        ValidationError: the saved groups do not match the source grouping, or a parameter's state has no
+            place in the target.
+    """
     out = []
     for n, st in enumerate(states):
         if not (isinstance(st, dict) and isinstance(st.get("param_groups"), list)):

@@ -13,25 +13,29 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["OPTION_FILE_LIMIT", "parse_overrides", "parse_value", "read_json_object", "read_option_file"]
-
-
-def parse_value(text: str) -> Any:
-    """A `--set` value: parsed as JSON when it is valid JSON (numbers, true/false/null, lists, objects,
-    quoted strings), else taken as the literal string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+__all__ = ["OPTION_FILE_LIMIT", "parse_overrides", "read_json_object", "read_option_file"]
 
 
 OPTION_FILE_LIMIT = 16 << 20  # bytes: an option file is a small JSON document, never a device or a pipe
 
 
 def read_option_file(path: str | os.PathLike[str], option: str, limit: int = OPTION_FILE_LIMIT) -> bytes:
-    """The bytes of the regular file an option names, at most `limit` of them; UsageError (exit 2) naming the
-    file otherwise. Opened non-blocking and checked with fstat, so `/dev/zero` cannot eat memory and a FIFO
-    cannot block the tool forever."""
+    """The bytes of the regular file an option names, at most `limit` of them.
+
+    Opened non-blocking and checked with fstat, so `/dev/zero` cannot eat memory and a FIFO cannot block the
+    tool forever.
+
+    Args:
+        path: the file the option names.
+        option: the option's name, for the message (`--config`).
+        limit: the most bytes accepted.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        UsageError: the file is missing, unreadable, not a regular file, or over `limit` (exit 2).
+    """
     path = os.fspath(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -56,7 +60,18 @@ def read_option_file(path: str | os.PathLike[str], option: str, limit: int = OPT
 
 
 def read_json_object(path: str | os.PathLike[str], option: str) -> dict[str, Any]:
-    """The JSON object in the file an option names (`--config`, `--bert-config`); UsageError otherwise."""
+    """The JSON object in the file an option names (`--config`, `--bert-config`).
+
+    Args:
+        path: the file the option names.
+        option: the option's name, for the message.
+
+    Returns:
+        The object.
+
+    Raises:
+        UsageError: the file cannot be read (see `read_option_file`), is not UTF-8 JSON, or holds no object.
+    """
     path = os.fspath(path)
     data = read_option_file(path, option)
     try:
@@ -80,8 +95,18 @@ def parse_overrides(sets: Iterable[str] = (), config_file: str | os.PathLike[str
     usage error unless `allow_unknown` (default: the CLI's `--allow-unknown-keys`). A `--config` file may
     hold other keys (an original training config does), but the known ones must have their types.
 
-    Raises UsageError for a malformed item, an unreadable or non-object file, a value of the wrong type, and
-    for the same key given twice with different values ("conflicting --set values for KEY").
+    Args:
+        sets: `KEY=VALUE` items.
+        config_file: a JSON object of hyper-parameters, or None.
+        bert_config_file: a transformers `config.json`, or None.
+        allow_unknown: accept `--set` keys the tool does not know; None follows the CLI flag.
+
+    Returns:
+        Key -> value.
+
+    Raises:
+        UsageError: a malformed item, an unreadable or non-object file, a value of the wrong type, or the same
+            key given twice with different values ("conflicting --set values for KEY").
     """
     from .config_keys import check_type, parse_typed
 

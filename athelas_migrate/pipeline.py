@@ -3,27 +3,36 @@
 Everything here is pure with respect to the input file: nothing is written until
 `write_result`, and then atomically. Tensors stay lazy references throughout, so a
 rename-only chain never decodes or copies a tensor in Python.
+
+`plan_and_apply` runs the steps in order: read (io.reader), detect the family and version (families),
+resolve its config, `check_state` the source, plan the rule chain (rules.graph), apply each rule file's state
+and hyper-parameter rules (rules.apply) while `_trace` records every key's path, `check_state` the result,
+then `_build_checkpoint` assembles the output (hyper-parameters, optimizer state renumbered, stamp with
+provenance). To add a step, add it to `plan_and_apply` where its inputs exist: a check of the source after the
+first `check_state`, a per-edge step inside the chain loop, a check of the result before `_build_checkpoint`;
+record what it finds in the MigrationResult (`notes`, `warnings`, or a new field) so that audit and report
+show it, and refuse with an AthelasError subclass. Family-specific behaviour belongs in the Family, not here.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._version import __version__
-from .errors import InputError, MalformedSourceError, UsageError, ValidationError
+from .errors import MalformedSourceError, UsageError, ValidationError
 from .families import Detection, Expected, Family, detect, get_family
 from .families.base import refuse_marked
 from .io.reader import STAMP_KEY, RawCheckpoint, read_checkpoint
 from .io.tensor_ref import FLOAT_DTYPES, TensorRef
 from .io.values import check_hparam_types
-from .io.writer import write_safetensors, write_torch_zip
 from .optimizer_state import remap_optimizer_states
+from .outputs import copy_verbatim as copy_verbatim  # re-exported: callers import it from here
+from .outputs import write_result as write_result  # likewise
 from .rules.apply import KeyEvent, apply_hparam_rules, apply_state_rules
 from .rules.graph import head, plan_path
 from .rules.schema import RuleFile
@@ -42,6 +51,8 @@ class KeyTrace:
 
 @dataclass
 class MigrationResult:
+    """Everything one migration established, before anything is written (`write_result` writes it)."""
+
     raw: RawCheckpoint
     detection: Detection
     family: Family
@@ -63,6 +74,7 @@ class MigrationResult:
 
     @property
     def stamp(self) -> dict[str, Any]:
+        """The layout stamp of the output checkpoint (layout, family, provenance)."""
         return self.checkpoint.get(STAMP_KEY, {})
 
 
@@ -75,12 +87,23 @@ VALUE_SCAN_LIMIT = 256 << 20
 
 def full_checks() -> bool:
     """`ATHELAS_MIGRATE_FULL_CHECKS=1`: also read every source byte (a full-file sha256 in the provenance and
-    a NaN/Inf scan of every floating tensor). Off by default: a rename then costs about a file copy."""
+    a NaN/Inf scan of every floating tensor). Off by default: a rename then costs about a file copy.
+
+    Returns:
+        Whether the variable is set to a true value.
+    """
     return os.environ.get(FULL_CHECKS_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of the whole file (reads every byte: about 0.8 s per GB here, twice a `cp` of it)."""
+    """sha256 of the whole file (reads every byte: about 0.8 s per GB here, twice a `cp` of it).
+
+    Args:
+        path: any file; read in 16 MiB chunks.
+
+    Returns:
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 24):
@@ -93,7 +116,14 @@ def structural_sha256(path: str) -> str:
     size and CRC32 (central-directory order) plus the full bytes of data.pkl (the object graph: every
     non-tensor value). Equal digests mean the same values up to a CRC32 collision: accidental corruption
     changes it, a deliberate forgery of a tensor record's CRC would not (use the full sha256 for that).
-    The writer checks each copied record against this CRC, so the digest describes the bytes it copied."""
+    The writer checks each copied record against this CRC, so the digest describes the bytes it copied.
+
+    Args:
+        path: a torch zip checkpoint.
+
+    Returns:
+        The hex digest.
+    """
     from .io.zip_archive import read_member, read_records
 
     records = read_records(path, os.path.getsize(path))
@@ -108,7 +138,14 @@ def structural_sha256(path: str) -> str:
 def source_digests(raw: RawCheckpoint) -> dict[str, str]:
     """The provenance digests of the source: structural for torch zips (cheap), plus the full-file sha256
     for files up to VALUE_SCAN_LIMIT, with ATHELAS_MIGRATE_FULL_CHECKS=1, or for safetensors (which has no
-    per-record CRCs)."""
+    per-record CRCs).
+
+    Args:
+        raw: the source as read.
+
+    Returns:
+        `source_structural_sha256` and/or `source_sha256` -> hex digest.
+    """
     out = {}
     zipped = raw.kind != "safetensors" and raw.format == "zip"  # legacy-format files have no CRCs either
     if zipped:
@@ -120,7 +157,22 @@ def source_digests(raw: RawCheckpoint) -> dict[str, str]:
 
 def check_state(state: dict[str, TensorRef], family: Family, config: dict, version: str, where: str,
                 error: type[Exception] = ValidationError) -> Expected:
-    """Refuse a state dict that is not exactly the family's layout: missing, extra, shape, dtype."""
+    """Refuse a state dict that is not exactly the family's layout: missing, extra, shape, dtype.
+
+    Args:
+        state: the state dict to check.
+        family: its family.
+        config: the resolved config the layout depends on.
+        version: the layout version it must be.
+        where: the file or step, for the message.
+        error: the refusal's class (MalformedSourceError for a source, ValidationError for a result).
+
+    Returns:
+        The family's Expected layout (parameter order included).
+
+    Raises:
+        ValidationError: (or `error`) the state differs from the layout; every kind of difference is named.
+    """
     exp = family.expected(config, version)
     missing = [k for k in exp.shapes if k not in state]
     extra = [k for k in state if k not in exp.shapes]
@@ -151,6 +203,13 @@ def nonfinite_tensors(state: dict[str, TensorRef], changed_only: bool = False) -
     `changed_only`: only tensors whose values a tensor operation produced (in-memory storages). The
     others are copied verbatim from the source, so they hold exactly what the source held; scanning them
     reads every byte of the file (about 0.1 s per GB, a third of a `cp`), which a rename should not pay.
+
+    Args:
+        state: name -> TensorRef; values are read as bytes, never decoded into torch.
+        changed_only: see above.
+
+    Returns:
+        The names, in state order.
     """
     bad = []
     for name, t in state.items():
@@ -171,8 +230,12 @@ def check_latest(fam: Family) -> None:
     """A family's declared newest layout must be the head of its rule graph (else `ckpt` without `--to` would
     stop short of, or past, the newest rules).
 
+    Args:
+        fam: a registered family, held to the rule files loaded for its name.
+
     Raises:
-        VersionGraphError: they differ."""
+        VersionGraphError: they differ.
+    """
     newest = head(fam.name)
     if newest is not None and newest != fam.latest:
         from .errors import VersionGraphError
@@ -183,6 +246,21 @@ def check_latest(fam: Family) -> None:
 
 def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | None = None,
                    raw: RawCheckpoint | None = None) -> MigrationResult:
+    """Migrate a checkpoint in memory: every step of the module docstring, nothing written.
+
+    Args:
+        src: the checkpoint's path.
+        to: the target layout; None means the family's newest (an older one is a rollback).
+        overrides: hyper-parameters the file lacks or that replace its own.
+        raw: the file already read (saves a second read), or None.
+
+    Returns:
+        The MigrationResult, its `checkpoint` ready for `write_result`.
+
+    Raises:
+        UsageError: an override has a forbidden value or type (and the refusals of reading, detection, config,
+            planning and validation: InputError, RuleError, ValidationError subclasses).
+    """
     raw = raw or read_checkpoint(src)
     det = detect(raw)
     fam = get_family(det.family)
@@ -233,7 +311,14 @@ def plan_and_apply(src: str, to: str | None = None, overrides: dict[str, Any] | 
 
 def recorded_hparams(stamp: Any) -> dict[str, Any]:
     """Hyper-parameter values recorded before each forward `set`/`drop` (provenance `hparams_before`), over the
-    whole provenance chain of the stamp; the most recent migration wins."""
+    whole provenance chain of the stamp; the most recent migration wins. A rollback restores them.
+
+    Args:
+        stamp: the source's layout stamp (anything else gives an empty result).
+
+    Returns:
+        Rule id -> the value before it.
+    """
     chain, prov = [], stamp.get("provenance") if isinstance(stamp, dict) else None
     while isinstance(prov, dict) and len(chain) < 1000:
         chain.append(prov)
@@ -331,60 +416,3 @@ def _provenance(result: MigrationResult) -> dict[str, Any]:
         **({"hparams_before": result.hparams_before} if result.hparams_before else {}),
         **({"previous": previous} if previous else {}),
     }
-
-
-def write_result(result: MigrationResult, dst: str, force: bool = False) -> None:
-    """Write atomically; never over the input, never over an existing file without `force`."""
-    from .outputs import prepare_output
-
-    prepare_output(dst, force, inputs=(result.raw.path,))
-    if result.noop and not dst.endswith(".safetensors"):
-        copy_verbatim(result.raw.path, dst)
-        return
-    if dst.endswith(".safetensors"):
-        src = result.raw.path
-        meta = {STAMP_KEY: json.dumps(_jsonable(result.stamp, f"{src}: {STAMP_KEY}"), sort_keys=True),
-                "hyper_parameters": json.dumps(_jsonable(result.hyper_parameters, f"{src}: hyper_parameters"),
-                                               sort_keys=True),
-                "format": "pt"}
-        write_safetensors(dst, result.state, meta)
-    else:
-        write_torch_zip(dst, result.checkpoint)
-
-
-def copy_verbatim(src: str, dst: str) -> None:
-    """A file already at the target layout: NEW is a byte-for-byte copy (exit 0 always means NEW exists).
-
-    Copied kernel-side (`copy_range`: reflink file systems share the blocks). The copy must be the whole input
-    as it was when opened: a source that shrinks, grows or is rewritten meanwhile raises InputError and nothing
-    is published."""
-    from .errors import InputError
-    from .io.writer import atomic_output
-    from .io.zip_archive import copy_range
-
-    with atomic_output(dst) as fh, open(src, "rb") as inp:
-        fh.flush()
-        before = os.fstat(inp.fileno())
-        copy_range(inp.fileno(), fh.fileno(), 0, before.st_size, what=src, dst=dst)
-        after = os.fstat(inp.fileno())
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise InputError(f"{src} changed while being copied ({before.st_size} bytes when opened, "
-                             f"{after.st_size} now); nothing was written")
-
-
-def _jsonable(obj: Any, path: str) -> Any:
-    """Values for the JSON metadata of a .safetensors file (tensors dropped: they are not metadata). Values JSON
-    cannot hold (sets, bytes, complex numbers, ...) are refused by path rather than written lossily; a .ckpt
-    output keeps them. The input was validated on load, so this walk is bounded."""
-    from .io.values import value_path
-
-    if isinstance(obj, TensorRef):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v, value_path(path, k)) for k, v in obj.items() if not isinstance(v, TensorRef)}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(obj)]
-    if obj is None or isinstance(obj, str | int | float):
-        return obj
-    raise InputError(f"{path}: a value of type {type(obj).__name__} cannot be stored in .safetensors JSON "
-                     "metadata; write a .ckpt to keep it")

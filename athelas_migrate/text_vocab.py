@@ -73,7 +73,11 @@ _TOKEN_RE = re.compile(TOKEN_PATTERN)
 def tokenize(text: Any) -> list[str]:
     """Lowercase ``text`` and split it into runs of word characters (``\\w+``).
 
-    ``None`` and NaN give no tokens; other non-strings are converted with ``str``.
+    Args:
+        text: a cell of the text column; ``None`` and NaN give no tokens, other non-strings go through ``str``.
+
+    Returns:
+        The tokens, in order.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return []
@@ -101,8 +105,18 @@ class Vocabulary:
     def build(cls, texts: Iterable[Any], *, min_freq: int = 1, max_size: int | None = None) -> Vocabulary:
         """Count the tokens of ``texts`` and keep those seen ``>= min_freq`` times.
 
-        Most frequent first, ties alphabetically; at most ``max_size`` entries
-        in total (the two reserved ids included; ``None`` means no limit).
+        Most frequent first, ties alphabetically, so the same texts give the same ids everywhere.
+
+        Args:
+            texts: the training texts.
+            min_freq: the fewest occurrences a kept token has.
+            max_size: the most entries in total (the two reserved ids included); ``None`` means no limit.
+
+        Returns:
+            The vocabulary.
+
+        Raises:
+            UsageError: ``min_freq`` below 1 or ``max_size`` below 3.
         """
         if min_freq < 1:
             raise UsageError(f"min_freq must be >= 1, got {min_freq}")
@@ -126,20 +140,51 @@ class Vocabulary:
         return token in self.stoi
 
     def token_ids(self, text: Any) -> list[int]:
-        """Ids of the tokens of ``text`` (unknown tokens -> ``1``), unpadded."""
+        """Ids of the tokens of ``text``, unpadded.
+
+        Args:
+            text: a cell of the text column (see `tokenize`).
+
+        Returns:
+            One id per token; unknown tokens are ``1``.
+        """
         get = self.stoi.get
         return [get(tok, UNK_ID) for tok in tokenize(text)]
 
     def encode(self, text: Any, length: int) -> list[int]:
-        """Exactly ``length`` ids: truncated at the end, or right-padded with ``0``."""
+        """Exactly ``length`` ids: truncated at the end, or right-padded with ``0``.
+
+        Args:
+            text: a cell of the text column (see `tokenize`).
+            length: the model's ``max_sen_len``.
+
+        Returns:
+            The ids.
+        """
         ids = self.token_ids(text)[:length]
         return ids + [PAD_ID] * (length - len(ids))
 
     def encode_batch(self, texts: Iterable[Any], length: int) -> list[list[int]]:
+        """`encode` of every text.
+
+        Args:
+            texts: cells of the text column.
+            length: the model's ``max_sen_len``.
+
+        Returns:
+            One row of ``length`` ids per text.
+        """
         return [self.encode(t, length) for t in texts]
 
     def unknown_rate(self, texts: Iterable[Any]) -> float:
-        """Fraction of tokens of ``texts`` that map to ``<unk>``."""
+        """Fraction of tokens of ``texts`` that map to ``<unk>`` (train and predict warn when it is high).
+
+        Args:
+            texts: cells of the text column.
+
+        Returns:
+            The fraction; 0.0 when there are no tokens.
+        """
         total = unk = 0
         for text in texts:
             ids = self.token_ids(text)
@@ -149,6 +194,11 @@ class Vocabulary:
 
     # ---------------------------------------------------------------- files
     def to_json(self) -> dict[str, Any]:
+        """The vocabulary file's content: the tokens and how they were made (tokenizer, limits).
+
+        Returns:
+            A JSON-ready dict.
+        """
         return {
             "format": VOCAB_FORMAT,
             "version": VOCAB_VERSION,
@@ -166,7 +216,14 @@ class Vocabulary:
         }
 
     def save(self, path: str | os.PathLike[str]) -> str:
-        """Write the JSON file atomically (temporary file, then rename); return its absolute path."""
+        """Write the JSON file atomically (temporary file, then rename).
+
+        Args:
+            path: the file; its directory must exist.
+
+        Returns:
+            The absolute path.
+        """
         path = os.path.abspath(os.fspath(path))
         directory = os.path.dirname(path)
         fd, tmp = tempfile.mkstemp(prefix=".vocab.", suffix=".tmp", dir=directory)
@@ -183,7 +240,18 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocabulary:
-        """Read a vocabulary JSON file; a file that is not one raises ``InputError``."""
+        """Read a vocabulary JSON file written by `save`.
+
+        Args:
+            path: a JSON file written by `save`.
+
+        Returns:
+            The vocabulary.
+
+        Raises:
+            InputError: the file is missing, unreadable, not a vocabulary of this format and version, made
+                with another tokenizer, or inconsistent.
+        """
         path = os.fspath(path)
         try:
             with open(path, encoding="utf-8") as fh:
@@ -216,9 +284,19 @@ def load_word_vectors(path: str | os.PathLike[str], vocab: Vocabulary, *, seed: 
 
     Rows of tokens found in the file get their vector (an exact match first,
     else the first lowercase match); ``<pad>`` is all zeros; the others are
-    drawn from ``N(0, scale^2)`` with ``seed``. Returns ``(matrix, found, dim)``.
-    Raises ``InputError`` for an unreadable file, inconsistent widths, or a file
-    with no vector at all.
+    drawn from ``N(0, scale^2)`` with ``seed``.
+
+    Args:
+        path: a GloVe (or word2vec text) file.
+        vocab: the vocabulary whose rows are filled.
+        seed: seed of the random rows.
+        scale: standard deviation of the random rows.
+
+    Returns:
+        ``(matrix, tokens found in the file, E)``.
+
+    Raises:
+        InputError: an unreadable file, inconsistent widths, a value that is not a number, or no vector at all.
     """
     import torch
 

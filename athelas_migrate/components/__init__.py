@@ -1,7 +1,10 @@
 """Plain ``torch.nn.Module`` building blocks of the v2 (refactored) models.
 
-One module per component family; add new families (e.g. ``bert.py``) as
-separate files and re-export them below.
+To add a component: put it in the module of its kind (or a new module per component family), as a plain
+``nn.Module`` that imports neither Lightning nor anything of the migration engine (tests/test_architecture.py),
+and re-export it below; one that needs ``transformers`` goes into ``_BERT`` so that it loads lazily. Its
+submodule and parameter names become state-dict keys of the target layout: once a checkpoint has been written
+with them, renaming one is a new layout version with a rule file (docs/rules.md), not a code edit.
 """
 
 from .cnn_encoder import CNNEncoder

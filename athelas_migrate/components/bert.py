@@ -37,10 +37,17 @@ __all__ = [
 
 
 def build_bert(bert_config: dict) -> nn.Module:
-    """Build a randomly initialised ``transformers.BertModel`` from a config dict.
+    """Build a randomly initialised ``transformers.BertModel`` from a config dict; nothing is ever downloaded.
 
-    ``bert_config`` is a dict in transformers' ``config.json`` format (the
-    keyword arguments of ``BertConfig``). Nothing is ever downloaded.
+    Args:
+        bert_config: transformers' ``config.json`` format (the keyword arguments of ``BertConfig``);
+            ``architectures`` and ``transformers_version`` are ignored.
+
+    Returns:
+        The ``BertModel``, with its pooling layer (the fusion models read ``pooler_output``).
+
+    Raises:
+        TypeError: ``bert_config`` is not a dict.
     """
     if not isinstance(bert_config, dict):
         raise TypeError(
@@ -77,7 +84,19 @@ class BertEncoder(nn.Module):
         )
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean ``pooler_output`` over chunks, ``[B, bert_hidden]`` (before the projection)."""
+        """Mean ``pooler_output`` over chunks (before the projection).
+
+        Args:
+            input_ids: token ids ``[B, T]`` or ``[B, chunks, T]``.
+            attention_mask: the same shape as ``input_ids``.
+
+        Returns:
+            ``[B, bert_hidden]``.
+
+        Raises:
+            ValueError: ``input_ids`` is neither 2-D nor 3-D, or every mask row is zero (not checked while
+                tracing or exporting).
+        """
         if input_ids.dim() == 3:
             b, c, t = input_ids.shape
             flat_ids = input_ids.reshape(b * c, t)

@@ -49,8 +49,14 @@ def _as_positive_int_list(values, name: str) -> list[int]:
 def branch_output_length(length: int, kernel_size: int, num_layers: int) -> int:
     """Length left after the last conv of one branch for an input of ``length`` tokens.
 
-    Returns a value ``<= 0`` when some layer of the branch would get an input
-    shorter than its kernel (the branch is undefined for that length).
+    Args:
+        length: input sequence length.
+        kernel_size: the branch's kernel (its max-pools use the same size and stride).
+        num_layers: conv layers in the branch.
+
+    Returns:
+        The length, or a value ``<= 0`` when some layer of the branch would get an input shorter than its
+        kernel (the branch is undefined for that length).
     """
     k = kernel_size
     cur = length
@@ -66,7 +72,15 @@ def branch_output_length(length: int, kernel_size: int, num_layers: int) -> int:
 
 
 def min_input_length(kernel_sizes: Sequence[int], num_layers: int) -> int:
-    """Smallest sequence length for which every branch is defined."""
+    """Smallest sequence length for which every branch is defined (the inverse of `branch_output_length`).
+
+    Args:
+        kernel_sizes: one branch per kernel size.
+        num_layers: conv layers per branch.
+
+    Returns:
+        The smallest length that leaves every branch at least one output position.
+    """
     best = 1
     for k in kernel_sizes:
         need = 1 + k - 1  # input of the last conv must hold one window

@@ -61,9 +61,20 @@ def combine_tabular_fields(
     Same rules as the legacy ``TabAE.combine_tab_data``: for each name of
     ``field_list``, in order, a Python list becomes a float32 tensor, a tensor
     is cast to float32, a 1-D value becomes ``[B, 1]``; the values are then
-    concatenated along dim 1. A missing field raises ``KeyError`` naming it;
-    a value that is neither a list nor a tensor raises ``TypeError``.
-    ``device`` (optional) is where the result is placed.
+    concatenated along dim 1.
+
+    Args:
+        batch: the batch dict.
+        field_list: the tabular field names, in the model's column order.
+        device: where the result is placed (None: where the values are, a list on the CPU).
+
+    Returns:
+        ``[B, len(field_list)]`` (wider when a field is 2-D).
+
+    Raises:
+        KeyError: a field is missing from the batch.
+        TypeError: a value is neither a list nor a tensor.
+        ValueError: ``field_list`` is empty, a value is not 1-D/2-D, or batch sizes disagree.
     """
     if not field_list:
         raise ValueError("field_list is empty: there are no tabular fields to combine")

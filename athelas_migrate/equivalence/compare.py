@@ -11,6 +11,8 @@ import torch
 
 @dataclass
 class Diff:
+    """One comparison's verdict and the numbers a report shows for it."""
+
     ok: bool
     max_abs: float
     max_rel: float
@@ -29,6 +31,15 @@ def compare(new: torch.Tensor, old: torch.Tensor, atol: float, rtol: float) -> D
     NaN in the same places on both sides counts as equal (and is said in the detail); infinities of the
     same sign are equal. max_rel is max |new - old| / |old| over elements with old != 0 (inf where
     old == 0 != new). Big tensors are compared in chunks, so memory stays bounded.
+
+    Args:
+        new: the refactored model's tensor.
+        old: the legacy reference.
+        atol: absolute tolerance.
+        rtol: relative tolerance, times |old|.
+
+    Returns:
+        The Diff; a shape mismatch or NaN on one side only fails it, with the reason in `detail`.
     """
     if tuple(new.shape) != tuple(old.shape):
         return Diff(False, math.inf, math.inf, f"shape {list(new.shape)} vs legacy {list(old.shape)}")
@@ -86,7 +97,14 @@ def _unravel(idx: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def tensor_leaves(obj: Any) -> list[torch.Tensor]:
-    """Tensors inside nested tuples, lists, dicts (and dict-like model outputs), in order."""
+    """Tensors inside nested tuples, lists, dicts (and dict-like model outputs), in order.
+
+    Args:
+        obj: a model output of any nesting.
+
+    Returns:
+        The tensors, depth first in the order they appear; other leaves are ignored.
+    """
     out: list[torch.Tensor] = []
     stack = [obj]
     while stack:
@@ -103,7 +121,17 @@ def tensor_leaves(obj: Any) -> list[torch.Tensor]:
 
 
 def compare_leaves(new: list[torch.Tensor], old: list[torch.Tensor], atol: float, rtol: float) -> Diff | None:
-    """Worst comparison over pairs of tensors; None when the structures cannot be paired."""
+    """Worst comparison over pairs of tensors (integer tensors must be equal).
+
+    Args:
+        new: the refactored side's tensors (`tensor_leaves` of its output).
+        old: the legacy side's, in the same order.
+        atol: absolute tolerance.
+        rtol: relative tolerance.
+
+    Returns:
+        The failing or largest Diff, or None when the lists differ in length or are empty (cannot be paired).
+    """
     if len(new) != len(old) or not new:
         return None
     worst: Diff | None = None

@@ -54,6 +54,15 @@ def _ranges(lengths: list[int]) -> str:
 
 
 def run_domain(ctx: Context, adapter: VerifyAdapter, section: Section, atol: float, rtol: float) -> None:
+    """Run both models at every length around `max_sen_len` and add one classified check per length range.
+
+    Args:
+        ctx: the verify context (both models, device, family).
+        adapter: the family's adapter; it builds a batch of a given length and runs one side.
+        section: where the checks go.
+        atol: absolute tolerance for `agrees`.
+        rtol: relative tolerance for `agrees`.
+    """
     max_len = adapter.max_len(ctx)
     if max_len is None:
         section.add(Check("sequence lengths", ERROR, f"max_sen_len of the {ctx.family.name} text branch is unknown: "

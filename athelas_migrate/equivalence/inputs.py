@@ -26,7 +26,18 @@ from ..errors import InputError
 
 
 def load_inputs(source: Any) -> tuple[list[Any], list[torch.Tensor] | None, str]:
-    """(batches, stored outputs or None, description) from a path or an already-loaded object."""
+    """The batches `verify --inputs` runs both models on, and the legacy outputs stored with them.
+
+    Args:
+        source: a path to a `torch.load`-able file (read with `weights_only=True`), or the loaded object: a
+            list of batches, one batch, or `{"inputs": [...], "outputs": [...]}`.
+
+    Returns:
+        (batches, stored outputs or None, a one-line description for the report).
+
+    Raises:
+        InputError: the file is missing or not loadable, or its structure is none of the above.
+    """
     where = "inputs"
     if isinstance(source, str | os.PathLike):
         where = os.fspath(source)

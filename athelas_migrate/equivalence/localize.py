@@ -31,6 +31,8 @@ from .compare import Diff, compare_leaves, tensor_leaves
 
 @dataclass
 class Call:
+    """The first call of one module: its tensor inputs and outputs (cloned)."""
+
     name: str
     type: str
     inputs: list[torch.Tensor]
@@ -39,13 +41,24 @@ class Call:
 
 @dataclass
 class Capture:
+    """Every module's first call in forward order, also by module name, with its position."""
+
     calls: list[Call] = field(default_factory=list)
     by_name: dict[str, Call] = field(default_factory=dict)
     index: dict[str, int] = field(default_factory=dict)
 
 
 def pair_modules(old: nn.Module, new: nn.Module, rename: dict[str, str]) -> dict[str, str]:
-    """old module name -> new module name, through the module path prefixes of renamed state keys."""
+    """Pair the modules of both models through the module path prefixes of renamed state keys.
+
+    Args:
+        old: the legacy model.
+        new: the refactored model.
+        rename: old state key -> new state key (from the rules under test).
+
+    Returns:
+        Old module name -> new module name.
+    """
     new_modules = dict(new.named_modules())
     votes: dict[str, Counter] = {}
     first: dict[str, str] = {}
@@ -94,7 +107,15 @@ def pair_modules(old: nn.Module, new: nn.Module, rename: dict[str, str]) -> dict
 
 
 def capture(model: nn.Module, run) -> tuple[Capture, Any]:
-    """Run `run()` with forward hooks on every module; keep the first call of each (cloned)."""
+    """Run `run()` with forward hooks on every module; keep the first call of each (cloned).
+
+    Args:
+        model: the model to hook; the hooks are removed afterwards, also on an exception.
+        run: a no-argument callable that runs the model.
+
+    Returns:
+        (the Capture, what `run()` returned).
+    """
     cap = Capture()
     handles = []
 
@@ -128,7 +149,19 @@ def _label(name: str) -> str:
 
 def localise(old_cap: Capture, new_cap: Capture, pairs: dict[str, str], atol: float,
              rtol: float) -> dict[str, Any]:
-    """The first divergent module of the new model, in its forward order, with its difference."""
+    """The first divergent module of the new model, in its forward order, with its difference.
+
+    Args:
+        old_cap: the legacy model's capture.
+        new_cap: the refactored model's capture of the same batch.
+        pairs: `pair_modules`' result.
+        atol: absolute tolerance.
+        rtol: relative tolerance.
+
+    Returns:
+        A finding: `module`, `kind` (computes differently, input differs, order, or none), `detail`, the
+        differences, `paired_modules`, and `also` (later findings).
+    """
     inv = {v: k for k, v in pairs.items()}
     findings: list[tuple[int, dict[str, Any]]] = []
     agreeing = 0
@@ -174,7 +207,18 @@ def module_diffs(old_cap: Capture, new_cap: Capture, pairs: dict[str, str], atol
     """Every paired module's output difference, in the new model's forward order (the HTML report's chart).
 
     `localise` stops at the first divergent module; this walks them all, so a passing run shows how close
-    each aligned module is to the tolerance and a failing one shows where the differences start."""
+    each aligned module is to the tolerance and a failing one shows where the differences start.
+
+    Args:
+        old_cap: the legacy model's capture.
+        new_cap: the refactored model's capture of the same batch.
+        pairs: `pair_modules`' result.
+        atol: absolute tolerance.
+        rtol: relative tolerance.
+
+    Returns:
+        One row per paired module with comparable outputs: module, type, old_module, max_abs, ok.
+    """
     inv = {v: k for k, v in pairs.items()}
     rows = []
     for call in new_cap.calls:

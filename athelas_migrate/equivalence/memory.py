@@ -1,7 +1,7 @@
 """Keep verify's memory near the checkpoint's own size: no initial values, sparse embedding gradients, row slices.
 
 A checkpoint's tensors are mapped from the file (copy-on-write), so the models cost file pages, not
-anonymous memory. What used to cost anonymous memory, per side, for a big embedding table: its random
+anonymous memory. What else a big embedding table would cost in anonymous memory, per side: its random
 initial values (overwritten at once by the checkpoint's), a private copy for the optimizer step, a dense
 gradient that is zero outside the rows a batch touches, and a momentum buffer. This module removes the
 first three and shrinks the last to the rows the training check compares; see docs/verify.md.
@@ -32,8 +32,12 @@ def skip_init() -> Iterator[None]:
 
     Only for a model whose every parameter and persistent buffer is then replaced by a strict
     `load_state_dict(..., assign=True)`: untouched pages of a fresh tensor cost no memory, so a 1 GB
-    embedding no longer allocates 1 GB of random values that are thrown away. Deterministic mode's
-    filling of fresh tensors with NaN (which touches every page) is off for the same reason."""
+    embedding does not allocate 1 GB of random values that are thrown away. Deterministic mode's
+    filling of fresh tensors with NaN (which touches every page) is off for the same reason.
+
+    Yields:
+        Nothing; `torch.nn.init` and the deterministic fill are restored on exit.
+    """
     import torch.utils.deterministic as det
 
     saved = {name: getattr(nn.init, name) for name in _INIT if hasattr(nn.init, name)}
@@ -50,14 +54,28 @@ def skip_init() -> Iterator[None]:
 
 
 def compute_parameters(model: nn.Module) -> int:
-    """Parameters that cost compute per example: embedding tables (a lookup) left out."""
+    """Parameters that cost compute per example: embedding tables (a lookup) left out.
+
+    Args:
+        model: a built model, legacy or refactored.
+
+    Returns:
+        The count (verify picks its thread count by it).
+    """
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)}
     return sum(p.numel() for p in model.parameters() if id(p) not in tables)
 
 
 @contextlib.contextmanager
 def sparse_embedding_grads(*models: nn.Module) -> Iterator[None]:
-    """Embedding tables get sparse gradients (the rows a batch touches) while inside; same values as dense."""
+    """Embedding tables get sparse gradients (the rows a batch touches) while inside; same values as dense.
+
+    Args:
+        *models: the models whose dense `nn.Embedding`/`nn.EmbeddingBag` modules switch.
+
+    Yields:
+        Nothing; the switched modules are dense again on exit.
+    """
     changed = [m for model in models for m in model.modules()
                if isinstance(m, nn.Embedding | nn.EmbeddingBag) and not m.sparse]
     for m in changed:
@@ -70,7 +88,14 @@ def sparse_embedding_grads(*models: nn.Module) -> Iterator[None]:
 
 
 def touched_rows(grad: torch.Tensor) -> torch.Tensor:
-    """Sorted indices (on the CPU) of the rows of `grad` that can be non-zero (a sparse gradient's stored rows)."""
+    """The rows of `grad` that can be non-zero (a sparse gradient's stored rows).
+
+    Args:
+        grad: a dense or sparse gradient.
+
+    Returns:
+        Sorted row indices, on the CPU.
+    """
     if grad.is_sparse:
         return grad.coalesce().indices()[0].cpu()
     flat = grad.detach().reshape(grad.shape[0], -1)
@@ -78,7 +103,15 @@ def touched_rows(grad: torch.Tensor) -> torch.Tensor:
 
 
 def rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Dense `grad[rows]` (a sparse gradient densified on those rows only)."""
+    """Dense `grad[rows]` (a sparse gradient densified on those rows only).
+
+    Args:
+        grad: a dense or sparse gradient.
+        rows: row indices.
+
+    Returns:
+        The dense rows, on `grad`'s device.
+    """
     idx = rows.to(grad.device)
     if grad.is_sparse:
         return grad.coalesce().index_select(0, idx).to_dense()
@@ -88,7 +121,15 @@ def rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def step_rows(shape: torch.Size, *grads: torch.Tensor | None) -> torch.Tensor | None:
     """Rows of a parameter the optimizer step is compared on: None (all of them) below LARGE elements,
     else every row either gradient touches plus SAMPLED_ROWS others spread over the table (first and last
-    included), which weight decay and momentum move without a gradient."""
+    included), which weight decay and momentum move without a gradient.
+
+    Args:
+        shape: the parameter's shape.
+        *grads: its gradient on each side (None where a side has none).
+
+    Returns:
+        Sorted row indices, or None for all rows.
+    """
     numel = 1
     for s in shape:
         numel *= int(s)

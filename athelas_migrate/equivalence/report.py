@@ -14,6 +14,9 @@ Check statuses:
 
 A check that could not run is never a pass: only an explicit opt-out records `skipped`.
 What does not apply to a pair of files (no text branch, a weights-only NEW) is a note, not a check.
+
+To add a section, the runner creates a `Section` with a new `name` and adds its `Check`s; the verdict, JSON
+and JUnit forms follow without changes here (give its checks `max_abs`/`atol` to get numbers in JUnit).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
+
+from .junit import add_counts, check_numbers, classname, junit_document, short, shown_path, testsuite
 
 PASS, FAIL, ERROR, EXPECTED, SKIP = "pass", "fail", "error", "expected", "skipped"
 OK_STATUSES = {PASS, EXPECTED, SKIP}
@@ -45,9 +50,15 @@ class Check:
 
     @property
     def passed(self) -> bool:
+        """Whether the status lets the run pass (pass, expected, skipped)."""
         return self.status in OK_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
+        """The check as JSON-ready data.
+
+        Returns:
+            Its fields; non-finite numbers as strings.
+        """
         return _clean({"name": self.name, "status": self.status, "detail": self.detail, "max_abs": self.max_abs,
                        "max_rel": self.max_rel, "atol": self.atol, "rtol": self.rtol,
                        "duration_s": round(self.duration_s, 6), "data": self.data})
@@ -65,17 +76,39 @@ class Section:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def add(self, check: Check) -> Check:
+        """Append a check.
+
+        Args:
+            check: a Check; the section keeps its checks in the order they were added.
+
+        Returns:
+            The same check, so a caller can fill in its numbers afterwards.
+        """
         self.checks.append(check)
         return check
 
     @property
     def passed(self) -> bool:
+        """Whether every check of the section passes (an empty section does)."""
         return all(c.passed for c in self.checks)
 
     def count(self, status: str) -> int:
+        """How many checks have a status.
+
+        Args:
+            status: one of PASS, FAIL, ERROR, EXPECTED, SKIP.
+
+        Returns:
+            The count.
+        """
         return sum(1 for c in self.checks if c.status == status)
 
     def to_dict(self) -> dict[str, Any]:
+        """The section as JSON-ready data.
+
+        Returns:
+            Its fields, its verdict and its checks.
+        """
         return _clean({"name": self.name, "title": self.title, "passed": self.passed, "notes": self.notes,
                        "summary": self.summary, "duration_s": round(self.duration_s, 6),
                        "checks": [c.to_dict() for c in self.checks]})
@@ -92,12 +125,22 @@ class OutputDiff:
     batches: int = 0
 
     def update(self, check: Check) -> None:
+        """Fold one batch's comparison of this output in.
+
+        Args:
+            check: the batch's check; NaN differences stay NaN.
+        """
         self.batches += 1
         self.max_abs = _max(self.max_abs, check.max_abs)
         self.max_rel = _max(self.max_rel, check.max_rel)
         self.passed = self.passed and check.passed
 
     def to_dict(self) -> dict[str, Any]:
+        """The worst difference as JSON-ready data.
+
+        Returns:
+            max_abs, max_rel, passed, batches.
+        """
         return _clean({"max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed,
                        "batches": self.batches})
 
@@ -135,12 +178,23 @@ class VerifyReport:
     # ----------------------------------------------------------------- verdict
     @property
     def passed(self) -> bool:
+        """The verdict: the run started, has sections, and every section passes."""
         return self.error is None and bool(self.sections) and all(s.passed for s in self.sections)
 
     def failed_checks(self) -> list[tuple[Section, Check]]:
+        """The checks that compared and differed.
+
+        Returns:
+            (section, check) pairs in report order.
+        """
         return [(s, c) for s in self.sections for c in s.checks if c.status == FAIL]
 
     def errored_checks(self) -> list[tuple[Section, Check]]:
+        """The checks that could not run.
+
+        Returns:
+            (section, check) pairs in report order.
+        """
         return [(s, c) for s in self.sections for c in s.checks if c.status == ERROR]
 
     @property
@@ -156,22 +210,54 @@ class VerifyReport:
         return 0
 
     def skipped_checks(self) -> list[tuple[Section, Check]]:
+        """The checks skipped on request.
+
+        Returns:
+            (section, check) pairs in report order.
+        """
         return [(s, c) for s in self.sections for c in s.checks if c.status == SKIP]
 
     def section(self, name: str) -> Section | None:
+        """A section by name.
+
+        Args:
+            name: build, weights, outputs, stored, training, domain, ...
+
+        Returns:
+            The section, or None when the run has none of that name.
+        """
         return next((s for s in self.sections if s.name == name), None)
 
     def check(self, section: str, name: str) -> Check | None:
+        """A check by section and name.
+
+        Args:
+            section: the section's name.
+            name: the check's name.
+
+        Returns:
+            The first matching check, or None.
+        """
         sec = self.section(section)
         return next((c for c in sec.checks if c.name == name), None) if sec else None
 
     def tolerance(self) -> tuple[float, float]:
+        """The tolerances the comparisons used (widened for a lower-precision dtype, else as asked).
+
+        Returns:
+            (atol, rtol).
+        """
         atol = self.effective_atol if self.effective_atol is not None else self.atol
         rtol = self.effective_rtol if self.effective_rtol is not None else self.rtol
         return atol, rtol
 
     # ------------------------------------------------------------------- forms
     def to_dict(self) -> dict[str, Any]:
+        """The `verify --json` report.
+
+        Returns:
+            Everything, JSON-ready (non-finite numbers as strings).
+        """
         atol, rtol = self.tolerance()
         return _clean({
             "tool": "athelas-migrate verify",
@@ -204,9 +290,19 @@ class VerifyReport:
         })
 
     def to_json(self) -> str:
+        """`to_dict()` as indented JSON.
+
+        Returns:
+            The JSON text (strict: no NaN literals).
+        """
         return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False)
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write `to_json()` atomically.
+
+        Args:
+            path: the report file; its parent directories are created.
+        """
         _atomic_write(path, self.to_json() + "\n")
 
     def junit_suites(self, prefix: str = "") -> list[ET.Element]:
@@ -215,117 +311,72 @@ class VerifyReport:
         Suites are named `PAIR / SECTION`, PAIR being `prefix` or the two paths (relative to the working
         directory when inside it, else absolute): unique per file pair, so reports of many pairs merged by a CI
         server never collide (base names alone do: every `runs/*/last.ckpt`). A suite's time is its section's
-        (setup included), not only the sum of its checks."""
-        label = prefix or f"{_shown(self.old)} -> {_shown(self.new)}"
+        (setup included), not only the sum of its checks.
+
+        Args:
+            prefix: the PAIR label; empty means the two paths.
+
+        Returns:
+            The <testsuite> elements, a run error's first.
+        """
+        label = prefix or f"{shown_path(self.old)} -> {shown_path(self.new)}"
         suites = []
         props = {"old": self.old, "new": self.new, "family": self.family or "", "device": self.device,
                  "weights_dtype": self.weights_dtype or "", "compute_dtype": self.compute_dtype or "",
                  "atol": repr(self.tolerance()[0]), "rtol": repr(self.tolerance()[1]), "seed": str(self.seed),
                  "inputs": self.inputs_source}
         if self.error is not None:
-            suite = _suite(f"{label} / run", [], props, self.duration_s)
-            case = ET.SubElement(suite, "testcase", classname=_classname(self.family, "run"), name="run verify",
+            suite = testsuite(f"{label} / run", [], props, self.duration_s)
+            case = ET.SubElement(suite, "testcase", classname=classname(self.family, "run"), name="run verify",
                                  time=f"{self.duration_s:.6f}")
-            ET.SubElement(case, "error", message=_short(self.error), type="CannotRun").text = self.error
-            _count(suite)
+            ET.SubElement(case, "error", message=short(self.error), type="CannotRun").text = self.error
+            add_counts(suite)
             suites.append(suite)
         for sec in self.sections:
-            suite = _suite(f"{label} / {sec.title}", sec.checks, props, sec.duration_s)
+            suite = testsuite(f"{label} / {sec.title}", sec.checks, props, sec.duration_s)
             for c in sec.checks:
-                case = ET.SubElement(suite, "testcase", classname=_classname(self.family, sec.name), name=c.name,
+                case = ET.SubElement(suite, "testcase", classname=classname(self.family, sec.name), name=c.name,
                                      time=f"{c.duration_s:.6f}")
-                numbers = _numbers(c)
+                numbers = check_numbers(c)
                 if c.status == FAIL:
                     msg = c.detail or "values differ"
                     if self.localisation and sec.name == "outputs":
                         msg += f"; first divergent module: {self.localisation.get('module')}"
-                    ET.SubElement(case, "failure", message=_short(msg), type="Mismatch").text = \
+                    ET.SubElement(case, "failure", message=short(msg), type="Mismatch").text = \
                         f"{msg}\n{numbers}".strip()
                 elif c.status == ERROR:
-                    ET.SubElement(case, "error", message=_short(c.detail), type="CheckError").text = c.detail
+                    ET.SubElement(case, "error", message=short(c.detail), type="CheckError").text = c.detail
                 elif c.status == SKIP:
-                    ET.SubElement(case, "skipped", message=_short(c.detail or "skipped"))
+                    ET.SubElement(case, "skipped", message=short(c.detail or "skipped"))
                 if c.status in (PASS, EXPECTED) and (c.detail or numbers):
                     tag = "expected difference: " if c.status == EXPECTED else ""
                     ET.SubElement(case, "system-out").text = f"{tag}{c.detail}\n{numbers}".strip()
-            _count(suite)
+            add_counts(suite)
             suites.append(suite)
         return suites
 
     def to_junit(self, prefix: str = "") -> str:
+        """The `verify --junit` document.
+
+        Args:
+            prefix: the PAIR label of the suite names (see `junit_suites`).
+
+        Returns:
+            The JUnit XML text.
+        """
         return junit_document(self.junit_suites(prefix), name="athelas-migrate verify", seconds=self.duration_s)
 
     def write_junit(self, path: str | os.PathLike[str], prefix: str = "") -> None:
+        """Write `to_junit(prefix)` atomically.
+
+        Args:
+            path: the report file; its parent directories are created.
+            prefix: the PAIR label of the suite names.
+        """
         _atomic_write(path, self.to_junit(prefix))
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def junit_document(suites: list[ET.Element], name: str, seconds: float | None = None) -> str:
-    """The <testsuites> document; its time is `seconds` (the whole run's wall time: what the suites leave out,
-    such as loading and migrating, counts too) when given, else the sum of the suites'."""
-    root = ET.Element("testsuites", name=name)
-    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    t = 0.0
-    for s in suites:
-        root.append(s)
-        for k in totals:
-            totals[k] += int(s.get(k, "0"))
-        t += float(s.get("time", "0"))
-    for k, v in totals.items():
-        root.set(k, str(v))
-    root.set("time", f"{max(t, seconds) if seconds is not None else t:.6f}")
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _shown(path: str) -> str:
-    """A report path in a suite name: relative to the working directory when inside it, else absolute."""
-    full = os.path.abspath(path)
-    rel = os.path.relpath(full)
-    return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
-
-
-def _suite(name: str, checks: list[Check], props: dict[str, str], seconds: float = 0.0) -> ET.Element:
-    suite = ET.Element("testsuite", name=name, time=f"{max(seconds, sum(c.duration_s for c in checks)):.6f}")
-    pe = ET.SubElement(suite, "properties")
-    for k, v in props.items():
-        ET.SubElement(pe, "property", name=k, value=str(v))
-    return suite
-
-
-def _count(suite: ET.Element) -> None:
-    cases = suite.findall("testcase")
-    suite.set("tests", str(len(cases)))
-    suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
-    suite.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
-    suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
-
-
-def _classname(family: str | None, section: str) -> str:
-    return f"verify.{family or 'unknown'}.{section}"
-
-
-def _numbers(c: Check) -> str:
-    parts = []
-    if c.max_abs is not None:
-        parts.append(f"max_abs={_fmt(c.max_abs)}")
-    if c.max_rel is not None:
-        parts.append(f"max_rel={_fmt(c.max_rel)}")
-    if c.atol is not None:
-        parts.append(f"atol={c.atol:g} rtol={c.rtol or 0.0:g}")
-    return " ".join(parts)
-
-
-def _fmt(x: float) -> str:
-    return "inf" if math.isinf(x) else ("nan" if math.isnan(x) else f"{x:.3e}")
-
-
-def _short(text: str, n: int = 300) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
 
 def _max(a: float | None, b: float | None) -> float:
     vals = [v for v in (a, b) if v is not None]

@@ -52,7 +52,13 @@ def _header(report: VerifyReport) -> Panel:
 
 
 def render(report: VerifyReport, console: Console | None = None, verbose: bool = False) -> None:
-    """Print the summary: header, per-output differences, sections, failures, localisation, verdict."""
+    """Print the summary: header, per-output differences, sections, failures, localisation, verdict.
+
+    Args:
+        report: the finished report (a run error prints the header and the error only).
+        console: where to print; None means a rich Console on stdout.
+        verbose: list every check, not only the failing ones and a count per section.
+    """
     console = console or Console()
     console.print(_header(report))
     if report.error is not None:

@@ -45,6 +45,14 @@ def _tensors(obj: Any) -> Any:
 
 
 def saved_optimizer_state(raw) -> dict | None:
+    """The first optimizer state a checkpoint stores, with torch tensors.
+
+    Args:
+        raw: the checkpoint as read by the restricted reader, or None.
+
+    Returns:
+        The state dict of `optimizer_states[0]`, or None when the file stores none.
+    """
     states = (raw.top or {}).get("optimizer_states") if raw is not None else None
     if not states or not isinstance(states[0], dict):
         return None
@@ -104,6 +112,20 @@ def _optimizers(adapter: VerifyAdapter, ctx: Context, section: Section) -> tuple
 
 def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Section, atol: float,
                  rtol: float, skip_optimizer: bool = False) -> None:
+    """One training step on both models: loss, every gradient, the stored optimizer state, and the step.
+
+    Dropout stays off (eval mode) so the two sides see the same arithmetic; a step that cannot run records
+    an error check, never a pass.
+
+    Args:
+        ctx: the verify context with both models loaded.
+        adapter: the family's adapter (labelled batch, loss, optimizer).
+        batch: the batch to train on.
+        section: where the checks go.
+        atol: absolute tolerance.
+        rtol: relative tolerance.
+        skip_optimizer: leave out the optimizer checks (`--skip-check optimizer`).
+    """
     old, new = ctx.old_model, ctx.new_model
     assert old is not None and new is not None
     batch = adapter.to_device(adapter.labelled(ctx, batch), ctx.device)
@@ -205,7 +227,7 @@ def run_training(ctx: Context, adapter: VerifyAdapter, batch: Batch, section: Se
             section.add(Check("optimizer state", ERROR, f"loading the saved optimizer state failed: "
                               f"{type(exc).__name__}: {exc}", duration_s=time.perf_counter() - t))
             return
-    section.add(_optimizer_settings(opt_o, opt_n, atol, rtol))
+    section.add(_optimizer_settings(opt_o, opt_n))
     if st_o is not None:
         section.add(_state_check(old, new, opt_o, opt_n, ctx, atol, rtol, time.perf_counter() - t))
 
@@ -318,7 +340,7 @@ def _in_place_step(pairs: list, old: nn.Module, new: nn.Module, opt_o: Any, opt_
     return [(name, p.detach(), q.detach()) for name, p, q in pairs]
 
 
-def _optimizer_settings(opt_o, opt_n, atol: float, rtol: float) -> Check:
+def _optimizer_settings(opt_o, opt_n) -> Check:
     to, tn = type(opt_o).__name__, type(opt_n).__name__
     diffs = []
     if to != tn:

@@ -3,6 +3,9 @@
 `infer_rules(old, new, inputs, family=..., from_version=..., to_version=...)` returns the text of a
 rule file; `apply_rules(text_or_path, state_dict)` applies any rule file with the engine. See
 docs/rules.md.
+
+A new inference strategy is a pass of `match.Matcher` (its module docstring says how); a new rule op that
+inference should emit also needs its grouping in `collapse.py`.
 """
 
 from __future__ import annotations

@@ -132,7 +132,15 @@ def _merge_indexed_moves(moves: OrderedDict[tuple[str, str], list[Entry]],
 
 
 def build_rules(entries: list[Entry], old_keys: list[str]) -> list[tuple[dict, list[int]]]:
-    """Rule dicts in source-key order, each with the units (evidence) behind it."""
+    """Rule dicts in source-key order, each with the units (evidence) behind it.
+
+    Args:
+        entries: the accepted mapping (match.Matcher.entries) plus the inferred drops.
+        old_keys: the old state dict's keys, in order (rules follow it; patterns must cover exactly).
+
+    Returns:
+        (rule dict as the rule schema reads it, indices of the units behind it) per rule.
+    """
     rank = {k: i for i, k in enumerate(old_keys)}
     moves: OrderedDict[tuple[str, str], list[Entry]] = OrderedDict()
     indexed, other = [], []
@@ -199,7 +207,19 @@ def _toml(value) -> str:
 
 def to_toml(family: str, src: str, dst: str, description: str, rules: list[tuple[dict, list[str]]],
             header: list[str]) -> str:
-    """The rule file text: header comments, then each rule with its evidence as comments."""
+    """The rule file text: header comments, then each rule with its evidence as comments.
+
+    Args:
+        family: the family name.
+        src: the edge's source version.
+        dst: the edge's target version.
+        description: the rule file's description.
+        rules: (rule dict, evidence lines) pairs.
+        header: comment lines at the top (provenance, proof).
+
+    Returns:
+        The TOML text, newline-terminated.
+    """
     lines = [f"# {h}" for h in header]
     lines += [f"family = {_toml(family)}", f"from = {_toml(src)}", f"to = {_toml(dst)}",
               f"description = {_toml(description)}"]

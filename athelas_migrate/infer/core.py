@@ -66,7 +66,15 @@ class Inference:
 
 # ------------------------------------------------------------------------------------------ public API
 def apply_rules(rules: str | Path, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Apply a rule file (its text, or a path to it) to any state dict with the rule engine."""
+    """Apply a rule file to any state dict with the rule engine (what `ckpt` does, without a checkpoint file).
+
+    Args:
+        rules: the rule file's TOML text, or a path to it (a Path, or a one-line str ending in `.toml`).
+        state_dict: the old model's state dict.
+
+    Returns:
+        The new state dict, as torch tensors.
+    """
     rf = _parse(rules)
     state = OrderedDict((k, TensorRef.from_torch(v, isinstance(v, nn.Parameter))) for k, v in state_dict.items())
     result = apply_state_rules(rf, state)
@@ -75,7 +83,20 @@ def apply_rules(rules: str | Path, state_dict: dict[str, torch.Tensor]) -> dict[
 
 def infer_rules(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family: str = "Model",
                 from_version: str = "v1", to_version: str = "v2", **kwargs: Any) -> str:
-    """The text of a proven rule file mapping `old_model`'s state dict onto `new_model`'s layout."""
+    """The text of a proven rule file mapping `old_model`'s state dict onto `new_model`'s layout.
+
+    Args:
+        old_model: the model whose checkpoints exist.
+        new_model: the refactored model (not modified: a copy is loaded for the proof).
+        inputs: example inputs (one positional argument each, or a dict); split into probe and proof inputs.
+        family: the rule file's family.
+        from_version: the edge's source layout.
+        to_version: the edge's target layout.
+        **kwargs: `infer`'s keyword-only options (proof_inputs, atol, description).
+
+    Returns:
+        The TOML text.
+    """
     return infer(old_model, new_model, inputs, family, from_version, to_version, **kwargs).toml
 
 
@@ -90,6 +111,28 @@ def _parse(rules: str | Path) -> RuleFile:
 def infer(old_model: nn.Module, new_model: nn.Module, inputs: list[Any], family: str = "Model",
           from_version: str = "v1", to_version: str = "v2", *, proof_inputs: list[Any] | None = None,
           atol: float = 1e-5, description: str | None = None) -> Inference:
+    """Infer and prove a rule file; see the module docstring for the steps.
+
+    Args:
+        old_model: the model whose checkpoints exist (put in eval mode while inferring, then restored).
+        new_model: the refactored model (not modified: a copy is loaded for the proof).
+        inputs: example inputs; every other one probes, the rest prove, unless `proof_inputs` are given.
+        family: the rule file's family.
+        from_version: the edge's source layout.
+        to_version: the edge's target layout.
+        proof_inputs: inputs kept for the proof alone.
+        atol: absolute tolerance of the output comparisons.
+        description: the rule file's description (default: the two class names).
+
+    Returns:
+        The Inference: TOML text, proof, evidence per rule and counts.
+
+    Raises:
+        UsageError: no inputs.
+        InputError: a model cannot run on the example inputs.
+        RuleInferenceError: some tensor cannot be placed, the rules do not load strictly, or the outputs
+            differ on the probe or proof inputs (the error names the first divergent module).
+    """
     t0 = time.perf_counter()
     inputs = list(inputs or [])
     if not inputs:

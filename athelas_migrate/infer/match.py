@@ -18,6 +18,12 @@ ones left:
 
 Same-shaped choices are recorded as ambiguity groups; the proof (proof.py) permutes within a group
 when the first choice does not reproduce the outputs.
+
+To add an inference strategy, add a pass method to `Matcher` that looks only at tensors not yet `placed`
+(old) or `filled` (new), records each accepted pairing with `self._accept(Unit(kind, ...))` (its entries
+use the rule ops collapse.py writes: rename, transpose, reshape, cast, split, concat), proves it with
+`self._test` where both modules ran, and gives same-shaped alternatives one `group`; then call it from `run`
+at its place in the order (more specific passes first: a later pass only sees what earlier ones left).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 from torch import nn
 
 from .probe import Record, local_test
+from .tree import Tree
 
 # hinted local-name pairs (old, new); data, not code paths
 ALIASES = {("gamma", "weight"), ("beta", "bias"), ("W", "weight"), ("b", "bias"), ("w", "weight"),
@@ -61,6 +68,14 @@ class Unit:
     group: tuple | None = None  # units sharing a group may swap their old side (proof search)
 
     def entries(self, index: int) -> list[Entry]:
+        """The unit's ops with full keys.
+
+        Args:
+            index: the unit's position, recorded on each entry (the evidence refers to it).
+
+        Returns:
+            One Entry per local op.
+        """
         out = []
         for op, srcs, tgts, params in self.local:
             out.append(Entry(op, [_join(self.old, s) for s in srcs], [_join(self.new, t) for t in tgts],
@@ -76,49 +91,9 @@ def _similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b).ratio()
 
 
-class Tree:
-    """One model's tensors by module: subtree keys, direct keys, signatures, forward ranks."""
-
-    def __init__(self, model: nn.Module, rec: Record):
-        self.model = model
-        self.sd = model.state_dict()
-        self.rec = rec
-        self.modules = dict(model.named_modules())
-        self.subtree: dict[str, list[str]] = {n: [] for n in self.modules}
-        self.direct: dict[str, list[str]] = {n: [] for n in self.modules}
-        for key in self.sd:
-            parent = key.rpartition(".")[0]
-            self.direct.setdefault(parent, []).append(key)
-            parts = key.split(".")
-            for cut in range(len(parts)):
-                prefix = ".".join(parts[:cut])
-                if prefix in self.subtree:
-                    self.subtree[prefix].append(key)
-        self.order = {n: i for i, n in enumerate(rec.order)}
-
-    def rel(self, module: str, key: str) -> str:
-        return key[len(module) + 1:] if module else key
-
-    def sig(self, module: str) -> tuple:
-        return tuple(sorted((self.rel(module, k), tuple(self.sd[k].shape), self.sd[k].dtype)
-                            for k in self.subtree[module]))
-
-    def called(self, module: str) -> bool:
-        return self.rec.called(module)
-
-    def holds_children(self, module: str) -> bool:
-        return len(self.subtree[module]) > len(self.direct.get(module, []))
-
-    def rank(self, module: str, group: list[str]) -> int:
-        """Position of `module` among `group`, in first-run order (declaration order for modules not run)."""
-        ran = sorted((m for m in group if m in self.order), key=self.order.__getitem__)
-        if module in self.order:
-            return ran.index(module)
-        rest = [m for m in group if m not in self.order]
-        return len(ran) + rest.index(module)
-
-
 class Matcher:
+    """Pairs the tensors of an old and a new model, pass by pass, each pass on what the previous ones left."""
+
     def __init__(self, old: nn.Module, new: nn.Module, rec_old: Record, rec_new: Record, atol: float):
         self.o = Tree(old, rec_old)
         self.n = Tree(new, rec_new)
@@ -154,6 +129,7 @@ class Matcher:
 
     # ------------------------------------------------------------------ pass 1: subtrees
     def subtrees(self) -> None:
+        """Pass 1: pair whole subtrees with the same relative keys, shapes and dtypes (see the module docstring)."""
         by_sig_new: dict[tuple, list[str]] = {}
         by_sig_old: dict[tuple, list[str]] = {}
         for m, keys in self.n.subtree.items():
@@ -239,6 +215,7 @@ class Matcher:
         return [[(o, n, op, p) for o, n, op, p, _ in c] for c in found[:MAX_BIJECTIONS]]
 
     def modules(self) -> None:
+        """Pass 2: pair the direct tensors of two modules under other names or layouts, by bijections."""
         news = [m for m, keys in self.n.direct.items() if keys and self._free(keys, self.filled)]
         olds = [m for m, keys in self.o.direct.items() if keys and self._free(keys, self.placed)]
 
@@ -292,6 +269,7 @@ class Matcher:
 
     # ------------------------------------------------------------------ pass 3: fused
     def fused(self) -> None:
+        """Pass 3: one old tensor split into several new ones, or several concatenated into one."""
         for split in (True, False):
             src_tree, dst_tree = (self.o, self.n) if split else (self.n, self.o)
             src_taken, dst_taken = (self.placed, self.filled) if split else (self.filled, self.placed)
@@ -324,6 +302,7 @@ class Matcher:
 
     # ------------------------------------------------------------------ pass 4: tensors
     def tensors(self) -> None:
+        """Pass 4: what is left, tensor by tensor, by shape and name."""
         left_old = [k for k in self.o.sd if k not in self.placed]
         for nk in [k for k in self.n.sd if k not in self.filled]:
             best = None
@@ -345,16 +324,32 @@ class Matcher:
 
     # ------------------------------------------------------------------ result
     def run(self) -> None:
+        """Run every pass in order; the result is in `units`."""
         self.subtrees()
         self.modules()
         self.fused()
         self.tensors()
 
     def entries(self) -> list[Entry]:
+        """The accepted mapping as rule entries.
+
+        Returns:
+            Every unit's entries with full keys, in acceptance order.
+        """
         return [e for i, u in enumerate(self.units) for e in u.entries(i)]
 
     def candidates_for(self, key: str, tree: Tree, other: Tree, taken: set[str]) -> list[str]:
-        """Best untaken tensors of the other model with the same number of elements (for refusals)."""
+        """Best untaken tensors of the other model with the same number of elements (for refusals).
+
+        Args:
+            key: the unmatched key.
+            tree: the model `key` belongs to.
+            other: the other model.
+            taken: keys of `other` already matched.
+
+        Returns:
+            Up to three keys, most similar name first.
+        """
         t = tree.sd[key]
         cands = [k for k in other.sd if k not in taken and other.sd[k].numel() == t.numel()]
         cands.sort(key=lambda k: -_similarity(k, key))

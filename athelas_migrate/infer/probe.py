@@ -20,7 +20,15 @@ from ..equivalence.compare import compare_leaves, tensor_leaves
 
 
 def run(model: nn.Module, x: Any) -> Any:
-    """One example input: `model(*x)` for a tuple, `model(x)` otherwise (the public contract)."""
+    """One example input: `model(*x)` for a tuple, `model(x)` otherwise (the public contract).
+
+    Args:
+        model: the old model, or a copy of the new one loaded with inferred state.
+        x: one example input.
+
+    Returns:
+        The model's output.
+    """
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
@@ -36,6 +44,8 @@ def _clone(obj: Any) -> Any:
 
 @dataclass
 class Call:
+    """One module call: its arguments and output, cloned."""
+
     args: tuple
     kwargs: dict
     output: Any
@@ -50,11 +60,27 @@ class Record:
     outputs: list[Any] = field(default_factory=list)
 
     def called(self, name: str) -> bool:
+        """Whether a module ran on any input.
+
+        Args:
+            name: the module name.
+
+        Returns:
+            True when some input called it.
+        """
         return any(c is not None for c in self.calls.get(name, []))
 
 
 def record(model: nn.Module, inputs: list[Any]) -> Record:
-    """Run `model` on every input with hooks on every module; keep first calls, order and outputs."""
+    """Run `model` on every input with hooks on every module; keep first calls, order and outputs.
+
+    Args:
+        model: the model (its hooks are removed afterwards).
+        inputs: the example inputs.
+
+    Returns:
+        The Record.
+    """
     rec = Record()
     names = [n for n, _ in model.named_modules()]
     rec.calls = {n: [None] * len(inputs) for n in names}
@@ -96,7 +122,16 @@ def record(model: nn.Module, inputs: list[Any]) -> Record:
 
 
 def max_diff(new: Any, old: Any, atol: float) -> tuple[bool, float]:
-    """(equal within atol, worst |diff|) of two outputs of any nesting; unpairable structures differ."""
+    """Compare two outputs of any nesting; unpairable structures differ.
+
+    Args:
+        new: the new model's output.
+        old: the old model's output.
+        atol: absolute tolerance.
+
+    Returns:
+        (equal within atol, worst |diff|), inf when unpairable.
+    """
     d = compare_leaves(tensor_leaves(new), tensor_leaves(old), atol, 0.0)
     if d is None:
         return False, float("inf")
@@ -105,7 +140,17 @@ def max_diff(new: Any, old: Any, atol: float) -> tuple[bool, float]:
 
 def local_test(module: nn.Module, state: dict[str, torch.Tensor], calls: list[Call | None],
                atol: float) -> tuple[bool, float]:
-    """Does `module`, holding `state`, return what the old module returned on the old module's arguments?"""
+    """Does `module`, holding `state`, return what the old module returned on the old module's arguments?
+
+    Args:
+        module: a new module (a copy is loaded; it is not modified).
+        state: its state dict, made from the old module's tensors.
+        calls: the old module's recorded calls (None where it did not run).
+        atol: absolute tolerance.
+
+    Returns:
+        (passed, worst |diff|); a strict load failure or a call that raises fails, and no call at all fails.
+    """
     trial = copy.deepcopy(module).eval()
     try:
         trial.load_state_dict(state, strict=True)
@@ -129,7 +174,15 @@ def local_test(module: nn.Module, state: dict[str, torch.Tensor], calls: list[Ca
 
 
 def perturbed(value: torch.Tensor, seed: int) -> torch.Tensor:
-    """A clearly different value of the same shape and dtype (ints: shifted; floats: replaced)."""
+    """A clearly different value of the same shape and dtype (bools: negated; ints: shifted; floats: replaced).
+
+    Args:
+        value: the original value.
+        seed: seed of the replacement noise.
+
+    Returns:
+        The new tensor.
+    """
     gen = torch.Generator().manual_seed(seed)
     if value.dtype == torch.bool:
         return ~value
@@ -141,7 +194,18 @@ def perturbed(value: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def influence(model: nn.Module, key: str, inputs: list[Any], reference: list[Any], atol: float) -> float:
-    """Worst output change when the tensor `key` is replaced by another value (0.0: it does not matter)."""
+    """Worst output change when the tensor `key` is replaced by another value (0.0: it does not matter).
+
+    Args:
+        model: the model; the tensor is restored afterwards.
+        key: a state key of a parameter or buffer.
+        inputs: the inputs to run.
+        reference: the model's unperturbed outputs on them.
+        atol: absolute tolerance of the comparison.
+
+    Returns:
+        The worst |diff|; inf when the model cannot run with the perturbed value.
+    """
     holder_name, _, attr = key.rpartition(".")
     holder = model.get_submodule(holder_name)
     original = getattr(holder, attr)

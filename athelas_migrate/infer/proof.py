@@ -29,7 +29,15 @@ class Proof:
 
 
 def load(trial: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    """Strict load into the trial copy of the new model; the error text, or '' when it loads."""
+    """Strict load into the trial copy of the new model.
+
+    Args:
+        trial: the copy of the new model.
+        state: the state dict the rules produced.
+
+    Returns:
+        The load error on one line (at most 400 characters), or '' when it loads.
+    """
     try:
         trial.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -38,7 +46,17 @@ def load(trial: nn.Module, state: dict[str, torch.Tensor]) -> str:
 
 
 def prove(trial: nn.Module, inputs: list[Any], reference: list[Any], atol: float) -> Proof:
-    """Outputs of the loaded trial model against the old model's, per input and output tensor."""
+    """Outputs of the loaded trial model against the old model's, per input and output tensor.
+
+    Args:
+        trial: the new model, loaded with the inferred state.
+        inputs: the inputs to run.
+        reference: the old model's outputs on them.
+        atol: absolute tolerance.
+
+    Returns:
+        The Proof; a run that raises, or a different number of outputs, is not proven.
+    """
     diffs: list[tuple[str, float]] = []
     ok, worst, first_bad = True, 0.0, -1
     with torch.no_grad():
@@ -62,7 +80,20 @@ def prove(trial: nn.Module, inputs: list[Any], reference: list[Any], atol: float
 
 
 def agreeing(trial: nn.Module, x: Any, rec_old: Record, pairs: dict[str, str], atol: float) -> int:
-    """How many paired modules agree, in the new model's forward order, before the first that does not."""
+    """How many paired modules agree, in the new model's forward order, before the first that does not.
+
+    The search scores a failed candidate by it: more agreeing modules is closer.
+
+    Args:
+        trial: the loaded new model.
+        x: the first probe input (the old calls compared are those of `rec_old` on it).
+        rec_old: the old model's record on the probe inputs.
+        pairs: new module name -> old module name.
+        atol: absolute tolerance.
+
+    Returns:
+        The count.
+    """
     cap, _ = capture(trial, lambda: run(trial, x))
     count = 0
     for call in cap.calls:
@@ -79,7 +110,18 @@ def agreeing(trial: nn.Module, x: Any, rec_old: Record, pairs: dict[str, str], a
 
 
 def divergence(old: nn.Module, trial: nn.Module, x: Any, rename: dict[str, str], atol: float) -> dict[str, Any]:
-    """verify's localisation on one input: the first new module whose output differs from its old pair."""
+    """verify's localisation on one input: the first new module whose output differs from its old pair.
+
+    Args:
+        old: the old model.
+        trial: the loaded new model.
+        x: the input on which the outputs differ.
+        rename: old state key -> new state key (the inferred rules).
+        atol: absolute tolerance.
+
+    Returns:
+        equivalence.localize.localise's finding.
+    """
     old_cap, _ = capture(old, lambda: run(old, x))
     new_cap, _ = capture(trial, lambda: run(trial, x))
     return localise(old_cap, new_cap, pair_modules(old, trial, rename), atol, 0.0)

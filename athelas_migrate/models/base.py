@@ -1,4 +1,12 @@
-"""``AthelasModule``: the common Lightning base of every v2 model."""
+"""``AthelasModule``: the common Lightning base of every v2 model.
+
+To add a refactored model: subclass ``AthelasModule`` in a module of this package (see the class docstring
+for what a subclass must do), build it from ``athelas_migrate.components``, resolve its hyper-parameters in a
+torch-free ``*_config.py`` module when the engine needs them, and add it to ``_EXPORTS`` in ``__init__.py``.
+Its state-dict keys are the target layout: the family's ``expected()`` (``athelas_migrate/families/``) must
+equal them (tests/test_layouts_vs_classes.py), and its ``v2_class`` names the class. A model never imports the
+engine: ``load_from_checkpoint`` reaches it through ``athelas_migrate.hooks``.
+"""
 
 from __future__ import annotations
 
@@ -87,11 +95,28 @@ class AthelasModule(pl.LightningModule):
 
     # ----------------------------------------------------------- batch hooks
     def batch_logits(self, batch: Any) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` for a batch; default ``self(batch)``."""
+        """Logits for a batch; override when ``forward`` does not take the batch itself.
+
+        Args:
+            batch: a batch as the dataloader yields it.
+
+        Returns:
+            ``[B, num_classes]``; by default ``self(batch)``.
+        """
         return self(batch)
 
     def get_labels(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Labels ``[B]`` (long) read from ``batch[config["label_name"]]``."""
+        """Labels read from ``batch[config["label_name"]]``.
+
+        Args:
+            batch: a batch as the dataloader yields it.
+
+        Returns:
+            ``[B]`` long, on the model's device.
+
+        Raises:
+            KeyError: the config has no ``label_name``, or the batch lacks that field.
+        """
         if not self.label_name:
             raise KeyError(
                 f"{type(self).__name__}: config has no 'label_name'; it is needed to read labels"
@@ -209,6 +234,22 @@ class AthelasModule(pl.LightningModule):
         tab_field_list). ``hparams_file`` (YAML or CSV) replaces the stored hyper-parameters and
         `kwargs` override single ones, as in Lightning; ``map_location`` moves the model (tensors are
         read on the CPU).
+
+        Args:
+            checkpoint_path: a local path or a binary file object.
+            map_location: where the model goes (see `device_of`).
+            hparams_file: a YAML or CSV file of hyper-parameters that replace the stored ones.
+            strict: Lightning's strict state-dict loading.
+            weights_only: ignored: the restricted reader always applies.
+            overrides: hyper-parameters a legacy file lacks.
+            **kwargs: single hyper-parameters that override the stored ones.
+
+        Returns:
+            The model, with the checkpoint's weights.
+
+        Raises:
+            UsageError: the file belongs to another model class, or ``hparams_file``/``map_location`` has an
+                unsupported form (and the reader's refusals, all AthelasError).
         """
         from lightning.pytorch.core.saving import _load_state
 
@@ -226,9 +267,19 @@ class AthelasModule(pl.LightningModule):
 
 
 def device_of(map_location: Any) -> Any:
-    """Where the model goes: a device for None/str/int/torch.device, or a {'cpu': target} mapping's target.
+    """Where the model goes after loading.
 
-    The reader decodes every tensor on the CPU, so only mappings from the CPU mean anything."""
+    The reader decodes every tensor on the CPU, so only mappings from the CPU mean anything.
+
+    Args:
+        map_location: None, a device name, an index, a torch.device, or a ``{"cpu": target}`` mapping.
+
+    Returns:
+        The torch.device, or None to leave the model on the CPU.
+
+    Raises:
+        UsageError: any other form, such as a callable.
+    """
     if map_location is None:
         return None
     if isinstance(map_location, str | int | torch.device):

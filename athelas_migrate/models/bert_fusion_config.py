@@ -37,10 +37,19 @@ def _set_default(cfg: dict[str, Any], key: str, value: Any) -> None:
 def resolve_bert_fusion_config(config: Mapping[str, Any], family: str) -> dict[str, Any]:
     """Resolved flat config of a fusion family, with every width explicit.
 
-    ``family`` is one of the four class names. Raises ``ValueError`` for a
-    missing ``hidden_common_dim``/text name and for impossible combinations.
     Idempotent; the input is not modified. ``bert_config`` keys in ``config``
     (the legacy offline test hook) are dropped.
+
+    Args:
+        config: the flat hyper-parameters.
+        family: one of the four fusion class names.
+
+    Returns:
+        A new dict.
+
+    Raises:
+        TypeError: ``config`` is not a mapping.
+        ValueError: ``hidden_common_dim`` or a text name is missing, or a combination is impossible.
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")

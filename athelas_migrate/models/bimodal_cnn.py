@@ -68,6 +68,7 @@ class BimodalCNN(AthelasModule):
 
     @property
     def text_batch_key(self) -> str:
+        """Batch key of the text token ids (see ``config.text_batch_key``)."""
         return text_batch_key(self.config)
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:

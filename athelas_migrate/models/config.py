@@ -57,6 +57,16 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
     Unknown keys (``text_batch_key``, ``model_class``, ...) are kept. The input
     is not modified; the function is idempotent.
+
+    Args:
+        config: the flat hyper-parameters.
+
+    Returns:
+        A new dict.
+
+    Raises:
+        TypeError: ``config`` is not a mapping.
+        ValueError: ``num_classes`` is below 1.
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")
@@ -96,6 +106,15 @@ def text_batch_key(config: Mapping[str, Any]) -> str:
     ``config["text_batch_key"]`` when set (a migrated v0 model sets it to
     ``f"{text_name}_processed_{text_input_ids_key}"``), else
     ``f"{text_name}_{text_input_ids_key}"`` (the v1/v2 convention).
+
+    Args:
+        config: the flat hyper-parameters.
+
+    Returns:
+        The key.
+
+    Raises:
+        KeyError: neither ``text_batch_key`` nor ``text_name`` is set.
     """
     key = config.get("text_batch_key")
     if key:

@@ -157,7 +157,16 @@ class ResidualBlock(nn.Module):
 
 
 def tab_encoder(n: int, hidden: int, dropout: float) -> nn.Sequential:
-    """BatchNorm, Linear(n, 2H), ReLU, Dropout, Linear(2H, 2H), LayerNorm, ReLU, Dropout (keys 0, 1, 4, 5)."""
+    """BatchNorm, Linear(n, 2H), ReLU, Dropout, Linear(2H, 2H), LayerNorm, ReLU, Dropout (keys 0, 1, 4, 5).
+
+    Args:
+        n: number of tabular fields.
+        hidden: H; the encoder's output width is 2H.
+        dropout: dropout probability.
+
+    Returns:
+        The encoder; its indices are state-dict keys of the target layout.
+    """
     return nn.Sequential(nn.BatchNorm1d(n), nn.Linear(n, 2 * hidden), nn.ReLU(), nn.Dropout(dropout),
                          nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.ReLU(),
                          nn.Dropout(dropout))
@@ -165,7 +174,18 @@ def tab_encoder(n: int, hidden: int, dropout: float) -> nn.Sequential:
 
 def classifier(blocks: list[nn.Module], width: int, hidden: int | None, classes: int,
                dropout: float) -> nn.Sequential:
-    """Blocks (each followed by ReLU, Dropout), [Linear(width, hidden), ReLU, Dropout], Linear(., classes)."""
+    """Blocks (each followed by ReLU, Dropout), [Linear(width, hidden), ReLU, Dropout], Linear(., classes).
+
+    Args:
+        blocks: width-preserving blocks at the head's start.
+        width: the input width.
+        hidden: width of the hidden layer, or None for none.
+        classes: number of classes.
+        dropout: dropout probability.
+
+    Returns:
+        The head; its indices are state-dict keys of the target layout.
+    """
     layers: list[nn.Module] = []
     for block in blocks:
         layers += [block, nn.ReLU(), nn.Dropout(dropout)]

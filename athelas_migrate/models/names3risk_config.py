@@ -34,7 +34,20 @@ _INT_KEYS = ("n_embed", "embedding_size", "hidden_size", "n_lstm_layers", "n_blo
 
 
 def resolve_names3risk_config(config: Mapping[str, Any], family: str) -> dict[str, Any]:
-    """Defaults filled in, sizes as ints, ``input_tab_dim`` = number of tabular fields, class weights padded."""
+    """Defaults filled in, sizes as ints, ``input_tab_dim`` = number of tabular fields, class weights padded.
+
+    Args:
+        config: the flat hyper-parameters (not modified).
+        family: ``LSTM2Risk`` or ``Transformer2Risk``.
+
+    Returns:
+        A new dict.
+
+    Raises:
+        TypeError: ``config`` is not a mapping.
+        ValueError: ``tab_field_list`` is empty or disagrees with ``input_tab_dim``, or ``n_heads`` does not
+            divide ``embedding_size``.
+    """
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")
     cfg = copy.deepcopy(dict(config))

@@ -44,7 +44,14 @@ class TabAE(AthelasModule):
         self.embedding = TabularEmbedding(self.input_tab_dim, self.output_tab_dim)
 
     def combine_tab_data(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """``[B, D]`` float32 block of the ``tab_field_list`` fields of ``batch``."""
+        """The tabular fields of a batch as one block (the legacy method's name, kept for callers).
+
+        Args:
+            batch: the batch dict.
+
+        Returns:
+            ``[B, D]`` float32 of the ``tab_field_list`` fields, in order.
+        """
         return combine_tabular_fields(batch, self.tab_field_list, self.device)
 
     def forward(self, inputs: torch.Tensor | Mapping[str, Any]) -> torch.Tensor:

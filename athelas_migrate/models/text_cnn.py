@@ -24,11 +24,23 @@ def resolve_embedding_sizes(
     embed_size: int | None,
     word_embeddings: EmbeddingMatrix | None,
 ) -> tuple[int, int, torch.Tensor | None]:
-    """Return ``(vocab_size, embed_size, matrix)``.
+    """The embedding table's sizes, from a pretrained matrix or from the arguments and config.
 
     With a matrix ``[V, E]``, missing sizes are read off it and given sizes
     must agree with it. Without one, both sizes are required (falling back to
     ``config["vocab_size"]`` / ``config["embed_size"]`` when present).
+
+    Args:
+        config: the flat hyper-parameters.
+        vocab_size: V, or None.
+        embed_size: E, or None.
+        word_embeddings: a pretrained ``[V, E]`` float matrix, or None.
+
+    Returns:
+        ``(vocab_size, embed_size, matrix as a tensor or None)``.
+
+    Raises:
+        ValueError: the matrix is not a 2-D float matrix, disagrees with a given size, or sizes are missing.
     """
     matrix = None
     if word_embeddings is not None:
@@ -67,6 +79,15 @@ def build_text_cnn_encoder(
     The pretrained ``matrix`` (a copy, cast to the embedding dtype) is
     installed as ``embeddings.weight``; ``requires_grad`` follows
     ``config["is_embeddings_trainable"]`` in both cases.
+
+    Args:
+        config: the resolved flat config (kernel sizes, channels, layers, widths).
+        vocab_size: rows of the embedding table.
+        embed_size: its width.
+        matrix: pretrained embeddings, or None for a random table.
+
+    Returns:
+        The CNNEncoder.
     """
     encoder = CNNEncoder(
         vocab_size=vocab_size,
@@ -124,6 +145,7 @@ class TextCNN(AthelasModule):
 
     @property
     def text_batch_key(self) -> str:
+        """Batch key of the text token ids (see ``config.text_batch_key``)."""
         return text_batch_key(self.config)
 
     def forward(self, input_ids: torch.Tensor | Mapping[str, Any]) -> torch.Tensor:

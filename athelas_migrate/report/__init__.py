@@ -2,6 +2,11 @@
 agree (outputs, aligned modules, sequence-length domain, training step), provenance and commands.
 
 `page_for(...)` builds the Page, `write_page(page, path)` writes it. See docs/report.md.
+
+To add a section: give `model.Page` a field for its data and fill it in `model.build_page` (decisions and
+ordering happen there, where tests can check them without a browser); a chart is a function in `plots.py`
+returning inline SVG, registered by name in `plots.page_plots`; then show the field in
+`templates/report.html.j2`, which only formats (Jinja2 escapes every value).
 """
 
 from __future__ import annotations

@@ -17,7 +17,19 @@ from .model import Page, build_page
 
 def report_commands(old: str, new: str, overrides: dict[str, Any] | None, page: str | None = None,
                     atol: float = 1e-5, rtol: float = 0.0) -> list[str]:
-    """The shell commands that migrate, verify and re-render this page (overrides as `--set`, sorted)."""
+    """The shell commands that migrate, verify and re-render this page (overrides as `--set`, sorted).
+
+    Args:
+        old: OLD as the page names it.
+        new: NEW as the page names it.
+        overrides: the hyper-parameters supplied, or None.
+        page: the page's path; None leaves out the `report` command.
+        atol: verify's absolute tolerance (shown only when not the default).
+        rtol: verify's relative tolerance (likewise).
+
+    Returns:
+        One shell-quoted command per line.
+    """
     sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v, sort_keys=True)}')}"
                    for k, v in sorted((overrides or {}).items()))
     o, n = shlex.quote(old), shlex.quote(new)
@@ -29,7 +41,11 @@ def report_commands(old: str, new: str, overrides: dict[str, Any] | None, page: 
 
 
 def generated_at() -> str:
-    """UTC time of rendering; SOURCE_DATE_EPOCH (reproducible builds) fixes it."""
+    """UTC time of rendering; SOURCE_DATE_EPOCH (reproducible builds) fixes it.
+
+    Returns:
+        ISO 8601, to the second, with a Z.
+    """
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch and epoch.isdigit() else \
         _dt.datetime.now(_dt.UTC)
@@ -48,9 +64,20 @@ def _stamp(new: str) -> tuple[dict[str, Any] | None, str | None]:
 
 def page_for(old: str, new: str, overrides: dict[str, Any] | None = None, verify: Any = None, *,
              result: Any = None, commands: list[str] | None = None, labels: tuple[str, str] | None = None) -> Page:
-    """The page of OLD migrated into NEW. `verify`: a VerifyReport (None: the page says 'not verified').
-    `result`: the MigrationResult of OLD when the caller has it (else OLD is planned again, writing nothing).
-    `labels`: how the page names OLD and NEW (default: the paths as given)."""
+    """The page of OLD migrated into NEW; NEW's stamp gives the target layout and the provenance.
+
+    Args:
+        old: the source checkpoint.
+        new: the migrated checkpoint (a stamp that cannot be read becomes a warning on the page).
+        overrides: hyper-parameters supplied for OLD.
+        verify: a VerifyReport, or None (the page says 'not verified').
+        result: the MigrationResult of OLD when the caller has it (else OLD is planned again, writing nothing).
+        commands: the commands the page shows; None means `report_commands` without the page.
+        labels: how the page names OLD and NEW (default: the paths as given).
+
+    Returns:
+        The Page, charts included when verified.
+    """
     from ..pipeline import plan_and_apply
     from .plots import page_plots
 

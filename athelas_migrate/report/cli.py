@@ -15,7 +15,20 @@ import click
 
 def write_html(path: str, old: str, new: str, overrides: dict[str, Any], report: Any, atol: float,
                rtol: float) -> int:
-    """Write the page of OLD -> NEW with `report` (a VerifyReport, possibly holding only an error); its size."""
+    """Write the page of OLD -> NEW, whose commands re-render it at `path`.
+
+    Args:
+        path: the HTML file (replaced atomically).
+        old: the source checkpoint.
+        new: the migrated checkpoint.
+        overrides: hyper-parameters supplied for OLD.
+        report: a VerifyReport (possibly holding only an error), or None.
+        atol: the tolerance the commands show.
+        rtol: likewise.
+
+    Returns:
+        The page's size in bytes.
+    """
     from . import page_for, report_commands, write_page
 
     commands = report_commands(old, new, overrides, path, atol, rtol)

@@ -96,6 +96,7 @@ class Page:
 
     @property
     def edge_count(self) -> int:
+        """How many key mappings (lines between the trees) the page draws."""
         return len(self.edges)
 
 
@@ -139,8 +140,20 @@ def _mark_diverging(root: Node, module: str | None) -> None:
 def build_page(result: MigrationResult, verify: Any = None, *, old_path: str, new_path: str,
                stamp: dict[str, Any] | None = None, commands: list[str] | None = None,
                generated: str = "") -> Page:
-    """The page of migrating `old_path` (whose audit trace is `result`) into `new_path`, verified by `verify`
-    (a VerifyReport or None)."""
+    """The page of migrating `old_path` (whose audit trace is `result`) into `new_path`.
+
+    Args:
+        result: the migration's MigrationResult (its audit gives every key's rule and target).
+        verify: a VerifyReport, or None when not verified.
+        old_path: how the page names OLD.
+        new_path: how the page names NEW.
+        stamp: NEW's layout stamp (provenance), or None.
+        commands: the shell commands the page shows.
+        generated: the rendering time shown.
+
+    Returns:
+        The Page: both trees, edges grouped by rule, verdict, diverging module, per-module differences.
+    """
     audit = build_audit(result)
     groups: list[RuleGroup] = []
     group_of: dict[str, int] = {}

@@ -72,7 +72,15 @@ def _tolerance(ax: Any, tol: float, vertical: bool) -> None:
 
 
 def outputs_chart(rows: list[tuple[str, Any, str]], tol: float) -> str:
-    """Horizontal bars: max |diff| per checked output (label, max_abs, status), log x, the tolerance line."""
+    """Horizontal bars: max |diff| per checked output, log x, the tolerance line.
+
+    Args:
+        rows: (label, max_abs, status) per checked output.
+        tol: the effective atol, drawn as a line.
+
+    Returns:
+        Inline SVG.
+    """
     values = [_finite(v) for _, v, _ in rows]
     zero, top = _floor(values, tol)
     with _figure("outputs", 7.0, 0.8 + 0.22 * len(rows)) as fig:
@@ -97,7 +105,16 @@ def outputs_chart(rows: list[tuple[str, Any, str]], tol: float) -> str:
 
 
 def modules_chart(modules: list[dict[str, Any]], tol: float, diverging: str | None) -> str:
-    """max |diff| of every aligned module's output, in forward order; the first diverging one is named."""
+    """max |diff| of every aligned module's output, in forward order; the first diverging one is named.
+
+    Args:
+        modules: verify's per-module rows (module, max_abs, ok), in forward order.
+        tol: the effective atol.
+        diverging: the first diverging module, or None.
+
+    Returns:
+        Inline SVG.
+    """
     values = [_finite(m.get("max_abs")) for m in modules]
     zero, top = _floor(values, tol)
     with _figure("modules", 7.0, 2.6) as fig:
@@ -126,7 +143,16 @@ def modules_chart(modules: list[dict[str, Any]], tol: float, diverging: str | No
 
 
 def domain_chart(checks: list[dict[str, Any]], max_len: int | None, tol: float) -> str:
-    """Per sequence length: the category (colour) and, where both models ran, max |diff| on a log scale."""
+    """Per sequence length: the category (colour) and, where both models ran, max |diff| on a log scale.
+
+    Args:
+        checks: the domain section's checks that carry a length.
+        max_len: the model's `max_sen_len` (marked), or None.
+        tol: the effective atol.
+
+    Returns:
+        Inline SVG.
+    """
     values = [_finite(c.get("max_abs")) for c in checks]
     zero, top = _floor(values, tol)
     with _figure("domain", 7.0, 2.6) as fig:
@@ -158,7 +184,15 @@ def domain_chart(checks: list[dict[str, Any]], max_len: int | None, tol: float) 
 
 def training_chart(loss: tuple[float, float] | None, norms: dict[str, list[float]]) -> str:
     """Left: the loss of the compared step, legacy vs refactored. Right: every parameter's gradient norm,
-    legacy (x) against refactored (y): agreement puts every point on the diagonal."""
+    legacy (x) against refactored (y): agreement puts every point on the diagonal.
+
+    Args:
+        loss: (legacy, refactored) loss, or None.
+        norms: parameter -> [legacy norm, refactored norm].
+
+    Returns:
+        Inline SVG.
+    """
     with _figure("training", 7.0, 2.6) as fig:
         ax_loss, ax_grad = fig.subplots(1, 2, width_ratios=[1, 2.2])
         if loss is not None:
@@ -184,7 +218,16 @@ def training_chart(loss: tuple[float, float] | None, norms: dict[str, list[float
 
 
 def page_plots(verify: dict[str, Any], modules: list[dict[str, Any]], diverging: str | None) -> dict[str, str]:
-    """Every chart a verified page shows, from the verify report's dict form."""
+    """Every chart a verified page shows, from the verify report's dict form.
+
+    Args:
+        verify: `VerifyReport.to_dict()`.
+        modules: per-module output differences (may be empty).
+        diverging: the first diverging module, or None.
+
+    Returns:
+        Chart name (outputs, modules, domain, training) -> inline SVG, only for the charts with data.
+    """
     tol = _finite(verify.get("effective_atol")) or 0.0
     sections = {s["name"]: s for s in verify.get("sections", [])}
     plots: dict[str, str] = {}
