@@ -138,8 +138,8 @@ def load_model(path: str | os.PathLike[str], overrides: dict[str, Any] | None = 
     Returns:
         The refactored model with the checkpoint's weights loaded.
     """
-    result = plan_and_apply(os.fspath(path), to="v2", overrides=overrides)
-    if result.source_version != "v2":
+    result = plan_and_apply(os.fspath(path), overrides=overrides)  # to the family's newest layout
+    if result.source_version != result.target_version:
         warnings.warn(f"{os.fspath(path)} is a {result.source_version} checkpoint, migrated in memory; "
                       f"run `athelas-migrate ckpt {os.fspath(path)} NEW.ckpt` to migrate the file for good",
                       DeprecationWarning, stacklevel=2)

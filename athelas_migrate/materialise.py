@@ -24,7 +24,6 @@ from .pipeline import MigrationResult, plan_and_apply
 
 __all__ = ["build_v2_model", "check_family", "materialise", "read_checkpoint_dict"]
 
-LAYOUT_VERSION = "v2"
 
 
 def build_v2_model(result: MigrationResult) -> Any:
@@ -34,7 +33,7 @@ def build_v2_model(result: MigrationResult) -> Any:
     never read into a second copy; only the fresh model's initial values are allocated.
 
     Args:
-        result: a migration to the refactored layout (`plan_and_apply(..., to="v2")`).
+        result: a migration to the family's newest layout (`plan_and_apply(...)` without `to`).
 
     Returns:
         The model in eval mode (float32 when the file holds half-precision weights).
@@ -87,9 +86,9 @@ def _top_dict(path: str, overrides: Mapping[str, Any] | None, cls: type | None =
         return raw.top
     if cls is not None:
         check_family(cls, detection.family, detection.version, path)  # before migrating: name the right class
-    if raw.kind == "lightning" and detection.version == LAYOUT_VERSION:
+    if raw.kind == "lightning" and detection.version == get_family(detection.family).latest:
         return raw.top
-    result = plan_and_apply(path, to=LAYOUT_VERSION, overrides=dict(overrides or {}), raw=raw)
+    result = plan_and_apply(path, overrides=dict(overrides or {}), raw=raw)
     warnings.warn(f"{path} is a {result.source_version} checkpoint; it was migrated in memory. Run "
                   f"`athelas-migrate ckpt {path} NEW.ckpt` to migrate the file for good.", DeprecationWarning,
                   stacklevel=5)  # user -> load_from_checkpoint -> hook -> read_checkpoint_dict -> here

@@ -38,6 +38,7 @@ def test_family_is_complete(name):
     assert head(name) == fam.latest, "the family's newest layout must be its rule graph's head"
     target = load_class(fam.v2_class)
     assert issubclass(target, AthelasModule)
+    assert target.layout_version == fam.latest, "the refactored class stamps the family's newest layout"
     assert fam.legacy_classes, "a legacy class per old version"
     for version, classpath in fam.legacy_classes.items():
         assert load_class(classpath) is not None

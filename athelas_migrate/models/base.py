@@ -88,6 +88,9 @@ class AthelasModule(pl.LightningModule):
         self.register_buffer("class_weights_tensor", weights)
         self.loss_op = nn.CrossEntropyLoss(weight=self.class_weights_tensor)
 
+    #: Layout version recorded in the stamp; equals the family's `latest` (tests/test_families_complete.py).
+    layout_version: str = LAYOUT_VERSION
+
     @property
     def family_name(self) -> str:
         """Family recorded in the layout stamp (the class name)."""
@@ -204,14 +207,14 @@ class AthelasModule(pl.LightningModule):
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Stamp the checkpoint: ``checkpoint["athelas_migrate"] = {"layout": "v2", "family": ...}``.
+        """Stamp the checkpoint: ``checkpoint["athelas_migrate"] = {"layout": <layout_version>, "family": ...}``.
 
         Other entries of an existing stamp (notably ``"provenance"``) are kept;
         a provenance read by :meth:`on_load_checkpoint` is carried forward.
         """
         existing = checkpoint.get(STAMP_KEY)
         stamp = dict(existing) if isinstance(existing, Mapping) else {}
-        stamp["layout"] = LAYOUT_VERSION
+        stamp["layout"] = self.layout_version
         stamp["family"] = self.family_name
         if "provenance" not in stamp and self._provenance is not None:
             stamp["provenance"] = self._provenance
