@@ -25,7 +25,6 @@ from .pipeline import MigrationResult, plan_and_apply
 __all__ = ["build_v2_model", "check_family", "materialise", "read_checkpoint_dict"]
 
 
-
 def build_v2_model(result: MigrationResult) -> Any:
     """Instantiate the refactored class of `result` and load its state strictly, memory-mapped.
 
