@@ -1,0 +1,185 @@
+"""Ops that map each source key their `match` regex claims to one target key: rename, transpose, reshape, cast.
+
+`MatchOp` is the base of every op that claims keys by regex (also split, concat, drop, the head ops): it parses
+`match`, checks the fields, reads `to` and hands the op-specific fields to `parse_params`. A one-key op then
+only says how the tensor changes (`transform`) and how its params invert (`inverse_params`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from ...errors import NotInvertibleError, RuleError
+from ...io.tensor_ref import TensorRef
+from .base import ApplyContext, KeyEvent, StateOp, StateRule, state_op
+from .fields import CASTABLE, compile_pattern, require
+from .invert_regex import invert_rename
+
+KEYED_FIELDS = frozenset({"id", "op", "match", "to", "reason", "restore", "dims", "shape", "from_shape", "dtype",
+                          "from_dtype", "dim", "sizes"})
+WIDENING = frozenset({("float16", "float32"), ("float16", "float64"), ("bfloat16", "float32"),
+                      ("bfloat16", "float64"), ("float32", "float64"), ("int32", "int64"), ("int16", "int64"),
+                      ("int8", "int64"), ("int16", "int32"), ("int8", "int32"), ("uint8", "int64"),
+                      ("int8", "int16")})
+
+
+class MatchOp(StateOp):
+    """An op whose rules claim the source keys their `match` regex matches, mapped to `to` templates."""
+
+    fields: ClassVar[frozenset[str]] = KEYED_FIELDS  # the table fields a rule of this op may have
+    many_sources: ClassVar[bool] = False  # `match` may list several patterns (parts of one target)
+    many_targets: ClassVar[bool] = False  # `to` is a list (one source key, several targets)
+
+    @classmethod
+    def parse(cls, r: dict, rid: str, where: str) -> StateRule:
+        patterns = r.get("match")
+        patterns = [patterns] if isinstance(patterns, str) else patterns
+        if not patterns or not all(isinstance(p, str) for p in patterns):
+            raise RuleError(f"{where}: 'match' must be a regex or a list of regexes")
+        if not cls.many_sources and len(patterns) != 1:
+            raise RuleError(f"{where}: only 'concat' takes several 'match' patterns")
+        rule = StateRule(rid, cls.name, [compile_pattern(p, where) for p in patterns], source=where)
+        if set(r) - cls.fields:
+            raise RuleError(f"{where}: unknown fields {sorted(set(r) - cls.fields)}")
+        cls.parse_fields(rule, r, where)
+        return rule
+
+    @classmethod
+    def parse_fields(cls, rule: StateRule, r: dict, where: str) -> None:
+        """`to` (one template, a list for an op with many targets), then the op's params."""
+        to = r.get("to")
+        rule.to = [to] if isinstance(to, str) else list(to or [])
+        if not rule.to or not all(isinstance(t, str) for t in rule.to):
+            raise RuleError(f"{where}: missing field 'to'")
+        if cls.many_targets != (len(rule.to) > 1):
+            raise RuleError(f"{where}: 'split' needs a list of targets; other ops take one")
+        rule.params.update(cls.parse_params(r, where))
+
+    @classmethod
+    def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
+        """The op's own fields, validated. Default: none."""
+        return {}
+
+    @classmethod
+    def apply_key(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> None:
+        m = rule.match[0].fullmatch(key)
+        targets = [m.expand(t) for t in rule.to]
+        for target, out in zip(targets, cls.transform(rule, key, tensor, ctx)):
+            ctx.emit(target, out)
+        ctx.events.append(KeyEvent(rule.source, rule.op, [key], targets))
+
+    @classmethod
+    def transform(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> list[TensorRef]:
+        """The tensors for the rule's targets, in order. Default: the source tensor itself (a byte copy)."""
+        return [tensor]
+
+    @classmethod
+    def inverse(cls, rule: StateRule) -> StateRule:
+        pattern, template = invert_key_map(rule)
+        return replace(rule, match=[re.compile(pattern)], to=[template], params=cls.inverse_params(rule),
+                       source=f"{rule.source} (inverse)")
+
+    @classmethod
+    def inverse_params(cls, rule: StateRule) -> dict[str, Any]:
+        """The params of the inverse rule. Default: the same.
+
+        Raises:
+            NotInvertibleError: the params say the change is lossy.
+        """
+        return dict(rule.params)
+
+
+def invert_key_map(rule: StateRule) -> tuple[str, str]:
+    """(regex, template) mapping the rule's targets back to its sources.
+
+    Raises:
+        NotInvertibleError: the regex is not literals plus capture groups each used once.
+    """
+    try:
+        return invert_rename(rule.match[0].pattern, rule.to[0])
+    except ValueError as exc:
+        raise NotInvertibleError(f"{rule.source}: rename cannot be inverted ({exc})") from exc
+
+
+def _torch_result(out: Any, like: TensorRef) -> list[TensorRef]:
+    return [TensorRef.from_torch(out, like.is_parameter)]
+
+
+@state_op
+class Rename(MatchOp):
+    """`rename`: `match` (regex), `to` (template): the tensor moves unchanged."""
+
+    name = "rename"
+
+
+@state_op
+class Transpose(MatchOp):
+    """`transpose`: `match`, `to`, `dims = [a, b]`; its own inverse."""
+
+    name = "transpose"
+
+    @classmethod
+    def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
+        dims = require(r, "dims", where, list)
+        if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+            raise RuleError(f"{where}: 'dims' must be two integers")
+        return {"dims": dims}
+
+    @classmethod
+    def transform(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> list[TensorRef]:
+        return _torch_result(tensor.to_torch().transpose(*rule.params["dims"]).contiguous(), tensor)
+
+
+@state_op
+class Reshape(MatchOp):
+    """`reshape`: `match`, `to`, `shape`, optional `from_shape` (needed to invert)."""
+
+    name = "reshape"
+
+    @classmethod
+    def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
+        params = {"shape": require(r, "shape", where, list)}
+        if "from_shape" in r:
+            params["from_shape"] = require(r, "from_shape", where, list)
+        return params
+
+    @classmethod
+    def transform(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> list[TensorRef]:
+        return _torch_result(tensor.to_torch().reshape(rule.params["shape"]), tensor)
+
+    @classmethod
+    def inverse_params(cls, rule: StateRule) -> dict[str, Any]:
+        if "from_shape" not in rule.params:
+            raise NotInvertibleError(f"{rule.source}: reshape without 'from_shape' cannot be undone")
+        return {"shape": rule.params["from_shape"], "from_shape": rule.params["shape"]}
+
+
+@state_op
+class Cast(MatchOp):
+    """`cast`: `match`, `to`, `dtype`, optional `from_dtype`; only widening casts invert."""
+
+    name = "cast"
+
+    @classmethod
+    def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
+        params = {"dtype": require(r, "dtype", where)}
+        if params["dtype"] not in CASTABLE:
+            raise RuleError(f"{where}: cannot cast to {params['dtype']!r}")
+        if "from_dtype" in r:
+            params["from_dtype"] = require(r, "from_dtype", where)
+        return params
+
+    @classmethod
+    def transform(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> list[TensorRef]:
+        import torch
+
+        return _torch_result(tensor.to_torch().to(getattr(torch, rule.params["dtype"])), tensor)
+
+    @classmethod
+    def inverse_params(cls, rule: StateRule) -> dict[str, Any]:
+        src = rule.params.get("from_dtype")
+        if (src, rule.params["dtype"]) not in WIDENING:
+            raise NotInvertibleError(f"{rule.source}: cast {src} -> {rule.params['dtype']} loses information")
+        return {"dtype": src, "from_dtype": rule.params["dtype"]}
