@@ -11,7 +11,7 @@ from typing import Any
 from ...errors import RuleError
 from ...io.tensor_ref import TensorRef
 from .base import ApplyContext, KeyEvent, StateOp, StateRule, state_op
-from .fields import CASTABLE, is_shape, require, resolve_shape
+from .fields import dtype_name, is_shape, require, resolve_shape
 
 _FIELDS = frozenset({"id", "op", "to", "fill", "shape", "dtype", "reason"})
 
@@ -74,8 +74,8 @@ class Create(StateOp):
         if not is_shape(r.get("shape")):
             raise RuleError(f"{where}: 'shape' must be a list of ints or config keys")
         dtype = r.get("dtype")
-        if dtype is not None and dtype not in CASTABLE:
-            raise RuleError(f"{where}: unknown dtype {dtype!r}")
+        if dtype is not None:
+            dtype_name(dtype, where)
         return StateRule(rid, "create", [], [to], {"fill": fill, "shape": list(r["shape"]), "dtype": dtype},
                          reason=require(r, "reason", where), source=where)
 

@@ -13,16 +13,18 @@ from ...errors import NotInvertibleError, RuleError, ValidationError
 from ...io.tensor_ref import TensorRef
 from .base import ApplyContext, KeyEvent, StateOp, StateRule, state_op
 from .create import add_constant, check_constant
-from .fields import compile_pattern, is_shape, require
+from .fields import check_template, compile_pattern, dtype_name, int_list, is_shape, require, tensor_misfit
 from .keyed import MatchOp
 
 _RESTORE_FIELDS = frozenset({"anchor", "key", "value", "dim", "shape", "dtype", "when", "strict", "fill"})
+_RESTORE_TYPES = {"anchor": str, "key": str, "dim": int, "when": str, "strict": bool}
 
 
 def _parse_restore(restore: dict, where: str) -> None:
     value = restore.get("value", "copy")
     if value == "fill":
-        if "key" not in restore or not isinstance(restore.get("fill"), int | float) or \
+        fill = restore.get("fill")
+        if "key" not in restore or not isinstance(fill, int | float) or isinstance(fill, bool) or \
                 not is_shape(restore.get("shape")):
             raise RuleError(f"{where}: restore with value = \"fill\" needs 'key', a number 'fill' and "
                             "'shape' (ints or config keys)")
@@ -30,10 +32,17 @@ def _parse_restore(restore: dict, where: str) -> None:
         raise RuleError(f"{where}: restore needs 'anchor' (regex), 'key' (template) and "
                         "'value' = \"copy\" or \"arange\"")
     else:
-        compile_pattern(restore["anchor"], where)
+        check_template(compile_pattern(restore["anchor"], where), require(restore, "key", f"{where}: restore"), where)
     extra = set(restore) - _RESTORE_FIELDS
     if extra:
         raise RuleError(f"{where}: unknown restore fields {sorted(extra)}")
+    for key, kind in _RESTORE_TYPES.items():
+        if key in restore:
+            require(restore, key, f"{where}: restore", kind)
+    if "dtype" in restore:
+        dtype_name(restore["dtype"], f"{where}: restore")
+    if value != "fill" and "shape" in restore:
+        int_list(restore, "shape", f"{where}: restore")
 
 
 def _restore_targets(rule: StateRule, keys: list[str]) -> list[tuple[str, str]]:
@@ -54,9 +63,12 @@ def _restored_value(rule: StateRule, anchor: TensorRef) -> TensorRef:
         return anchor
     import torch
 
-    n = anchor.shape[int(rule.restore.get("dim", 0))]
-    shape = [n if s == -1 else s for s in rule.restore.get("shape", [-1])]
-    t = torch.arange(n, dtype=getattr(torch, rule.restore.get("dtype", "int64"))).reshape(shape)
+    try:
+        n = anchor.shape[int(rule.restore.get("dim", 0))]
+        shape = [n if s == -1 else s for s in rule.restore.get("shape", [-1])]
+        t = torch.arange(n, dtype=getattr(torch, rule.restore.get("dtype", "int64"))).reshape(shape)
+    except (RuntimeError, IndexError) as exc:
+        raise tensor_misfit(rule.source, "restore", rule.restore["anchor"], anchor.shape, exc) from exc
     return TensorRef.from_torch(t)
 
 

@@ -35,6 +35,47 @@ def require(d: dict, key: str, where: str, kind: type | tuple = str) -> Any:
     return d[key]
 
 
+def str_list(r: dict, key: str) -> list[str] | None:
+    """A field that is one string or a list of strings, as a list (empty when absent); None for any other type."""
+    value = r.get(key, [])
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def int_list(r: dict, key: str, where: str) -> list[int]:
+    """A required list of integers (a shape, split sizes).
+
+    Args:
+        r: the rule's table.
+        key: the field's name.
+        where: the rule's address for the message.
+
+    Returns:
+        The list.
+
+    Raises:
+        RuleError: the field is missing, not a list, or holds something other than integers.
+    """
+    value = require(r, key, where, list)
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise RuleError(f"{where}: {key!r} must be a list of integers")
+    return value
+
+
+def dtype_name(value: Any, where: str) -> str:
+    """A dtype a rule may name (`CASTABLE`).
+
+    Raises:
+        RuleError: any other value.
+    """
+    if not isinstance(value, str) or value not in CASTABLE:
+        raise RuleError(f"{where}: unknown dtype {value!r}")
+    return value
+
+
 def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
     """A rule's regex, compiled.
 
@@ -48,10 +89,29 @@ def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
     Raises:
         RuleError: the regex does not compile.
     """
+    if not isinstance(pattern, str):
+        raise RuleError(f"{where}: a regex must be a string, not {pattern!r}")
     try:
         return re.compile(pattern)
     except re.error as exc:
         raise RuleError(f"{where}: invalid regex {pattern!r}: {exc}") from exc
+
+
+def check_template(pattern: re.Pattern[str], template: str, where: str) -> None:
+    """Refuse a target template that names a group `pattern` lacks, or has a bad escape (before any key is mapped).
+
+    Raises:
+        RuleError: the template cannot be expanded by matches of `pattern`.
+    """
+    try:
+        pattern.sub(template, "")
+    except (re.error, IndexError) as exc:
+        raise RuleError(f"{where}: invalid target template {template!r} for {pattern.pattern!r}: {exc}") from None
+
+
+def tensor_misfit(rule_source: str, op: str, key: str, shape: Any, exc: Exception) -> RuleError:
+    """The refusal for a tensor an op's params do not fit (a shape, a dim): the rule is wrong for this file."""
+    return RuleError(f"{rule_source}: {op} does not fit {key} (shape {list(shape)}): {exc}")
 
 
 def is_shape(shape: Any) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from ...errors import NotInvertibleError, RuleError
 from ...io.tensor_ref import TensorRef
 from .base import ApplyContext, KeyEvent, StateOp, StateRule, state_op
-from .fields import CASTABLE, compile_pattern, require
+from .fields import CASTABLE, check_template, compile_pattern, dtype_name, int_list, require, str_list, tensor_misfit
 from .invert_regex import invert_rename
 
 KEYED_FIELDS = frozenset({"id", "op", "match", "to", "reason", "restore", "dims", "shape", "from_shape", "dtype",
@@ -34,9 +34,8 @@ class MatchOp(StateOp):
 
     @classmethod
     def parse(cls, r: dict, rid: str, where: str) -> StateRule:
-        patterns = r.get("match")
-        patterns = [patterns] if isinstance(patterns, str) else patterns
-        if not patterns or not all(isinstance(p, str) for p in patterns):
+        patterns = str_list(r, "match")
+        if not patterns:
             raise RuleError(f"{where}: 'match' must be a regex or a list of regexes")
         if not cls.many_sources and len(patterns) != 1:
             raise RuleError(f"{where}: only 'concat' takes several 'match' patterns")
@@ -49,12 +48,16 @@ class MatchOp(StateOp):
     @classmethod
     def parse_fields(cls, rule: StateRule, r: dict, where: str) -> None:
         """`to` (one template, a list for an op with many targets), then the op's params."""
-        to = r.get("to")
-        rule.to = [to] if isinstance(to, str) else list(to or [])
-        if not rule.to or not all(isinstance(t, str) for t in rule.to):
+        to = str_list(r, "to")
+        if to is None:
+            raise RuleError(f"{where}: 'to' must be a key template or a list of them")
+        rule.to = to
+        if not rule.to:
             raise RuleError(f"{where}: missing field 'to'")
         if cls.many_targets != (len(rule.to) > 1):
             raise RuleError(f"{where}: 'split' needs a list of targets; other ops take one")
+        for template in rule.to:
+            check_template(rule.match[0], template, where)
         rule.params.update(cls.parse_params(r, where))
 
     @classmethod
@@ -66,7 +69,11 @@ class MatchOp(StateOp):
     def apply_key(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> None:
         m = rule.match[0].fullmatch(key)
         targets = [m.expand(t) for t in rule.to]
-        for target, out in zip(targets, cls.transform(rule, key, tensor, ctx)):
+        try:
+            outs = cls.transform(rule, key, tensor, ctx)
+        except (RuntimeError, IndexError) as exc:  # torch: the params do not fit this tensor's shape
+            raise tensor_misfit(rule.source, rule.op, key, tensor.shape, exc) from exc
+        for target, out in zip(targets, outs):
             ctx.emit(target, out)
         ctx.events.append(KeyEvent(rule.source, rule.op, [key], targets))
 
@@ -140,9 +147,9 @@ class Reshape(MatchOp):
 
     @classmethod
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
-        params = {"shape": require(r, "shape", where, list)}
+        params = {"shape": int_list(r, "shape", where)}
         if "from_shape" in r:
-            params["from_shape"] = require(r, "from_shape", where, list)
+            params["from_shape"] = int_list(r, "from_shape", where)
         return params
 
     @classmethod
@@ -168,7 +175,7 @@ class Cast(MatchOp):
         if params["dtype"] not in CASTABLE:
             raise RuleError(f"{where}: cannot cast to {params['dtype']!r}")
         if "from_dtype" in r:
-            params["from_dtype"] = require(r, "from_dtype", where)
+            params["from_dtype"] = dtype_name(r["from_dtype"], where)
         return params
 
     @classmethod

@@ -9,13 +9,13 @@ from typing import Any
 from ...errors import NotInvertibleError, RuleError
 from ...io.tensor_ref import TensorRef
 from .base import ApplyContext, KeyEvent, StateRule, state_op
-from .fields import require
+from .fields import int_list, require, tensor_misfit
 from .invert_regex import invert_rename
 from .keyed import MatchOp
 
 
 def _dim_sizes(r: dict, where: str) -> dict[str, Any]:
-    return {"dim": require(r, "dim", where, int), "sizes": require(r, "sizes", where, list)}
+    return {"dim": require(r, "dim", where, int), "sizes": int_list(r, "sizes", where)}
 
 
 @state_op
@@ -89,8 +89,11 @@ class Concat(MatchOp):
             raise RuleError(f"{rule.source}: concat is missing parts matching {missing}")
         keys = [parts[i] for i in range(len(rule.match))]
         target = rule.match[0].fullmatch(keys[0]).expand(rule.to[0])
-        ctx.emit(target, TensorRef.from_torch(torch.cat([ctx.state[k].to_torch() for k in keys],
-                                                        dim=rule.params["dim"])))
+        try:
+            joined = torch.cat([ctx.state[k].to_torch() for k in keys], dim=rule.params["dim"])
+        except (RuntimeError, IndexError) as exc:
+            raise tensor_misfit(rule.source, "concat", keys[0], ctx.state[keys[0]].shape, exc) from exc
+        ctx.emit(target, TensorRef.from_torch(joined))
         ctx.events.append(KeyEvent(rule.source, "concat", keys, [target]))
 
     @classmethod
