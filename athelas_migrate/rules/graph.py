@@ -27,6 +27,18 @@ def mappings_root() -> Path:
 
 @lru_cache(maxsize=4)
 def load_rule_files(root: str | None = None) -> tuple[RuleFile, ...]:
+    """Every rule file under `root`, parsed and checked as one version graph per family (cached per root).
+
+    Args:
+        root: a mappings directory; None for the bundled `mappings/`.
+
+    Returns:
+        The rule files, sorted by path.
+
+    Raises:
+        RuleError: a malformed file, or two files for one edge.
+        VersionGraphError: a family's edges form a cycle or end in more than one head.
+    """
     base = Path(root) if root else mappings_root()
     files = []
     for path in sorted(base.rglob("*.toml")):
@@ -77,17 +89,48 @@ def _head_of(edges: list[RuleFile], family: str) -> str:
 
 
 def head(family: str, root: str | None = None) -> str | None:
-    """The newest layout version of `family` in the rule files (None: the family has no rule files)."""
+    """The newest layout version of `family` in the rule files.
+
+    Args:
+        family: the family's name.
+        root: a mappings directory; None for the bundled one.
+
+    Returns:
+        The head version, or None when the family has no rule files.
+    """
     edges = family_edges(family, root)
     return _head_of(edges, family) if edges else None
 
 
 def family_edges(family: str, root: str | None = None) -> list[RuleFile]:
+    """The rule files of `family` (forward edges), in path order.
+
+    Args:
+        family: the family's name.
+        root: a mappings directory; None for the bundled one.
+
+    Returns:
+        Its rule files (empty when it has none).
+    """
     return [rf for rf in load_rule_files(root) if rf.family == family]
 
 
 def plan_path(family: str, source: str, target: str, root: str | None = None) -> list[RuleFile]:
-    """Rule files to apply in order (inverted where the path runs backwards)."""
+    """Rule files to apply in order (inverted where the path runs backwards): the shortest path.
+
+    Args:
+        family: the family's name.
+        source: the checkpoint's layout version.
+        target: the wanted layout version.
+        root: a mappings directory; None for the bundled one.
+
+    Returns:
+        The rule files, forward or inverted; empty when source == target.
+
+    Raises:
+        UsageError: an unknown version, or no path between the two.
+        NotInvertibleError: the path runs backwards over an edge that cannot be undone.
+    """
     if source == target:
         return []
     edges = family_edges(family, root)

@@ -86,17 +86,49 @@ class ApplyContext:
         self.groups.setdefault((rule.id, groups), (rule, {}))[1][index] = key
 
 
-class StateOp:
+class Op:
+    """What every op has: a name, whether rule files may use it, and inversion for rollback."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "op"  # how messages call it
+    in_files: ClassVar[bool] = True  # False: made only by inverting another op, never written in a rule file
+    one_way: ClassVar[str] = ""  # why rules of this op cannot be undone ("" when `inverse` undoes them)
+
+    @classmethod
+    def invert(cls, rule: Any) -> Any:
+        """The rule of the reverse edge: `inverse`, unless the op declares itself `one_way`.
+
+        Args:
+            rule: a rule of this op (a StateRule or an HparamRule).
+
+        Returns:
+            The rule that undoes it.
+
+        Raises:
+            NotInvertibleError: the op, or this rule of it, cannot be undone (the message says why).
+        """
+        if cls.one_way:
+            raise NotInvertibleError(f"{rule.source}: {cls.one_way}")
+        return cls.inverse(rule)
+
+    @classmethod
+    def inverse(cls, rule: Any) -> Any:
+        """The hook an invertible op overrides (see `invert`).
+
+        Raises:
+            NotInvertibleError: this rule of the op cannot be undone.
+        """
+        raise NotInvertibleError(f"{rule.source}: {cls.kind} {rule.op!r} has no inverse")
+
+
+class StateOp(Op):
     """One state-dict op: parse a `[[rules]]` table, apply the rule to keys, invert it for rollback.
 
     Hooks run in this order per rule file: `apply_key` for every source key the rule claims (in checkpoint
     order), `apply_group` for keys held with `ApplyContext.group`, `add_keys` for every rule (ops that make
     keys no source key maps to), `check` for every rule (claims to verify on the source)."""
 
-    name: ClassVar[str] = ""
-    in_files: ClassVar[bool] = True  # False: made only by inverting another op, never written in a rule file
     claims_keys: ClassVar[bool] = True  # rules of this op own the source keys their `match` patterns match
-    one_way: ClassVar[str] = ""  # why rules of this op cannot be undone ("" when `inverse` undoes them)
 
     @classmethod
     def parse(cls, r: dict, rid: str, where: str) -> StateRule:
@@ -137,40 +169,12 @@ class StateOp:
     def check(cls, rule: StateRule, ctx: ApplyContext) -> None:
         """Check the rule's claims about the source once the edge is applied (warn or refuse). Default: none."""
 
-    @classmethod
-    def invert(cls, rule: StateRule) -> StateRule:
-        """The rule of the reverse edge: `inverse`, unless the op declares itself `one_way`.
 
-        Args:
-            rule: a rule of this op.
-
-        Returns:
-            The rule that undoes it.
-
-        Raises:
-            NotInvertibleError: the op, or this rule of it, cannot be undone (the message says why).
-        """
-        if cls.one_way:
-            raise NotInvertibleError(f"{rule.source}: {cls.one_way}")
-        return cls.inverse(rule)
-
-    @classmethod
-    def inverse(cls, rule: StateRule) -> StateRule:
-        """The hook an invertible op overrides (see `invert`).
-
-        Raises:
-            NotInvertibleError: this rule of the op cannot be undone.
-        """
-        raise NotInvertibleError(f"{rule.source}: op {rule.op!r} has no inverse")
-
-
-class HparamOp:
+class HparamOp(Op):
     """One hyper-parameter op: parse a `[[hparams]]` table, edit the config, invert for rollback."""
 
-    name: ClassVar[str] = ""
-    in_files: ClassVar[bool] = True
+    kind = "hparam op"
     records: ClassVar[bool] = False  # the stamp records the key's value before the rule ran (for rollback)
-    one_way: ClassVar[str] = ""
 
     @classmethod
     def parse(cls, r: dict, rid: str, where: str) -> HparamRule:
@@ -205,28 +209,6 @@ class HparamOp:
         raise NotImplementedError(f"hparam op {cls.name!r} has no apply")
 
     @classmethod
-    def invert(cls, rule: HparamRule) -> HparamRule:
-        """The rule of the reverse edge: `inverse`, unless the op declares itself `one_way`.
-
-        Args:
-            rule: a rule of this op.
-
-        Returns:
-            The rule that undoes it.
-
-        Raises:
-            NotInvertibleError: the op cannot be undone.
-        """
-        if cls.one_way:
-            raise NotInvertibleError(f"{rule.source}: {cls.one_way}")
-        return cls.inverse(rule)
-
-    @classmethod
-    def inverse(cls, rule: HparamRule) -> HparamRule:
-        """The hook an invertible op overrides (see `invert`)."""
-        raise NotInvertibleError(f"{rule.source}: hparam op {rule.op!r} has no inverse")
-
-    @classmethod
     def rollback(cls, rule: HparamRule) -> str:
         """How rolling back over `rule` restores its key when the stamp holds no record (for `history`)."""
         return f"{rule.key}: only from the value recorded in the stamp (files this tool migrated); otherwise one-way"
@@ -236,16 +218,20 @@ OPS: dict[str, type[StateOp]] = {}
 HPARAM_OPS: dict[str, type[HparamOp]] = {}
 
 
+def _register(registry: dict[str, Any], cls: type[Op]) -> type[Op]:
+    if not cls.name or cls.name in registry:
+        raise ValueError(f"{cls.kind} name {cls.name!r} is empty or already registered")
+    registry[cls.name] = cls
+    return cls
+
+
 def state_op(cls: type[StateOp]) -> type[StateOp]:
     """Class decorator: register a state op under its `name`.
 
     Raises:
         ValueError: the name is empty or taken.
     """
-    if not cls.name or cls.name in OPS:
-        raise ValueError(f"state op name {cls.name!r} is empty or already registered")
-    OPS[cls.name] = cls
-    return cls
+    return _register(OPS, cls)
 
 
 def hparam_op(cls: type[HparamOp]) -> type[HparamOp]:
@@ -254,7 +240,4 @@ def hparam_op(cls: type[HparamOp]) -> type[HparamOp]:
     Raises:
         ValueError: the name is empty or taken.
     """
-    if not cls.name or cls.name in HPARAM_OPS:
-        raise ValueError(f"hparam op name {cls.name!r} is empty or already registered")
-    HPARAM_OPS[cls.name] = cls
-    return cls
+    return _register(HPARAM_OPS, cls)

@@ -38,16 +38,21 @@ def _template(rule: HparamRule, config: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _to_restore(rule: HparamRule) -> HparamRule:
-    return replace(rule, op="restore", forward=rule.source, source=f"{rule.source} (inverse)")
+class _Recorded(HparamOp):
+    """An op whose previous value the stamp records; its inverse (`restore`) puts that value back."""
+
+    records = True
+
+    @classmethod
+    def inverse(cls, rule: HparamRule) -> HparamRule:
+        return replace(rule, op="restore", forward=rule.source, source=f"{rule.source} (inverse)")
 
 
 @hparam_op
-class SetHparam(HparamOp):
+class SetHparam(_Recorded):
     """`set`: `key`, `value` (may use `{other_key}` templates), `if_missing`, optional `previous`."""
 
     name = "set"
-    records = True
 
     @classmethod
     def parse_fields(cls, rule: HparamRule, r: dict, where: str) -> None:
@@ -67,10 +72,6 @@ class SetHparam(HparamOp):
         notes = [f"{rule.source}: set {rule.key} = {value!r}"] if config.get(rule.key) != value else []
         config[rule.key] = value
         return notes
-
-    @classmethod
-    def inverse(cls, rule: HparamRule) -> HparamRule:
-        return _to_restore(rule)
 
     @classmethod
     def rollback(cls, rule: HparamRule) -> str:
@@ -108,11 +109,10 @@ class RenameHparam(HparamOp):
 
 
 @hparam_op
-class DropHparam(HparamOp):
+class DropHparam(_Recorded):
     """`drop`: `key`, `reason`, optional `value` restored on rollback."""
 
     name = "drop"
-    records = True
 
     @classmethod
     def parse_fields(cls, rule: HparamRule, r: dict, where: str) -> None:
@@ -126,10 +126,6 @@ class DropHparam(HparamOp):
             return []
         config.pop(rule.key)
         return [f"{rule.source}: drop {rule.key} ({rule.reason})"]
-
-    @classmethod
-    def inverse(cls, rule: HparamRule) -> HparamRule:
-        return _to_restore(rule)
 
     @classmethod
     def rollback(cls, rule: HparamRule) -> str:

@@ -14,26 +14,36 @@ from .invert_regex import invert_rename
 from .keyed import MatchOp
 
 
-def _dim_sizes(r: dict, where: str) -> dict[str, Any]:
-    return {"dim": require(r, "dim", where, int), "sizes": int_list(r, "sizes", where)}
+class _Sized(MatchOp):
+    """`dim` and `sizes`, one size per part (the targets of a split, the patterns of a concat)."""
+
+    @classmethod
+    def parts(cls, rule: StateRule) -> tuple[int, str]:
+        """(how many parts, what a part is called in the message)."""
+        raise NotImplementedError
+
+    @classmethod
+    def parse_fields(cls, rule: StateRule, r: dict, where: str) -> None:
+        super().parse_fields(rule, r, where)
+        count, part = cls.parts(rule)
+        if len(rule.params["sizes"]) != count:
+            raise RuleError(f"{where}: 'sizes' must have one entry per {part}")
+
+    @classmethod
+    def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
+        return {"dim": require(r, "dim", where, int), "sizes": int_list(r, "sizes", where)}
 
 
 @state_op
-class Split(MatchOp):
+class Split(_Sized):
     """`split`: `match`, `to = [..]`, `dim`, `sizes` (one per target). Inverse: `concat`."""
 
     name = "split"
     many_targets = True
 
     @classmethod
-    def parse_fields(cls, rule: StateRule, r: dict, where: str) -> None:
-        super().parse_fields(rule, r, where)
-        if len(rule.params["sizes"]) != len(rule.to):
-            raise RuleError(f"{where}: 'sizes' must have one entry per target")
-
-    @classmethod
-    def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
-        return _dim_sizes(r, where)
+    def parts(cls, rule: StateRule) -> tuple[int, str]:
+        return len(rule.to), "target"
 
     @classmethod
     def transform(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> list[TensorRef]:
@@ -57,7 +67,7 @@ class Split(MatchOp):
 
 
 @state_op
-class Concat(MatchOp):
+class Concat(_Sized):
     """`concat`: `match = [..]` (patterns with the same capture groups), `to`, `dim`, `sizes`. Inverse: `split`.
 
     Each source key is held until every part of its group (same captures) has been seen."""
@@ -66,14 +76,8 @@ class Concat(MatchOp):
     many_sources = True
 
     @classmethod
-    def parse_fields(cls, rule: StateRule, r: dict, where: str) -> None:
-        super().parse_fields(rule, r, where)
-        if len(rule.params["sizes"]) != len(rule.match):
-            raise RuleError(f"{where}: 'sizes' must have one entry per 'match' pattern")
-
-    @classmethod
-    def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
-        return _dim_sizes(r, where)
+    def parts(cls, rule: StateRule) -> tuple[int, str]:
+        return len(rule.match), "'match' pattern"
 
     @classmethod
     def apply_key(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> None:
