@@ -117,3 +117,13 @@ def test_a_restore_that_does_not_fit_its_anchor_is_refused():
 def test_a_target_template_the_regex_cannot_fill_is_refused_when_the_file_loads(template):
     with pytest.raises(RuleError, match=r"^T/v1-v2.toml#r: invalid target template"):
         parse_rule_bytes(_file("rename", {"match": r"^a\.(x)$", "to": template}), "T/v1-v2.toml")
+
+
+@pytest.mark.parametrize("op,extra", [("rename", "dims"), ("transpose", "sizes"), ("reshape", "dtype"),
+                                      ("cast", "shape"), ("split", "from_shape"), ("widen_head", "dim"),
+                                      ("drop", "to"), ("rename", "restore")])
+def test_a_field_of_another_op_is_refused_not_ignored(op, extra):
+    """`op = "rename"` with `dims` (a transpose meant) would silently copy the tensor untransposed."""
+    fields = {**VALID[op], extra: VALID["cast"]["dtype"] if extra == "dtype" else [0, 1]}
+    with pytest.raises(RuleError, match=rf"^T/v1-v2.toml#r: unknown fields \['{extra}'\]$"):
+        parse_rule_bytes(_file(op, fields), "T/v1-v2.toml")

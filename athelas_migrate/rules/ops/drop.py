@@ -111,6 +111,7 @@ class Drop(MatchOp):
     """`drop`: `match`, `reason`, optional `restore = {anchor, key, value = "copy" | "arange" | "fill", ...}`."""
 
     name = "drop"
+    fields = frozenset({"id", "op", "match", "reason", "restore"})
 
     @classmethod
     def parse_fields(cls, rule: StateRule, r: dict, where: str) -> None:

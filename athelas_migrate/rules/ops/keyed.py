@@ -17,8 +17,7 @@ from .base import ApplyContext, KeyEvent, StateOp, StateRule, state_op
 from .fields import CASTABLE, check_template, compile_pattern, dtype_name, int_list, require, str_list, tensor_misfit
 from .invert_regex import invert_rename
 
-KEYED_FIELDS = frozenset({"id", "op", "match", "to", "reason", "restore", "dims", "shape", "from_shape", "dtype",
-                          "from_dtype", "dim", "sizes"})
+MATCH_FIELDS = frozenset({"id", "op", "match", "to", "reason"})  # `reason`: a note for reviewers on any rule
 WIDENING = frozenset({("float16", "float32"), ("float16", "float64"), ("bfloat16", "float32"),
                       ("bfloat16", "float64"), ("float32", "float64"), ("int32", "int64"), ("int16", "int64"),
                       ("int8", "int64"), ("int16", "int32"), ("int8", "int32"), ("uint8", "int64"),
@@ -28,7 +27,7 @@ WIDENING = frozenset({("float16", "float32"), ("float16", "float64"), ("bfloat16
 class MatchOp(StateOp):
     """An op whose rules claim the source keys their `match` regex matches, mapped to `to` templates."""
 
-    fields: ClassVar[frozenset[str]] = KEYED_FIELDS  # the table fields a rule of this op may have
+    fields: ClassVar[frozenset[str]] = MATCH_FIELDS  # the table fields a rule of this op may have
     many_sources: ClassVar[bool] = False  # `match` may list several patterns (parts of one target)
     many_targets: ClassVar[bool] = False  # `to` is a list (one source key, several targets)
 
@@ -126,6 +125,7 @@ class Transpose(MatchOp):
     """`transpose`: `match`, `to`, `dims = [a, b]`; its own inverse."""
 
     name = "transpose"
+    fields = MATCH_FIELDS | {"dims"}
 
     @classmethod
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
@@ -144,6 +144,7 @@ class Reshape(MatchOp):
     """`reshape`: `match`, `to`, `shape`, optional `from_shape` (needed to invert)."""
 
     name = "reshape"
+    fields = MATCH_FIELDS | {"shape", "from_shape"}
 
     @classmethod
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
@@ -168,6 +169,7 @@ class Cast(MatchOp):
     """`cast`: `match`, `to`, `dtype`, optional `from_dtype`; only widening casts invert."""
 
     name = "cast"
+    fields = MATCH_FIELDS | {"dtype", "from_dtype"}
 
     @classmethod
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:

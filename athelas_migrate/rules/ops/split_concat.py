@@ -11,11 +11,13 @@ from ...io.tensor_ref import TensorRef
 from .base import ApplyContext, KeyEvent, StateRule, state_op
 from .fields import int_list, require, tensor_misfit
 from .invert_regex import invert_rename
-from .keyed import MatchOp
+from .keyed import MATCH_FIELDS, MatchOp
 
 
 class _Sized(MatchOp):
     """`dim` and `sizes`, one size per part (the targets of a split, the patterns of a concat)."""
+
+    fields = MATCH_FIELDS | {"dim", "sizes"}
 
     @classmethod
     def parts(cls, rule: StateRule) -> tuple[int, str]:
