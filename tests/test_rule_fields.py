@@ -127,3 +127,40 @@ def test_a_field_of_another_op_is_refused_not_ignored(op, extra):
     fields = {**VALID[op], extra: VALID["cast"]["dtype"] if extra == "dtype" else [0, 1]}
     with pytest.raises(RuleError, match=rf"^T/v1-v2.toml#r: unknown fields \['{extra}'\]$"):
         parse_rule_bytes(_file(op, fields), "T/v1-v2.toml")
+
+
+HPARAMS = {"set": {"key": "k", "value": 1, "if_missing": True, "previous": 0},
+           "rename": {"key": "k", "to": "j"},
+           "drop": {"key": "k", "reason": "r", "value": 1}}
+
+
+def _hparam_file(op: str, fields: dict) -> bytes:
+    body = "".join(f"{k} = {_toml(v)}\n" for k, v in fields.items())
+    return f'family = "T"\nfrom = "v1"\nto = "v2"\n[[hparams]]\nid = "h"\nop = "{op}"\n{body}'.encode()
+
+
+@pytest.mark.parametrize("op,fields,message", [
+    ("set", {**HPARAMS["set"], "if_mising": True}, r"unknown fields \['if_mising'\]"),
+    ("set", {**HPARAMS["set"], "if_missing": "no"}, "field 'if_missing' must be bool"),
+    ("set", {**HPARAMS["set"], "reason": "r"}, r"unknown fields \['reason'\]"),
+    ("rename", {**HPARAMS["rename"], "value": 1}, r"unknown fields \['value'\]"),
+    ("drop", {**HPARAMS["drop"], "to": "j"}, r"unknown fields \['to'\]"),
+])
+def test_an_hparam_rule_with_a_field_its_op_does_not_take_is_refused(op, fields, message):
+    """A typo (`if_mising`) or a string where a flag belongs (`if_missing = "no"`, which read as true) would
+    silently change what the edge does; a `reason` on a set would make its rollback treat it as a drop."""
+    parse_rule_bytes(_hparam_file(op, HPARAMS[op]), "T/v1-v2.toml")
+    with pytest.raises(RuleError, match=rf"^T/v1-v2.toml#h: {message}$"):
+        parse_rule_bytes(_hparam_file(op, fields), "T/v1-v2.toml")
+
+
+def test_an_hparam_field_of_the_wrong_type_is_a_rule_error():
+    for op, fields in HPARAMS.items():
+        for name in ("key", "to", "reason", "if_missing"):
+            if name not in fields:
+                continue
+            for wrong in WRONG:
+                if name == "if_missing" and isinstance(wrong, bool):
+                    continue
+                with pytest.raises(RuleError):
+                    parse_rule_bytes(_hparam_file(op, {**fields, name: wrong}), "T/v1-v2.toml")

@@ -25,7 +25,7 @@ Hyper-parameter rules: `set` (`key`, `value`, `if_missing`, optional `previous`)
 replaces in the output's stamp (provenance `hparams_before`), and rollback restores exactly that; without a
 record rollback uses `previous` / `value`, or drops a key an `if_missing` set added, or refuses.
 
-A rule may carry only the fields its op takes (any rule may add a `reason` note); a wrong type, an unknown field
+A rule may carry only the fields its op takes (a state rule may add a `reason` note); a wrong type, an unknown field
 or a `to` template naming a group the regex lacks is refused when the file loads.
 
 Each op is a class in `rules/ops/` (parse, apply and invert in one place); to add one, see that package.

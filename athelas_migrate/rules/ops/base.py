@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...errors import NotInvertibleError
+from ...errors import NotInvertibleError, RuleError
 from ...io.tensor_ref import TensorRef
 from .fields import require
 
@@ -175,15 +175,18 @@ class HparamOp(Op):
 
     kind = "hparam op"
     records: ClassVar[bool] = False  # the stamp records the key's value before the rule ran (for rollback)
+    fields: ClassVar[frozenset[str]] = frozenset({"id", "op", "key"})  # the table fields a rule may have
 
     @classmethod
     def parse(cls, r: dict, rid: str, where: str) -> HparamRule:
         """The rule from its TOML table: `key`, then the op's own fields (`parse_fields`).
 
         Raises:
-            RuleError: a field is missing or malformed.
+            RuleError: a field is missing, unknown or malformed.
         """
         rule = HparamRule(rid, cls.name, require(r, "key", where), source=where)
+        if set(r) - cls.fields:
+            raise RuleError(f"{where}: unknown fields {sorted(set(r) - cls.fields)}")
         cls.parse_fields(rule, r, where)
         return rule
 

@@ -53,12 +53,15 @@ class SetHparam(_Recorded):
     """`set`: `key`, `value` (may use `{other_key}` templates), `if_missing`, optional `previous`."""
 
     name = "set"
+    fields = HparamOp.fields | {"value", "if_missing", "previous"}
 
     @classmethod
     def parse_fields(cls, rule: HparamRule, r: dict, where: str) -> None:
         if "value" not in r:
             raise RuleError(f"{where}: missing field 'value'")
-        rule.value, rule.has_value, rule.if_missing = r["value"], True, bool(r.get("if_missing", False))
+        if "if_missing" in r:
+            rule.if_missing = require(r, "if_missing", where, bool)
+        rule.value, rule.has_value = r["value"], True
         if "previous" in r:
             rule.previous, rule.has_previous = r["previous"], True
 
@@ -87,6 +90,7 @@ class RenameHparam(HparamOp):
     """`rename`: `key`, `to`."""
 
     name = "rename"
+    fields = HparamOp.fields | {"to"}
 
     @classmethod
     def parse_fields(cls, rule: HparamRule, r: dict, where: str) -> None:
@@ -113,6 +117,7 @@ class DropHparam(_Recorded):
     """`drop`: `key`, `reason`, optional `value` restored on rollback."""
 
     name = "drop"
+    fields = HparamOp.fields | {"reason", "value"}
 
     @classmethod
     def parse_fields(cls, rule: HparamRule, r: dict, where: str) -> None:
