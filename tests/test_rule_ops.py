@@ -168,8 +168,9 @@ def test_since_is_parsed_and_optional():
     ('["PR 1"]', "Toy/v1-v2.toml: field 'since' must be str"),
     ('"' + "x" * (SINCE_MAX_CHARS + 1) + '"', f"Toy/v1-v2.toml: 'since' is {SINCE_MAX_CHARS + 1} characters; at most"),
     ('"PR 1\\nsecond line"', "Toy/v1-v2.toml: 'since' must be one line of printable text"),
+    ('"PR 1"\ndescription = 5', "Toy/v1-v2.toml: field 'description' must be str"),
 ])
-def test_a_malformed_since_is_refused_with_exit_3(since, message, tmp_path, monkeypatch):
+def test_a_malformed_since_or_description_is_refused_with_exit_3(since, message, tmp_path, monkeypatch):
     (tmp_path / "Toy").mkdir()
     text = f'family = "Toy"\nfrom = "v1"\nto = "v2"\nsince = {since}\n'
     (tmp_path / "Toy" / "v1-v2.toml").write_text(text)

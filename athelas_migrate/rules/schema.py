@@ -110,8 +110,8 @@ def parse_rule_bytes(raw: bytes, name: str, path: str = "<text>") -> RuleFile:
     ids: set[str] = set()
     rules = [_parse_state_rule(r, f"{name} rule {i}", name, ids) for i, r in enumerate(data.get("rules", []))]
     hparams = [_parse_hparam_rule(r, f"{name} hparam {i}", name, ids) for i, r in enumerate(data.get("hparams", []))]
-    return RuleFile(path, name, family, src, dst, data.get("description", ""), rules, hparams,
-                    hashlib.sha256(raw).hexdigest(), since)
+    description = require(data, "description", name) if "description" in data else ""
+    return RuleFile(path, name, family, src, dst, description, rules, hparams, hashlib.sha256(raw).hexdigest(), since)
 
 
 def _since(data: dict, name: str) -> str:
