@@ -65,6 +65,7 @@ class RuleFile:
 
     @property
     def edge(self) -> tuple[str, str]:
+        """(from, to) versions."""
         return self.source_version, self.target_version
 
 

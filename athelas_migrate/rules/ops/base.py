@@ -31,6 +31,7 @@ class StateRule:
     source: str = ""  # "<file>#<id>", for reports
 
     def matches(self, key: str) -> bool:
+        """Whether one of the rule's patterns matches the whole `key`."""
         return any(p.fullmatch(key) for p in self.match)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -62,8 +63,6 @@ class WidenHead(_HeadOp):
 
     @classmethod
     def inverse(cls, rule: StateRule) -> StateRule:
-        import re
-
         pattern, template = invert_key_map(rule)
         return replace(rule, op="narrow_head", match=[re.compile(pattern)], to=[template],
                        source=f"{rule.source} (inverse)")
