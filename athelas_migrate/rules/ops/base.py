@@ -12,9 +12,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...errors import NotInvertibleError, RuleError
+from ...errors import NotInvertibleError
 from ...io.tensor_ref import TensorRef
-from .fields import require
+from .fields import check_fields, require
 
 
 @dataclass
@@ -186,8 +186,7 @@ class HparamOp(Op):
             RuleError: a field is missing, unknown or malformed.
         """
         rule = HparamRule(rid, cls.name, require(r, "key", where), source=where)
-        if set(r) - cls.fields:
-            raise RuleError(f"{where}: unknown fields {sorted(set(r) - cls.fields)}")
+        check_fields(r, cls.fields, where)
         cls.parse_fields(rule, r, where)
         return rule
 

@@ -11,7 +11,7 @@ from typing import Any
 from ...errors import RuleError
 from ...io.tensor_ref import TensorRef
 from .base import ApplyContext, KeyEvent, StateOp, StateRule, state_op
-from .fields import dtype_name, is_shape, require, resolve_shape
+from .fields import check_fields, dtype_name, is_shape, require, resolve_shape
 
 _FIELDS = frozenset({"id", "op", "to", "fill", "shape", "dtype", "reason"})
 
@@ -65,8 +65,7 @@ class Create(StateOp):
 
     @classmethod
     def parse(cls, r: dict, rid: str, where: str) -> StateRule:
-        if set(r) - _FIELDS:
-            raise RuleError(f"{where}: unknown fields {sorted(set(r) - _FIELDS)}")
+        check_fields(r, _FIELDS, where)
         to = require(r, "to", where)
         fill = r.get("fill")
         if not isinstance(fill, int | float) or isinstance(fill, bool):

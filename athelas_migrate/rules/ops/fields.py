@@ -35,6 +35,16 @@ def require(d: dict, key: str, where: str, kind: type | tuple = str) -> Any:
     return d[key]
 
 
+def check_fields(r: dict, allowed: frozenset[str], where: str) -> None:
+    """Refuse a field the op does not take (a typo, or another op's field it would silently ignore).
+
+    Raises:
+        RuleError: naming the unknown fields.
+    """
+    if set(r) - allowed:
+        raise RuleError(f"{where}: unknown fields {sorted(set(r) - allowed)}")
+
+
 def str_list(r: dict, key: str) -> list[str] | None:
     """A field that is one string or a list of strings, as a list (empty when absent); None for any other type."""
     value = r.get(key, [])

@@ -14,7 +14,17 @@ from typing import Any, ClassVar
 from ...errors import NotInvertibleError, RuleError
 from ...io.tensor_ref import TensorRef
 from .base import ApplyContext, KeyEvent, StateOp, StateRule, state_op
-from .fields import CASTABLE, check_template, compile_pattern, dtype_name, int_list, require, str_list, tensor_misfit
+from .fields import (
+    CASTABLE,
+    check_fields,
+    check_template,
+    compile_pattern,
+    dtype_name,
+    int_list,
+    require,
+    str_list,
+    tensor_misfit,
+)
 from .invert_regex import invert_rename
 
 MATCH_FIELDS = frozenset({"id", "op", "match", "to", "reason"})  # `reason`: a note for reviewers on any rule
@@ -39,8 +49,7 @@ class MatchOp(StateOp):
         if not cls.many_sources and len(patterns) != 1:
             raise RuleError(f"{where}: only 'concat' takes several 'match' patterns")
         rule = StateRule(rid, cls.name, [compile_pattern(p, where) for p in patterns], source=where)
-        if set(r) - cls.fields:
-            raise RuleError(f"{where}: unknown fields {sorted(set(r) - cls.fields)}")
+        check_fields(r, cls.fields, where)
         cls.parse_fields(rule, r, where)
         return rule
 
