@@ -239,6 +239,8 @@ def history_cmd(family) -> None:
                 back = f"[yellow]one-way[/]: {exc}"
             node = tree.add(f"{rf.source_version} -> {rf.target_version}  {rf.name}  "
                             f"[dim]{rf.digest[:12]}[/]  {back}")
+            if rf.since:
+                node.add(f"since: {_text(rf.since)}")
             node.add(f"[dim]{rf.description} ({len(rf.rules)} rules, {len(rf.hparams)} hparam rules)[/]")
             for h in rf.hparams:  # what a rollback puts back (the stamp records each value a set replaces)
                 node.add(f"[dim]hparam rollback: {_text(hparam_rollback(h))}[/]")

@@ -95,7 +95,7 @@ def test_widen_head_is_a_byte_copy_after_a_zero_row():
     import torch
 
     from athelas_migrate.io.tensor_ref import TensorRef
-    from athelas_migrate.rules.apply import _head_op
+    from athelas_migrate.rules.ops.head import head_op as _head_op
 
     class Rule:
         op, source = "widen_head", "t.toml#head"

@@ -1,1 +1,1 @@
-"""Declarative key-mapping rules: schema, inverses, the version graph, the applier."""
+"""Declarative key-mapping rules: schema, ops (one class each, `ops/`), inverses, the version graph, the applier."""
