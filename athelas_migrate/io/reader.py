@@ -44,6 +44,7 @@ class RawCheckpoint:
 
     @property
     def dtypes(self) -> set[str]:
+        """The dtype names of the state dict's tensors."""
         return {t.dtype for t in self.state_dict.values()}
 
 
@@ -75,7 +76,18 @@ _MAGIC = [
 
 def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     """Read `path` safely; tensors come back as lazy TensorRefs into the file. Every non-tensor value is
-    validated once here (bounded expansion, typed top level: io/values.py) before anything renders or uses it."""
+    validated once here (bounded expansion, typed top level: io/values.py) before anything renders or uses it.
+
+    Args:
+        path: a torch zip checkpoint, a legacy-format (pre-zip) one, or safetensors.
+
+    Returns:
+        The checkpoint, unpickled without running any code from it.
+
+    Raises:
+        InputError: (raised by the helpers) the file is unreadable, not a checkpoint, malformed, or holds
+            values outside the schema.
+    """
     from .values import validate_checkpoint
 
     raw = _read_unvalidated(path)
