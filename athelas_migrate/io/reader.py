@@ -3,7 +3,8 @@
 Supported: torch zip checkpoints (Lightning `.ckpt`, bare `torch.save(state_dict)`,
 whole pickled legacy modules), the same in the legacy pre-zip torch format
 (io/legacy_format.py) and `.safetensors`. Every refusal is an InputError
-with a one-line message; no byte of the file is executed.
+with a one-line message; no byte of the file is executed. A new format is one more test of the file's
+first bytes in `_read_unvalidated`, dispatching to a reader that returns a `RawCheckpoint`.
 """
 
 from __future__ import annotations

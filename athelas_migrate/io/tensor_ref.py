@@ -3,7 +3,7 @@
 A rename never needs tensor values, so the reader describes every tensor by
 its storage record (file, offset, length) plus view geometry, and the writer
 copies those records verbatim. Values are only decoded (with torch) when a
-rule applies an arithmetic operation or a caller asks for them.
+rule applies an arithmetic operation or a caller asks for them. A new dtype is one row of `DTYPES`.
 """
 
 from __future__ import annotations

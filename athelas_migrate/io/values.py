@@ -5,7 +5,8 @@ hashes or converts values to JSON expands them: `L=[0]; 30 x L=[L,L]` is 60 byte
 values once expanded. So before any of that runs, one memoized walk measures what an expansion would
 cost (values, string characters, nesting depth) and refuses past documented limits; then a schema pass
 checks the top-level structure the pipeline relies on. Every refusal is an InputError (exit 3) that
-names the path inside the checkpoint, e.g. `hyper_parameters.config.x[3]`.
+names the path inside the checkpoint, e.g. `hyper_parameters.config.x[3]`. A new top-level key to check
+is one entry of `_TOP_LEVEL`; a typed hyper-parameter is declared in config_keys, not here.
 """
 
 from __future__ import annotations

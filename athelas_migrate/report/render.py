@@ -3,7 +3,8 @@
 Jinja2 escapes every value by default (keys and reasons come from untrusted checkpoints and rule
 files), and the template keeps the markup reviewable as markup rather than as Python strings.
 The CSS and the script are included inline from files beside the template; the charts are inline
-SVG: the page fetches nothing when opened.
+SVG: the page fetches nothing when opened. To show something new, add it to `Page` (report.model) and
+to templates/report.html.j2; a derived figure goes into `_counts` or `_texts`.
 """
 
 from __future__ import annotations

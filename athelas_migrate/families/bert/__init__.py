@@ -26,8 +26,6 @@ LEGACY_SAVED_HPARAMS = ("id_name", "text_name", "primary_text_name", "secondary_
                         "hidden_common_dim", "is_binary", "num_classes", "class_weights", "metric_choices", "lr",
                         "weight_decay", "adam_epsilon", "warmup_steps", "run_scheduler", "reinit_pooler",
                         "reinit_layers", "max_sen_len", "model_class", "model_path")
-_ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
-              "type_vocab_size")
 # Standard checkpoints: architecture facts, used only when the shapes agree with them.
 STANDARD_BERTS: dict[str, dict[str, Any]] = {
     "bert-base-uncased": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
