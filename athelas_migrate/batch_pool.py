@@ -31,7 +31,7 @@ def start_method(parent_had_torch: bool) -> str:
     """The multiprocessing start method for new workers (see the module docstring).
 
     Args:
-        parent_had_torch: whether the parent (or, for a replacement, a worker) imported torch.
+        parent_had_torch: whether the parent holds torch (True also rules out fork for a replacement worker).
 
     Returns:
         "fork" for a parent that holds neither torch nor a second thread, else "forkserver" or "spawn".

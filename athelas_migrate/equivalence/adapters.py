@@ -287,7 +287,7 @@ class VerifyAdapter:
         return first_optimizer(res)
 
     def select_rows(self, batch: Batch, rows: list[int]) -> Batch:
-        """The batch restricted to some rows, to find which rows disagree.
+        """The batch restricted to some rows (verify localises a difference on the worst row).
 
         Args:
             batch: the batch.

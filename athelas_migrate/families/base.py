@@ -129,7 +129,7 @@ class Family:
 
         Args:
             config: the canonical config.
-            version: the layout version of the model whose optimizer it is.
+            version: the layout version whose parameter order `params` follows.
             params: the parameter names, in the model's order.
             n_groups: how many groups the checkpoint's optimizer state has.
 

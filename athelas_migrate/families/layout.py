@@ -41,7 +41,7 @@ class LayoutBuilder:
         Args:
             key: its state-dict key.
             *shape: its shape.
-            integer: an integer buffer (e.g. `num_batches_tracked`), which rules never cast.
+            integer: an integer buffer (e.g. `num_batches_tracked`), exempt from the float-dtype check.
 
         Returns:
             The builder, for chaining.

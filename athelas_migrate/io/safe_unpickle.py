@@ -52,7 +52,10 @@ class SafeUnpickler(pickle.Unpickler):
             name: the class or function name.
 
         Returns:
-            The allowlisted object, or the Stub standing for an allowlisted class.
+            The sealed converter, marker or inert stub class the allowlist maps the name to.
+
+        Raises:
+            InputError: (from `resolve_global`) a name off the allowlist.
         """
         return resolve_global(*modern_name(str(module), str(name)))
 

@@ -274,7 +274,7 @@ def write_torch_zip(dst: str, obj: Any, prefix: str = "archive") -> None:
     Args:
         dst: the output path (written atomically).
         obj: the checkpoint's object graph.
-        prefix: the archive's top folder name (torch uses the file's stem; any name loads).
+        prefix: the archive's top folder name ("archive", as torch.save writes it; torch.load accepts any).
     """
     pkl, storages = dumps(obj)
     members = [

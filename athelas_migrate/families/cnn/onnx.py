@@ -20,7 +20,7 @@ def text_lengths(encoder: Any, config: Mapping[str, Any]) -> list[int]:
     """The sequence lengths the parity check runs: ``max_sen_len`` and a shorter (or else longer) one.
 
     Args:
-        encoder: the text encoder (its ``min_seq_len``, the widest kernel, bounds them below).
+        encoder: the text encoder (its ``min_seq_len``, set by its kernels and layers, bounds them below).
         config: the model's config.
 
     Returns:
