@@ -20,7 +20,7 @@ def one_line(exc: BaseException) -> str:
     """The first line of an error, capped, for a file's record and the summary table.
 
     Args:
-        exc: the error.
+        exc: any exception; only its message's first line is kept.
 
     Returns:
         Its first line (or its type name when it has no text), at most 400 characters.
@@ -184,8 +184,8 @@ def copy_verbatim(src: str, dst: str, force: bool) -> None:
     that changes during the copy is refused (see pipeline.copy_verbatim).
 
     Args:
-        src: the input.
-        dst: the output path.
+        src: the input checkpoint, already at the target layout.
+        dst: the output path (its parent exists).
         force: replace an existing output.
     """
     from .outputs import prepare_output

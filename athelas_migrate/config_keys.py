@@ -147,7 +147,7 @@ def check_type(key: str, value: Any, where: str) -> Any:
 
     Args:
         key: the hyper-parameter name (an undeclared key passes unchecked).
-        value: the parsed value.
+        value: the value as parsed from JSON, a file or a comma list.
         where: where the value came from, for the message (e.g. "--set lr").
 
     Returns:

@@ -183,7 +183,7 @@ class VerifyAdapter:
 
         Args:
             ctx: the pair being compared (`num_classes`, the seed).
-            batch: the batch.
+            batch: a batch of this family's inputs.
 
         Returns:
             `batch` itself when it has labels, else a copy with labels generated from the seed.
@@ -290,7 +290,7 @@ class VerifyAdapter:
         """The batch restricted to some rows (verify localises a difference on the worst row).
 
         Args:
-            batch: the batch.
+            batch: a batch of this family's inputs.
             rows: the row indices to keep, in order.
 
         Returns:
@@ -316,7 +316,7 @@ class VerifyAdapter:
         """The batch with every tensor (and the labels) moved to `device`.
 
         Args:
-            batch: the batch.
+            batch: a batch of this family's inputs.
             device: where the models run.
 
         Returns:
@@ -350,7 +350,7 @@ def move(obj: Any, device: torch.device) -> Any:
 
     Args:
         obj: a tensor, or a container of them (other values pass through).
-        device: the target device.
+        device: where the models run.
 
     Returns:
         The same structure with the tensors moved.
@@ -374,7 +374,7 @@ def register_adapter(adapter: VerifyAdapter) -> None:
     """Use an adapter for the family named by its `family` attribute (replacing the family's own).
 
     Args:
-        adapter: the adapter instance.
+        adapter: an instance of a `VerifyAdapter` subclass whose `family` names the family.
     """
     ADAPTERS[adapter.family] = adapter
 

@@ -80,7 +80,7 @@ def detect(raw: RawCheckpoint) -> Detection:
     hyper-parameters, through each family's `detect` (the highest score wins).
 
     Args:
-        raw: the checkpoint.
+        raw: the checkpoint as read (io.reader).
 
     Returns:
         The detection, with its evidence.

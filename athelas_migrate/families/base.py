@@ -78,7 +78,7 @@ class Family:
         """Recognise a checkpoint of this family from its keys, shapes and hyper-parameters.
 
         Args:
-            raw: the checkpoint.
+            raw: the checkpoint as read (keys, shapes, hyper-parameters; no tensor values needed).
 
         Returns:
             The detection (a higher score beats other families' claims), or None when it is not this family's.
@@ -89,7 +89,7 @@ class Family:
         """The canonical flat config (everything needed to rebuild any version's model).
 
         Args:
-            raw: the checkpoint.
+            raw: the checkpoint as read (keys, shapes, hyper-parameters; no tensor values needed).
             version: its detected layout version.
             overrides: the user's values (`--set`, `--config`, sidecars), which win over the file's.
 
@@ -219,7 +219,7 @@ class Needs:
 
         Args:
             config: the config being built.
-            key: the key.
+            key: the config key (dotted for a nested one: bert_config.x).
             why: what the value is for, as the refusal says it.
             example: an example value, for the refusal and the skeleton.
 
@@ -328,7 +328,7 @@ def stamped_layout(raw: RawCheckpoint, families: dict[str, Family]) -> tuple[str
     when the file was read (io.values: a dict whose 'layout' and 'family', where present, are strings).
 
     Args:
-        raw: the checkpoint.
+        raw: the checkpoint as read.
         families: the known families by name.
 
     Returns:

@@ -112,11 +112,11 @@ def read_chunks(path: str, offset: int, size: int, what: str, chunk: int = 1 << 
     """Read a byte range with pread, in chunks of one reused buffer (a fresh buffer per read costs 3x the CRC).
 
     Args:
-        path: the file.
+        path: the source file.
         offset: where the range starts.
         size: how many bytes.
         what: names the range in the error message.
-        chunk: the buffer size.
+        chunk: the most bytes read per call (the buffer size).
 
     Yields:
         Views of the buffer, each valid until the next is yielded.
@@ -156,7 +156,7 @@ def crc32(data: Any, value: int = 0) -> int:
     zlib 1.2 (0.15 vs 0.63 s per GB measured here), which matters because every copied record is checked.
 
     Args:
-        data: the bytes.
+        data: bytes-like (e.g. a chunk `read_chunks` yields).
         value: the CRC of the bytes before them (to continue a running CRC).
 
     Returns:
@@ -345,7 +345,7 @@ class TensorRef:
         checking a constant is part of migrating, which never imports torch.
 
         Args:
-            fill: the constant.
+            fill: the constant, compared as numpy compares it with the dtype.
 
         Returns:
             True when every element equals it.

@@ -78,7 +78,7 @@ def check_bounded(root: Any, path: str = "", where: str = "checkpoint") -> tuple
     characters or MAX_DEPTH levels, or if it refers to itself. Linear in the number of distinct objects.
 
     Args:
-        root: the value.
+        root: the value to measure (a container graph from the unpickler, shared references kept).
         path: its printed path.
         where: names the file in messages.
 

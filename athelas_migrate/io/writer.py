@@ -73,7 +73,7 @@ class OutputFile(io.BufferedWriter):
         """`BufferedWriter.write`, raising OutputError for a failed write.
 
         Args:
-            data: the bytes.
+            data: bytes-like.
 
         Returns:
             The number of bytes written.
@@ -94,7 +94,7 @@ class OutputFile(io.BufferedWriter):
         """`BufferedWriter.seek`, raising OutputError for a failed flush.
 
         Args:
-            pos: the position.
+            pos: the offset, relative to `whence`.
             whence: as for `os.lseek`.
 
         Returns:

@@ -55,7 +55,7 @@ def read_records(path: str, size: int) -> dict[str, Record]:
     """The members of a torch zip archive with their data offsets.
 
     Args:
-        path: the archive.
+        path: the checkpoint file (a zip archive).
         size: its size in bytes (records must end within it).
 
     Returns:
@@ -100,7 +100,7 @@ def read_member(path: str, record: Record) -> bytes:
     """A small member's bytes, CRC-checked.
 
     Args:
-        path: the archive.
+        path: the checkpoint file (a zip archive).
         record: the member's record (`read_records`).
 
     Returns:
@@ -258,7 +258,7 @@ def output_error(dst: str, exc: OSError) -> OutputError:
     """The one wording of 'cannot write the output' (exit 4).
 
     Args:
-        dst: the destination.
+        dst: the output path the message names.
         exc: the system's error.
 
     Returns:

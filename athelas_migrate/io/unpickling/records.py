@@ -44,7 +44,7 @@ class Stub:
         """Record pickle's APPEND (charged against the record budget).
 
         Args:
-            value: the item.
+            value: the item the pickle appends.
         """
         charge(1)
         self.list.append(value)
@@ -53,7 +53,7 @@ class Stub:
         """Record pickle's APPENDS (charged against the record budget).
 
         Args:
-            values: the items.
+            values: the items the pickle appends (any iterable; consumed once).
         """
         values = list(values)
         charge(1 + len(values))
