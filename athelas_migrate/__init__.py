@@ -3,7 +3,8 @@
 The public API is imported lazily so that `athelas-migrate --help` and rename-only
 migrations never pay for importing torch or Lightning. No submodule may share an API name:
 importing `athelas_migrate.<name>` would rebind the attribute to the module (which is why the
-equivalence runner's package is `equivalence`, not `verify`).
+equivalence runner's package is `equivalence`, not `verify`). To add a public name, list it in `__all__`
+and in `__getattr__`, which imports the module defining it on first use.
 """
 
 from __future__ import annotations

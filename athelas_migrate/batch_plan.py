@@ -20,12 +20,23 @@ MAX_LISTED = 10
 
 
 def scan(src: str, exclude: str | None = None) -> tuple[list[str], list[dict[str, str]]]:
-    """(inputs, skipped) under `src`: relative POSIX paths of the checkpoint files (sorted; a file gives
-    itself), and `{"path", "reason"}` for every entry named like a checkpoint that is not a readable regular
-    file (symbolic link loop, dangling link, FIFO, directory) or a directory that cannot be listed.
+    """The checkpoint files under `src`, and the entries named like one that cannot be migrated.
 
     Hidden entries (temporaries such as `.NAME.*.partial`) and the `exclude` tree are left out silently;
-    symbolic links to directories are not followed (and reported)."""
+    symbolic links to directories are not followed (and reported).
+
+    Args:
+        src: a directory, or a single file (which gives itself).
+        exclude: a directory to leave out (the run's DST when it lies inside SRC).
+
+    Returns:
+        (inputs, skipped): the relative POSIX paths of the checkpoint files (sorted), and `{"path", "reason"}`
+        for every entry that is not a readable regular file (symbolic link loop, dangling link, FIFO,
+        directory) or a directory that cannot be listed.
+
+    Raises:
+        UsageError: `src` does not exist.
+    """
     src = os.path.abspath(src)
     if os.path.isfile(src):
         return [os.path.basename(src)], []
@@ -84,30 +95,73 @@ def _not_a_file(path: str) -> str | None:
 
 
 def matches(rel: str, pattern: str) -> bool:
-    """`pattern` (fnmatch: `*` also crosses `/`) against the SRC-relative POSIX path; a pattern without `/`
-    also matches the base name alone, so `--exclude golden.pt` excludes one at any depth."""
+    """Whether a glob matches a path; a pattern without `/` also matches the base name alone, so
+    `--exclude golden.pt` excludes one at any depth.
+
+    Args:
+        rel: the SRC-relative POSIX path.
+        pattern: an fnmatch pattern (`*` also crosses `/`).
+
+    Returns:
+        True when it matches.
+    """
     if fnmatch.fnmatchcase(rel, pattern):
         return True
     return "/" not in pattern and fnmatch.fnmatchcase(rel.rpartition("/")[2], pattern)
 
 
 def select(paths: list[str], include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[str]:
-    """The paths that match an `include` pattern (all when there is none) and no `exclude` pattern."""
+    """Filter paths by `--include`/`--exclude` globs (see `matches`).
+
+    Args:
+        paths: SRC-relative POSIX paths.
+        include: keep only paths matching one of these (all when empty).
+        exclude: drop paths matching one of these.
+
+    Returns:
+        The kept paths, in their order.
+    """
     return [p for p in paths if (not include or any(matches(p, g) for g in include))
             and not any(matches(p, g) for g in exclude)]
 
 
 def sidecar_of(path: str) -> str:
-    """The per-file config beside a checkpoint: `model.ckpt` -> `model.ckpt.json`."""
+    """Where the per-file config of a checkpoint lies.
+
+    Args:
+        path: the checkpoint path.
+
+    Returns:
+        The sidecar path: `model.ckpt` -> `model.ckpt.json`.
+    """
     return path + ".json"
 
 
 def discover(src: str, exclude: str | None = None) -> list[str]:
-    """Relative paths (POSIX separators, sorted) of the checkpoint files under `src` (see `scan`)."""
+    """The checkpoint files under `src`, without the skipped entries (see `scan`).
+
+    Args:
+        src: a directory, or a single file.
+        exclude: a directory to leave out.
+
+    Returns:
+        Relative paths (POSIX separators, sorted).
+    """
     return scan(src, exclude)[0]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """Parse `--shard K/N`.
+
+    Args:
+        text: the option's value, or None when it was not given.
+
+    Returns:
+        (K, N), or None for no sharding.
+
+    Raises:
+        UsageError: not two integers, or K outside 0..N-1.
+    """
     if text is None:
         return None
     try:
@@ -120,14 +174,30 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def shard_of(rel: str, count: int) -> int:
-    """The shard of a relative path: a hash of the path alone, so adding or removing other files never
-    moves a file to another shard (and the split is the same on every machine and Python version)."""
+    """The shard a file belongs to: a hash of the path alone, so adding or removing other files never
+    moves a file to another shard (and the split is the same on every machine and Python version).
+
+    Args:
+        rel: the SRC-relative POSIX path.
+        count: the number of shards.
+
+    Returns:
+        The shard index, 0 <= index < count.
+    """
     digest = hashlib.sha256(rel.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % count
 
 
 def output_name(rel: str, fmt: str | None) -> str:
-    """DST-relative output path: the same path, with the suffix the output format needs."""
+    """Where an input's output goes: the same relative path, with the suffix the output format needs.
+
+    Args:
+        rel: the SRC-relative path of the input.
+        fmt: the `--format` ("safetensors", "ckpt"), or None to keep the input's format.
+
+    Returns:
+        The DST-relative output path.
+    """
     stem, ext = os.path.splitext(rel)
     if fmt == "safetensors":
         return stem + ".safetensors"
@@ -143,9 +213,21 @@ def _resolved(path: str) -> str:
 
 
 def check_plan(base: str, dst: str, inputs: list[str], fmt: str | None) -> dict[str, str]:
-    """`{input rel: output rel}` for every input of the run (all shards, so each shard decides alike);
-    UsageError when an output would be an input (by resolved path, by a symbolic link to it, or by
-    device and inode: a hard link) or two inputs would write one output."""
+    """Plan every output of the run and refuse it when outputs collide with inputs or with each other.
+
+    Args:
+        base: the SRC directory the input paths are relative to.
+        dst: the DST directory.
+        inputs: every input of the run (all shards, so each shard decides alike).
+        fmt: the `--format`, or None (see `output_name`).
+
+    Returns:
+        `{input rel: output rel}`.
+
+    Raises:
+        UsageError: an output would be an input (by resolved path, by a symbolic link to it, or by device and
+            inode: a hard link), or two inputs would write one output.
+    """
     by_path: dict[str, str] = {}
     by_inode: dict[tuple[int, int], str] = {}
     for rel in inputs:

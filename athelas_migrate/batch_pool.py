@@ -28,7 +28,14 @@ DEPTH = 2  # tasks per worker: the running one and the next
 
 
 def start_method(parent_had_torch: bool) -> str:
-    """`fork` for a parent that holds neither torch nor a second thread, else a clean-process method."""
+    """The multiprocessing start method for new workers (see the module docstring).
+
+    Args:
+        parent_had_torch: whether the parent holds torch (True also rules out fork for a replacement worker).
+
+    Returns:
+        "fork" for a parent that holds neither torch nor a second thread, else "forkserver" or "spawn".
+    """
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and not parent_had_torch and threading.active_count() == 1:
         return "fork"
@@ -36,7 +43,14 @@ def start_method(parent_had_torch: bool) -> str:
 
 
 def death_reason(exitcode: int | None) -> str:
-    """One line for a worker that ended without answering (negative exit code: killed by that signal)."""
+    """Say why a worker ended without answering, for the failed file's record.
+
+    Args:
+        exitcode: the process exit code (negative: killed by that signal), or None.
+
+    Returns:
+        One line naming the signal and its likely cause, or the exit code.
+    """
     if exitcode is not None and exitcode < 0:
         sig = -exitcode
         try:
@@ -97,7 +111,13 @@ class WorkerPool:
         Each worker holds up to DEPTH tasks (the one it runs, the next one queued in its pipe, so it never
         waits for the parent) and answers them in order: when it dies, the oldest unanswered task is the
         one it was running, which yields `on_death(task, exitcode)`; the queued ones never started and go
-        back to the others."""
+        back to the others.
+
+        Args:
+            tasks: one dict per file, as `batch_worker.migrate_one` takes it.
+            on_result: called with each file's record.
+            on_death: turns the task a dead worker was running, and its exit code, into a failed record.
+        """
         pending = deque(tasks)
         idle_deaths = 0
         try:
@@ -159,8 +179,11 @@ class WorkerPool:
         return None if not w.proc.is_alive() else ("wait",)
 
     def close(self) -> list[_Worker]:
-        """Stop every worker: idle ones are told to exit, busy ones (Ctrl-C, an error) are terminated and
-        returned."""
+        """Stop every worker: idle ones are told to exit, busy ones (Ctrl-C, an error) are terminated.
+
+        Returns:
+            The workers that were terminated with a task, so the caller can remove their temporary outputs.
+        """
         for w in self.workers:
             try:
                 if not w.tasks:

@@ -14,8 +14,13 @@ from .batch_summary import OK_STATUSES
 
 
 def render_summary(summary: dict[str, Any], console: Any = None) -> None:
-    """The table and the failure lines. Paths, errors and warnings come from the checkpoints (file names,
-    keys): they are printed as plain `Text`, never parsed as rich markup (`[/]` in a key is just text)."""
+    """Print the table and the failure lines. Paths, errors and warnings come from the checkpoints (file
+    names, keys): they are printed as plain `Text`, never parsed as rich markup (`[/]` in a key is just text).
+
+    Args:
+        summary: the batch summary (`batch_summary`), of one run or merged shards.
+        console: a rich console to print on (default: stdout, no highlighting).
+    """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -71,8 +76,15 @@ def render_summary(summary: dict[str, Any], console: Any = None) -> None:
 
 
 def progress_bar(console: Any) -> Any:
-    """The batch progress bar (files done, failures, throughput, time left) on `console`, or None when it is
-    not a terminal: piped or redirected output gets the summary only, no bar frames."""
+    """The batch progress bar: files done, failures, throughput, time left.
+
+    Args:
+        console: the rich console to draw on.
+
+    Returns:
+        A `rich.progress.Progress`, or None when `console` is not a terminal: piped or redirected output gets
+        the summary only, no bar frames.
+    """
     if not console.is_terminal:
         return None
     from rich.progress import (
@@ -119,7 +131,11 @@ class BatchProgress:
         self.t0 = 0.0
 
     def start(self, total: int) -> None:
-        """Show the bar for `total` files (on a terminal only)."""
+        """Show the bar (on a terminal only).
+
+        Args:
+            total: the number of files the run will process.
+        """
         from rich.console import Console
 
         self.bar = progress_bar(Console(stderr=True, highlight=False))
@@ -129,7 +145,11 @@ class BatchProgress:
             self.task = self.bar.add_task("migrate", total=total, failed=0, rate="")
 
     def advance(self, rec: dict) -> None:
-        """Count one finished file (its record from the worker)."""
+        """Count one finished file.
+
+        Args:
+            rec: the file's record from the worker (`status`, `bytes`).
+        """
         self.failed += rec["status"] not in OK_STATUSES
         self.done += 1
         self.nbytes += rec.get("bytes") or 0

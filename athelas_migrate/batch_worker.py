@@ -17,18 +17,34 @@ TEST_KILL_ENV = "ATHELAS_MIGRATE_TEST_KILL"
 
 
 def one_line(exc: BaseException) -> str:
+    """The first line of an error, capped, for a file's record and the summary table.
+
+    Args:
+        exc: any exception; only its message's first line is kept.
+
+    Returns:
+        Its first line (or its type name when it has no text), at most 400 characters.
+    """
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= 400 else line[:397] + "..."
 
 
 def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
-    """Migrate (and verify) one file; never raises: failures come back as a record with `error`."""
+    """Migrate (and verify) one file; never raises: failures come back as a record with `error`.
+
+    Args:
+        task: the file's task from `batch` (`src`, `dst`, `rel`, `out_rel`, `to`, `overrides`, `force`,
+            `verify`).
+
+    Returns:
+        The file's record: `path`, `output`, `status`, `error`, and what is known (`family`, `bytes`, ...).
+    """
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"path": task["rel"], "output": task["out_rel"], "status": "failed", "error": None}
     src, dst = task["src"], task["dst"]
     try:
-        from .errors import AthelasError, MissingInformationError, NotACheckpointError, OutputError
+        from .errors import AthelasError, MissingInformationError, NotACheckpointError
         from .pipeline import write_result
 
         try:
@@ -38,10 +54,7 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
             result, ignored = _migrate(src, task["to"], overrides, shared)
             if ignored:
                 rec["notes"] = ignored
-            try:
-                os.makedirs(os.path.dirname(dst), exist_ok=True)  # only for files that will be written
-            except OSError as exc:
-                raise OutputError(f"cannot create {os.path.dirname(dst)}: {exc.strerror}") from exc
+            _make_parent(dst)  # only for files that will be written
             _test_kill_hook(task)
             rec.update({"family": result.family.name, "from": result.source_version, "to": result.target_version,
                         "warnings": list(result.warnings)})
@@ -80,12 +93,28 @@ def migrate_one(task: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _make_parent(dst: str) -> None:
+    from .errors import OutputError
+
+    try:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {os.path.dirname(dst)}: {exc.strerror}") from exc
+
+
 def file_overrides(task: dict[str, Any]) -> tuple[dict[str, Any], set[str], str | None]:
-    """(overrides for this file, the keys among them that are shared, the sidecar path or None).
+    """The overrides for one file: shared ones, and its sidecar's.
 
     Precedence: the shared `--config` < the shared `--set` (merged into `task["overrides"]` by the command) <
     the file's own sidecar `NAME.json` (specific beats shared). A sidecar that is unreadable, not a JSON object
-    or holds a value of the wrong type fails this file only."""
+    or holds a value of the wrong type fails this file only (the error propagates to `migrate_one`).
+
+    Args:
+        task: the file's task (`src`, `overrides`).
+
+    Returns:
+        (overrides for this file, the keys among them that are shared, the sidecar path or None).
+    """
     shared = dict(task["overrides"])
     side = sidecar_of(task["src"])
     if not os.path.isfile(side):
@@ -151,8 +180,14 @@ def _verify_reason(report: Any) -> str:
 
 
 def copy_verbatim(src: str, dst: str, force: bool) -> None:
-    """An input already at the target layout: copied as it is (atomically), so DST mirrors SRC fully; a source
-    that changes during the copy is refused (see pipeline.copy_verbatim)."""
+    """Copy an input already at the target layout as it is (atomically), so DST mirrors SRC fully; a source
+    that changes during the copy is refused (see pipeline.copy_verbatim).
+
+    Args:
+        src: the input checkpoint, already at the target layout.
+        dst: the output path (its parent exists).
+        force: replace an existing output.
+    """
     from .outputs import prepare_output
     from .pipeline import copy_verbatim as copy
 
@@ -171,8 +206,12 @@ def worker_imports() -> None:
 
 
 def worker_init(verify: bool = False) -> None:  # pragma: no cover - runs in worker processes
-    """Workers ignore SIGINT (the parent handles Ctrl-C and stops them) and import what every file needs
-    once, at start, while the parent is still planning."""
+    """Prepare a worker: ignore SIGINT (the parent handles Ctrl-C and stops them) and import what every file
+    needs once, at start, while the parent is still planning.
+
+    Args:
+        verify: also import the equivalence runner (and torch), for `batch --verify`.
+    """
     import contextlib
     import signal
 

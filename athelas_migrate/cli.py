@@ -49,7 +49,15 @@ class _Group(click.Group):
 def error_boundary(debug: bool, json_mode: bool = False) -> Iterator[None]:
     """The one place errors become exit codes and one-line messages (commands usable on their own, like
     `verify`, enter it too, so they behave the same whether or not they run under the group). With `--json`
-    the error is a JSON object on stdout: {"error", "exit_code", "kind"} (+ "needs", "skeleton")."""
+    the error is a JSON object on stdout: {"error", "exit_code", "kind"} (+ "needs", "skeleton").
+
+    Args:
+        debug: let every exception through with its traceback (`--debug`).
+        json_mode: report an `AthelasError` as a JSON object on stdout instead of a line on stderr.
+
+    Yields:
+        Nothing; the body runs inside the boundary, which exits the process on an error.
+    """
     try:
         yield
     except AthelasError as exc:
@@ -93,7 +101,14 @@ def _err(message: str) -> None:
 
 def busy(message: str):
     """A spinner with `message` on stderr while a command works, on a terminal only (silent when piped), so a
-    step that takes seconds (imports, reading a large file, building BERT models) says what it is doing."""
+    step that takes seconds (imports, reading a large file, building BERT models) says what it is doing.
+
+    Args:
+        message: what the command is doing, shown next to the spinner.
+
+    Returns:
+        A context manager: the spinner on a terminal, a no-op otherwise.
+    """
     if not sys.stderr.isatty():
         return contextlib.nullcontext()
     from rich.console import Console

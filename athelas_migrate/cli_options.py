@@ -53,6 +53,9 @@ def needs_boundary(write_config: str | None, force: bool = False) -> Iterator[No
         write_config: where to write the skeleton (None: the refusal passes through unchanged).
         force: replace an existing file.
 
+    Yields:
+        Nothing; the body runs inside the boundary.
+
     Raises:
         MissingInformationError: re-raised, naming the file written and how to pass it back.
     """

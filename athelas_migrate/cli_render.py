@@ -18,14 +18,25 @@ INSPECT_ROWS = ("family", "layout", "format", "file_bytes", "tensors", "paramete
 
 
 def console() -> Any:
-    """A rich console on stdout that highlights nothing (numbers in keys stay plain)."""
+    """A rich console on stdout that highlights nothing (numbers in keys stay plain).
+
+    Returns:
+        A `rich.console.Console` writing to stdout.
+    """
     from rich.console import Console
 
     return Console(highlight=False)
 
 
 def literal(value: Any) -> str:
-    """Checkpoint-derived text printed literally: a key like '[/]' is data, not rich markup."""
+    """Checkpoint-derived text printed literally: a key like '[/]' is data, not rich markup.
+
+    Args:
+        value: anything; it is printed as `str(value)`.
+
+    Returns:
+        The text with rich markup escaped.
+    """
     from rich.markup import escape
 
     return escape(str(value))

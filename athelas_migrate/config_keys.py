@@ -64,7 +64,11 @@ def register_key_types(types: dict[str, str], owner: str) -> None:
 
 
 def file_kinds() -> dict[str, str]:
-    """Key -> the kind io.values checks a value read from a file against (one schema for files and --set)."""
+    """The kinds io.values checks values read from a file against (one schema for files and --set).
+
+    Returns:
+        Key -> kind ("string", "int", "number", "boolean", "mapping", "list" or a list's item kind).
+    """
     simple = {STR: "string", INT: "int", NUMBER: "number", BOOL: "boolean", OBJECT: "mapping"}
     kinds = {k: LIST_ITEMS.get(k, "list") if t == LIST else simple[t] for k, t in KEY_TYPES.items()}
     kinds["config"] = "mapping"
@@ -78,6 +82,17 @@ def parse_typed(key: str, text: str, allow_unknown: bool = False) -> Any:
     unambiguous comma list (`a,b`, items
     parsed as JSON numbers where they are numbers); other types must be valid JSON of that type (`null` clears
     any key). An unknown key is a usage error with the closest known names, unless `allow_unknown`.
+
+    Args:
+        key: the hyper-parameter name.
+        text: the text after `=`.
+        allow_unknown: parse an undeclared key as JSON (or keep it as text) instead of refusing it.
+
+    Returns:
+        The parsed value (None for `null`).
+
+    Raises:
+        UsageError: an unknown key, or text that is not a value of the key's type.
     """
     kind = KEY_TYPES.get(key)
     if kind is None:
@@ -128,7 +143,19 @@ def _refuse(key: str, kind: str, text: str) -> Any:
 
 
 def check_type(key: str, value: Any, where: str) -> Any:
-    """`value` if it has KEY's type (None always passes: it records "unknown"); else a UsageError."""
+    """Check `value` against KEY's declared type (None always passes: it records "unknown").
+
+    Args:
+        key: the hyper-parameter name (an undeclared key passes unchecked).
+        value: the value as parsed from JSON, a file or a comma list.
+        where: where the value came from, for the message (e.g. "--set lr").
+
+    Returns:
+        `value`, unchanged.
+
+    Raises:
+        UsageError: a value of the wrong type, or a `<required ...>` placeholder left in a config.
+    """
     kind = KEY_TYPES.get(key)
     if isinstance(value, str) and value.startswith("<required"):
         raise UsageError(f"{where}: the config still marks {key} as required: fill in the real value")

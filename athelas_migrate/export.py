@@ -61,7 +61,6 @@ __all__ = [
     "ExportResult",
     "INPUT_SPECS",
     "InputSpec",
-    "PositionalForward",
     "export_onnx",
     "input_spec_for",
     "register_input_spec",
@@ -147,17 +146,6 @@ def input_spec_for(model: Any) -> InputSpec:
                      "a family names its spec in `onnx_spec` (see athelas_migrate.export)")
 
 
-class PositionalForward(nn.Module):
-    """``forward(*tensors)`` calls ``model(*tensors)`` (models that take tensors)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.inner = model
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.inner(*tensors)
-
-
 class BatchDictForward(nn.Module):
     """``forward(*tensors)`` calls ``model({names[i]: tensors[i]})`` (models that take a batch dict)."""
 
@@ -193,15 +181,25 @@ class ExportResult:
 
     @property
     def max_abs_diff(self) -> float:
+        """The largest difference over every parity run (0.0 when there were none)."""
         return max((r.max_abs_diff for r in self.rows), default=0.0)
 
     @property
     def ok(self) -> bool:
+        """Whether there was at least one parity run and every one was within `atol`."""
         return bool(self.rows) and all(r.ok for r in self.rows)
 
 
 def torch_reference(wrapper: Any, inputs: Sequence[Any]) -> Any:
-    """PyTorch eager output of ``wrapper`` (eval, no grad) as a float64 numpy array."""
+    """The PyTorch eager output the ONNX model is compared with.
+
+    Args:
+        wrapper: the module to run (in eval mode), with the same inputs as the ONNX graph.
+        inputs: the input tensors, in the graph's input order.
+
+    Returns:
+        The first output, as a float64 numpy array (no grad).
+    """
     with torch.no_grad():
         out = wrapper(*inputs)
     if isinstance(out, (tuple, list)):
@@ -229,7 +227,30 @@ def export_onnx(ckpt: str | None, out: str, *, overrides: Mapping[str, Any] | No
                 atol: float = DEFAULT_ATOL, opset: int = DEFAULT_OPSET,
                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, seed: int = 0, force: bool = False,
                 model: Any = None) -> ExportResult:
-    """Export ``ckpt`` (or an already built ``model``) to ``out`` after a passing parity check."""
+    """Export ``ckpt`` (or an already built ``model``) to ``out`` after a passing parity check.
+
+    The file is written to a temporary beside ``out`` and renamed only when ONNX Runtime agrees with PyTorch
+    on every batch size (and sequence length), so a failed export leaves nothing behind.
+
+    Args:
+        ckpt: the checkpoint to load (ignored when ``model`` is given).
+        out: the .onnx file to write.
+        overrides: hyper-parameters for loading ``ckpt`` (as `--set`).
+        atol: the largest absolute difference accepted.
+        opset: the ONNX opset to export with.
+        batch_sizes: the batch sizes the parity check runs.
+        seed: seeds the random inputs of the parity check.
+        force: replace an existing ``out``.
+        model: an already built model to export instead of loading ``ckpt``.
+
+    Returns:
+        The parity table and what was written.
+
+    Raises:
+        UsageError: bad arguments, no checkpoint nor model, or an opset the model cannot export with.
+        OutputExistsError: ``out`` exists and ``force`` is off.
+        ValidationError: the export failed, or ONNX Runtime and PyTorch disagree beyond ``atol``.
+    """
     out_abs = _check_args(out, atol, batch_sizes, force)
     if model is None:
         if ckpt is None:
@@ -317,6 +338,12 @@ def _export_and_check(spec: InputSpec, path: str, *, opset: int, atol: float, ba
 
 
 def render_result(result: ExportResult, console: Any) -> None:
+    """Print the parity table, the notes and what was written.
+
+    Args:
+        result: the result of `export_onnx`.
+        console: the rich console to print on.
+    """
     from rich.table import Table
 
     table = Table(title=f"ONNX Runtime vs PyTorch: {result.model_class}, atol {result.atol:g}")

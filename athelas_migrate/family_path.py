@@ -50,7 +50,11 @@ def extra_family_folders() -> tuple[Path, ...]:
 
 
 def extra_mapping_roots() -> tuple[Path, ...]:
-    """The `mappings/` subfolders of the extra family folders that have one."""
+    """The `mappings/` subfolders of the extra family folders that have one.
+
+    Returns:
+        Those folders, in the order of the family folders.
+    """
     return tuple(f / "mappings" for f in extra_family_folders() if (f / "mappings").is_dir())
 
 

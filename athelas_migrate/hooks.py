@@ -52,11 +52,18 @@ def install_class_path_source(source: ClassPathSource) -> None:
 
     The reader sits below the family registry in the import graph, so the package installs a function that
     imports the registry when the reader first needs it.
+
+    Args:
+        source: called with no arguments; returns the class paths the families declare.
     """
     global _class_path_source
     _class_path_source = source
 
 
 def family_class_paths() -> tuple[str, ...]:
-    """The historical class paths the installed source reports (none when nothing is installed)."""
+    """The historical class paths the installed source reports.
+
+    Returns:
+        The class paths (empty when no source is installed).
+    """
     return tuple(_class_path_source()) if _class_path_source is not None else ()

@@ -85,6 +85,14 @@ class Context:
     notes: list[str] = field(default_factory=list)
 
     def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded from `seed`, so every generated input is the same on every run.
+
+        Args:
+            salt: tells apart the streams of different uses (labels, probes, batches).
+
+        Returns:
+            A fresh, seeded `torch.Generator`.
+        """
         return torch.Generator().manual_seed(int(self.seed) * 1000003 + salt)
 
 
@@ -96,31 +104,90 @@ class VerifyAdapter:
     has_text: bool = False
 
     def classifier(self, ctx: Context) -> bool:
-        """True: outputs are logits, compared also as probabilities (softmax); False: one "output"."""
+        """Whether outputs are logits, compared also as probabilities (softmax).
+
+        Args:
+            ctx: the pair being compared.
+
+        Returns:
+            True for class logits; False: the output is compared as one "output".
+        """
         return True
 
     # ------------------------------------------------------------------ build
     def old_class(self, ctx: Context) -> type:
+        """The legacy model class of the OLD checkpoint's layout version.
+
+        Args:
+            ctx: the pair being compared.
+
+        Returns:
+            The class the family lists in `legacy_classes` for `ctx.old_version`.
+        """
         return load_class(ctx.family.legacy_classes[ctx.old_version])
 
     def construct_old(self, ctx: Context, cls: type, state: dict[str, torch.Tensor]) -> nn.Module:
-        """A fresh legacy model (constructed normally, on the CPU) ready for `load_state_dict`."""
+        """A fresh legacy model (constructed normally, on the CPU) ready for `load_state_dict`.
+
+        Args:
+            ctx: the pair being compared (`config_old` is the constructor's config).
+            cls: the legacy class (`old_class`).
+            state: the OLD state dict, for families whose sizes are read from it.
+
+        Returns:
+            The model, with initial weights.
+        """
         return cls(copy.deepcopy(ctx.config_old))
 
     def build_old(self, ctx: Context, state: dict[str, torch.Tensor]) -> nn.Module:
+        """The legacy model holding the OLD checkpoint's weights (strict load: every key must fit).
+
+        Args:
+            ctx: the pair being compared.
+            state: the OLD state dict.
+
+        Returns:
+            The loaded legacy model.
+        """
         model = self.construct_old(ctx, self.old_class(ctx), state)
         model.load_state_dict(state, strict=True, assign=True)
         return model
 
     # ----------------------------------------------------------------- inputs
     def make_batches(self, ctx: Context) -> list[Batch]:
+        """Batches generated deterministically (from `ctx.generator`) within the checkpoint's sizes.
+
+        Args:
+            ctx: the pair being compared.
+
+        Returns:
+            The batches every check runs on.
+        """
         raise NotImplementedError
 
     def from_user(self, ctx: Context, obj: Any, index: int) -> Batch:
+        """One batch of a user's `--inputs` file.
+
+        Args:
+            ctx: the pair being compared.
+            obj: one entry of the file, as read.
+            index: its position in the file, for the batch name and messages.
+
+        Returns:
+            The batch.
+        """
         raise NotImplementedError
 
     def labelled(self, ctx: Context, batch: Batch) -> Batch:
-        """`batch` with labels (generated from the seed where the batch has none)."""
+        """`batch` with labels, for the training checks.
+
+        Args:
+            ctx: the pair being compared (`num_classes`, the seed).
+            batch: a batch of this family's inputs.
+
+        Returns:
+            `batch` itself when it has labels, else a copy with labels generated from the seed.
+        """
         if batch.labels is not None:
             return batch
         n = int(ctx.config_old.get("num_classes") or 2)
@@ -129,24 +196,70 @@ class VerifyAdapter:
                      batch.length)
 
     def with_length(self, ctx: Context, length: int) -> Batch | None:
-        """A small batch whose text is `length` tokens long (None: no text branch)."""
+        """A small batch whose text is `length` tokens long, for the sequence-length domain check.
+
+        Args:
+            ctx: the pair being compared.
+            length: the token count.
+
+        Returns:
+            The batch, or None when the model has no text branch.
+        """
         return None
 
     def length_expectation(self, ctx: Context, length: int) -> str:
-        """'exact' (legacy defined and equal to v2), 'prefix' (legacy ignores the tail), 'undefined'."""
+        """What the legacy model does with text of `length` tokens.
+
+        Args:
+            ctx: the pair being compared.
+            length: the token count.
+
+        Returns:
+            'exact' (legacy defined and equal to v2), 'prefix' (legacy ignores the tail) or 'undefined'.
+        """
         return "exact"
 
     def max_len(self, ctx: Context) -> int | None:
+        """The longest text the models accept.
+
+        Args:
+            ctx: the pair being compared.
+
+        Returns:
+            The token count, or None when there is no limit (or no text).
+        """
         return None
 
     # ---------------------------------------------------------------- running
     def forward(self, side: str, model: nn.Module, batch: Batch, ctx: Context) -> torch.Tensor:
+        """Run one side's model on a batch.
+
+        Args:
+            side: "old" or "new" (the two sides are called differently).
+            model: that side's model.
+            batch: the batch, on the model's device.
+            ctx: the pair being compared.
+
+        Returns:
+            The output compared between the sides (logits for a classifier).
+        """
         raise NotImplementedError
 
     def loss(self, side: str, model: nn.Module, batch: Batch, out: torch.Tensor,
              ctx: Context) -> tuple[torch.Tensor, str]:
         """Training loss on a labelled batch: the model's weighted cross entropy where it has one,
-        else a fixed random linear probe of the output (so every parameter gets a gradient)."""
+        else a fixed random linear probe of the output (so every parameter gets a gradient).
+
+        Args:
+            side: "old" or "new".
+            model: that side's model.
+            batch: a labelled batch (`labelled`).
+            out: the model's output on it.
+            ctx: the pair being compared.
+
+        Returns:
+            (the loss, a line saying which loss it is).
+        """
         loss_op = getattr(model, "loss_op", None)
         labels = batch.labels.to(out.device) if batch.labels is not None else None
         if loss_op is not None and labels is not None and out.dim() == 2 and \
@@ -158,14 +271,31 @@ class VerifyAdapter:
     def optimizer(self, side: str, model: nn.Module, ctx: Context) -> torch.optim.Optimizer | None:
         """The optimizer the side's own `configure_optimizers` builds (None when it builds none).
 
-        An exception propagates: the training section reports it as an error, never as a pass."""
+        An exception propagates: the training section reports it as an error, never as a pass.
+
+        Args:
+            side: "old" or "new".
+            model: that side's model.
+            ctx: the pair being compared.
+
+        Returns:
+            The first optimizer it returns, or None.
+        """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Lightning warns when a class does not implement it
             res = model.configure_optimizers()
         return first_optimizer(res)
 
     def select_rows(self, batch: Batch, rows: list[int]) -> Batch:
-        """The batch restricted to `rows` (every tensor or list whose first dimension is the batch size)."""
+        """The batch restricted to some rows (verify localises a difference on the worst row).
+
+        Args:
+            batch: a batch of this family's inputs.
+            rows: the row indices to keep, in order.
+
+        Returns:
+            A batch in which every tensor or list whose first dimension is the batch size holds those rows.
+        """
         index = torch.tensor(rows, dtype=torch.long)
 
         def pick(obj: Any) -> Any:
@@ -183,12 +313,29 @@ class VerifyAdapter:
         return Batch(f"{batch.name}{rows}", pick(batch.data), len(rows), labels, batch.description, batch.length)
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        """The batch with every tensor (and the labels) moved to `device`.
+
+        Args:
+            batch: a batch of this family's inputs.
+            device: where the models run.
+
+        Returns:
+            A new batch.
+        """
         return Batch(batch.name, move(batch.data, device), batch.size,
                      batch.labels.to(device) if batch.labels is not None else None, batch.description,
                      batch.length)
 
 
 def first_optimizer(res: Any) -> torch.optim.Optimizer | None:
+    """The first optimizer in what `configure_optimizers` returned (Lightning allows several shapes).
+
+    Args:
+        res: an optimizer, a dict with "optimizer", or a list/tuple of either.
+
+    Returns:
+        The optimizer, or None when there is none.
+    """
     if isinstance(res, torch.optim.Optimizer):
         return res
     if isinstance(res, dict):
@@ -199,6 +346,15 @@ def first_optimizer(res: Any) -> torch.optim.Optimizer | None:
 
 
 def move(obj: Any, device: torch.device) -> Any:
+    """Move every tensor in a nest of dicts, lists and tuples to `device`.
+
+    Args:
+        obj: a tensor, or a container of them (other values pass through).
+        device: where the models run.
+
+    Returns:
+        The same structure with the tensors moved.
+    """
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, dict):
@@ -215,7 +371,11 @@ ADAPTERS: dict[str, VerifyAdapter] = {}
 
 
 def register_adapter(adapter: VerifyAdapter) -> None:
-    """Use `adapter` for the family named by its `family` attribute (replacing the family's own)."""
+    """Use an adapter for the family named by its `family` attribute (replacing the family's own).
+
+    Args:
+        adapter: an instance of a `VerifyAdapter` subclass whose `family` names the family.
+    """
     ADAPTERS[adapter.family] = adapter
 
 
@@ -240,7 +400,11 @@ def get_adapter(family: str) -> VerifyAdapter | None:
 
 
 def known_families() -> list[str]:
-    """Names of the families that have a verify adapter."""
+    """The families `verify` can compare.
+
+    Returns:
+        The names of the families that have a verify adapter, sorted.
+    """
     from ..families import FAMILIES
 
     return sorted(set(ADAPTERS) | {name for name, fam in FAMILIES.items() if fam.verify_adapter})

@@ -130,6 +130,7 @@ def _run(old: str, new: str, atol: float, rtol: float, overrides: dict, inputs_f
 
 
 def main() -> None:  # pragma: no cover - `python -m athelas_migrate.equivalence.cli`
+    """Run `verify` as a program of its own, exiting with its exit code."""
     sys.exit(verify_cmd.main(standalone_mode=True))
 
 

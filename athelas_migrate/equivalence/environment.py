@@ -49,6 +49,9 @@ def deterministic(dev: torch.device) -> Iterator[None]:
 
     Args:
         dev: the device verify runs on (CUDA also gets a deterministic cuBLAS workspace).
+
+    Yields:
+        Nothing; the body runs with the deterministic settings.
     """
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,

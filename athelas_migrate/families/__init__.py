@@ -47,14 +47,28 @@ FAMILIES: dict[str, Family] = _collect(_bundled_folders() + import_family_folder
 
 
 def register(family: Family) -> None:
-    """Add (or replace) a family at run time (a family folder is found without it; see the module docstring)."""
+    """Add (or replace) a family at run time (a family folder is found without it; see the module docstring).
+
+    Args:
+        family: the family; its key types and historical class paths are registered too.
+    """
     register_key_types(family.key_types, family.name)
     register_historical_class_paths(family.historical_classes)
     FAMILIES[family.name] = family
 
 
 def get_family(name: str) -> Family:
-    """The family named `name`, matched case-insensitively; an unknown name lists the known ones."""
+    """Look a family up by name, case-insensitively.
+
+    Args:
+        name: the family name (`--family`, a rule file's `family`).
+
+    Returns:
+        The family.
+
+    Raises:
+        UnknownLayoutError: an unknown name (the message lists the known ones).
+    """
     fam = FAMILIES.get(name) or next((f for n, f in FAMILIES.items() if n.lower() == str(name).lower()), None)
     if fam is None:
         raise UnknownLayoutError(f"unknown family {name!r} (known: {', '.join(sorted(FAMILIES))})")
@@ -62,7 +76,18 @@ def get_family(name: str) -> Family:
 
 
 def detect(raw: RawCheckpoint) -> Detection:
-    """Family and layout version of `raw`: a layout stamp wins; otherwise keys, shapes and hyper-parameters."""
+    """Family and layout version of a checkpoint: a layout stamp wins; otherwise keys, shapes and
+    hyper-parameters, through each family's `detect` (the highest score wins).
+
+    Args:
+        raw: the checkpoint as read (io.reader).
+
+    Returns:
+        The detection, with its evidence.
+
+    Raises:
+        UnknownLayoutError: no family matches, two match equally well, or the stamp is unusable.
+    """
     stamped = stamped_layout(raw, FAMILIES)  # refuses malformed, unknown and newer stamps
     if stamped:
         return Detection(*stamped, [f"layout stamp athelas_migrate.layout={stamped[1]!r}"], 10)

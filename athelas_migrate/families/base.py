@@ -3,6 +3,10 @@
 Families know nothing about file formats or rule syntax; the engine knows
 nothing about any particular model. Expected layouts are pure functions of the
 config (no torch, no Lightning), cross-checked against the real classes in tests.
+
+To add a family, subclass `Family` in a family folder and implement `detect`, `configure`, `expected` and
+`render_hparams` (override `optimizer_groups` when the optimizer splits parameters); `Needs` and
+`merge_config` are the building blocks of `configure`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from ..io.reader import STAMP_KEY, RawCheckpoint
 
 @dataclass
 class Detection:
+    """A family's claim on a checkpoint: the layout version, why (evidence), and how sure (score)."""
+
     family: str
     version: str
     evidence: list[str]
@@ -36,6 +42,7 @@ class Expected:
 
     @property
     def parameters(self) -> list[str]:
+        """The keys that are parameters (not buffers), in layout order."""
         return [k for k in self.shapes if k not in self.buffers]
 
 
@@ -68,21 +75,67 @@ class Family:
     key_types: dict[str, str] = {}
 
     def detect(self, raw: RawCheckpoint) -> Detection | None:
+        """Recognise a checkpoint of this family from its keys, shapes and hyper-parameters.
+
+        Args:
+            raw: the checkpoint as read (keys, shapes, hyper-parameters; no tensor values needed).
+
+        Returns:
+            The detection (a higher score beats other families' claims), or None when it is not this family's.
+        """
         raise NotImplementedError
 
     def configure(self, raw: RawCheckpoint, version: str, overrides: dict[str, Any]) -> dict[str, Any]:
-        """The canonical flat config (everything needed to rebuild any version's model)."""
+        """The canonical flat config (everything needed to rebuild any version's model).
+
+        Args:
+            raw: the checkpoint as read (keys, shapes, hyper-parameters; no tensor values needed).
+            version: its detected layout version.
+            overrides: the user's values (`--set`, `--config`, sidecars), which win over the file's.
+
+        Returns:
+            The config.
+        """
         raise NotImplementedError
 
     def expected(self, config: dict[str, Any], version: str) -> Expected:
+        """The exact state-dict layout of a model of this config at a layout version (pure Python).
+
+        Args:
+            config: the canonical config (`configure`).
+            version: the layout version.
+
+        Returns:
+            The ordered keys with shapes, and which are buffers.
+        """
         raise NotImplementedError
 
     def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
+        """The `hyper_parameters` a checkpoint of that layout version holds, so its class can load it.
+
+        Args:
+            config: the canonical config.
+            version: the output's layout version.
+            state: the output's state dict (some hyper-parameters echo its shapes).
+
+        Returns:
+            The hyper-parameters to write.
+        """
         raise NotImplementedError
 
     def optimizer_groups(self, config: dict[str, Any], version: str, params: list[str],
                          n_groups: int) -> list[list[str]]:
-        """Parameter names per optimizer group, in the order the family's optimizer enumerates them."""
+        """Split parameters into the optimizer's groups, so optimizer state moves with its parameters.
+
+        Args:
+            config: the canonical config.
+            version: the layout version whose parameter order `params` follows.
+            params: the parameter names, in the model's order.
+            n_groups: how many groups the checkpoint's optimizer state has.
+
+        Returns:
+            Parameter names per group, in the order the family's optimizer enumerates them.
+        """
         return [params]
 
 
@@ -110,7 +163,21 @@ def load_class(spec: str) -> Any:
 
 
 def merge_config(base: dict[str, Any], derived: dict[str, Any], overrides: dict[str, Any], where: str) -> dict:
-    """Hyper-parameters < shapes < user overrides; a user value that contradicts a tensor shape is refused."""
+    """Merge a config: hyper-parameters < shapes < user overrides.
+
+    Args:
+        base: the hyper-parameters the file holds.
+        derived: the values read off the tensor shapes.
+        overrides: the user's values.
+        where: names the file in messages.
+
+    Returns:
+        The merged config.
+
+    Raises:
+        MissingInformationError: a hyper-parameter contradicts the tensor shapes.
+        UsageError: a user value contradicts the tensor shapes.
+    """
     config = dict(base)
     for k, v in derived.items():
         if k in config and config[k] is not None and _norm(config[k]) != _norm(v):
@@ -148,18 +215,44 @@ class Needs:
         self.items: list[Need] = []
 
     def ask(self, config: dict[str, Any], key: str, why: str, example: Any) -> Any:
-        """`config[key]`, or None after recording that it is needed (callers skip checks that depend on it)."""
+        """A config value, or a recorded need for it.
+
+        Args:
+            config: the config being built.
+            key: the config key (dotted for a nested one: bert_config.x).
+            why: what the value is for, as the refusal says it.
+            example: an example value, for the refusal and the skeleton.
+
+        Returns:
+            `config[key]`, or None after recording that it is needed (callers skip checks that depend on it).
+        """
         if config.get(key) in (None, "", []):
             self.add(key, why, example)
             return None
         return config[key]
 
     def add(self, key: str, why: str, example: Any) -> None:
+        """Record a needed value (once per key).
+
+        Args:
+            key: the key (dotted for a nested one: bert_config.x).
+            why: what the value is for.
+            example: an example value.
+        """
         if all(n.key != key for n in self.items):
             self.items.append(Need(key, why, example))
 
     def raise_if_any(self, where: str, known: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        """Refuse with every need at once, and a config skeleton of `known` (+ `extra`) with the needs marked."""
+        """Refuse with every need at once, and a config skeleton with the needs marked.
+
+        Args:
+            where: names the file in the message.
+            known: the values known so far (the skeleton's plain values).
+            extra: more values for the skeleton.
+
+        Raises:
+            MissingInformationError: when anything is needed.
+        """
         if not self.items:
             return
         skeleton = config_skeleton(known, self.items, extra)
@@ -177,8 +270,17 @@ class Needs:
 
 def config_skeleton(known: dict[str, Any], needs: list[Need], extra: dict[str, Any] | None = None,
                     short: bool = False) -> dict:
-    """Known plain values, then each need marked `<required: why>` (`<required>` if `short`; dotted keys nest:
-    bert_config.x)."""
+    """The config a user fills in: known plain values, then each need marked.
+
+    Args:
+        known: the values known so far (private and non-plain ones are left out).
+        needs: the missing values.
+        extra: more known values.
+        short: mark needs `<required>` instead of `<required: why>`.
+
+    Returns:
+        The skeleton (dotted keys nest: bert_config.x).
+    """
     out: dict[str, Any] = {k: v for k, v in known.items() if not k.startswith("_") and _plain(v)}
     out.update({k: v for k, v in (extra or {}).items() if _plain(v)})
     for n in needs:
@@ -202,7 +304,14 @@ def _plain(value: Any) -> bool:
 
 
 def refuse_marked(overrides: dict[str, Any]) -> None:
-    """A skeleton passed back with a value still marked required is a usage error naming the keys."""
+    """Refuse a skeleton passed back with a value still marked required.
+
+    Args:
+        overrides: the user's values.
+
+    Raises:
+        UsageError: naming the keys still marked.
+    """
     marked = [k for k, v in overrides.items() if isinstance(v, str) and v.startswith(REQUIRED_MARK)]
     marked += [f"{k}.{kk}" for k, v in overrides.items() if isinstance(v, dict)
                for kk, vv in v.items() if isinstance(vv, str) and vv.startswith(REQUIRED_MARK)]
@@ -216,7 +325,18 @@ def stamped_layout(raw: RawCheckpoint, families: dict[str, Family]) -> tuple[str
 
     A stamp is trusted only when it is complete and its version is one this tool knows: a newer or unknown
     version would otherwise end in a misleading missing-key error far from the cause. Its types were checked
-    when the file was read (io.values: a dict whose 'layout' and 'family', where present, are strings)."""
+    when the file was read (io.values: a dict whose 'layout' and 'family', where present, are strings).
+
+    Args:
+        raw: the checkpoint as read.
+        families: the known families by name.
+
+    Returns:
+        (family, layout), or None.
+
+    Raises:
+        UnknownLayoutError: a malformed stamp, an unknown layout of a known family, or a newer layout.
+    """
     stamp = raw.top.get(STAMP_KEY, raw.stamp) if isinstance(raw.top, dict) else raw.stamp
     if stamp is None:
         return None

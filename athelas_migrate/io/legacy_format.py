@@ -28,13 +28,27 @@ PROTOCOL_VERSION = 1001
 
 
 def looks_legacy(head: bytes) -> bool:
-    """A pickle (protocol 2..5) whose first value is the legacy magic number (LONG1, 10 bytes)."""
+    """Whether a file is in the legacy (pre-zip) torch format.
+
+    Args:
+        head: the file's first bytes (at least 14).
+
+    Returns:
+        True for a pickle (protocol 2..5) whose first value is the legacy magic number (LONG1, 10 bytes).
+    """
     return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and \
         head[2:4] == b"\x8a\x0a" and int.from_bytes(head[4:14], "little") == MAGIC_NUMBER
 
 
 def looks_tar(head: bytes) -> bool:
-    """A POSIX tar header ('ustar' at offset 257): the torch < 0.4 format."""
+    """Whether a file is a POSIX tar archive, the torch < 0.4 format (refused, with its own message).
+
+    Args:
+        head: the file's first bytes (at least 262).
+
+    Returns:
+        True when 'ustar' sits at offset 257.
+    """
     return head[257:262] == b"ustar"
 
 
@@ -48,7 +62,18 @@ def _small_pickle(mm: Any, start: int, what: str) -> tuple[Any, int]:
 
 
 def read_legacy(path: str, size: int) -> Any:
-    """The object a legacy-format file holds (plain values and TensorRefs into the file)."""
+    """The object a legacy-format file holds.
+
+    Args:
+        path: the file (`looks_legacy` is true for it).
+        size: its size in bytes.
+
+    Returns:
+        Plain values and TensorRefs into the file.
+
+    Raises:
+        InputError: a truncated or corrupted file.
+    """
     with open(path, "rb") as fh:
         mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
     try:

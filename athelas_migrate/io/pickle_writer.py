@@ -55,6 +55,14 @@ class GlobalRef:
         return self.placeholder
 
     def opcode(self, placeholder: bool) -> bytes:
+        """The GLOBAL opcode naming this reference.
+
+        Args:
+            placeholder: name the unique placeholder in this module (swapped for the real name afterwards).
+
+        Returns:
+            The opcode bytes.
+        """
         module, name = (__name__, self.placeholder) if placeholder else (self.module, self.name)
         return pickle.GLOBAL + f"{module}\n{name}\n".encode()
 
@@ -115,7 +123,14 @@ class _PyTorchPickler(_Reductions, pickle._Pickler):
 
 
 def dumps(obj: Any) -> tuple[bytes, list[StorageRef]]:
-    """Pickle `obj` the way torch.save does; returns the bytes and the storages in key order."""
+    """Pickle `obj` the way torch.save does.
+
+    Args:
+        obj: plain values and TensorRefs (checked by `check_writable` first).
+
+    Returns:
+        (the pickle bytes, the storages in key order).
+    """
     check_writable(obj)
     buf = io.BytesIO()
     pickler = _TorchPickler(buf)
@@ -135,7 +150,14 @@ def dumps(obj: Any) -> tuple[bytes, list[StorageRef]]:
 def check_writable(obj: Any) -> None:
     """Refuse (InputError naming the key path) what `torch.load(weights_only=True)` could not read back:
     ints beyond pickle's LONG1 form, tensor views whose size, stride or offset overflow int64 or leave their
-    storage (also for tensors with no elements). Paths are built only for the value refused."""
+    storage (also for tensors with no elements). Paths are built only for the value refused.
+
+    Args:
+        obj: the object graph to be written.
+
+    Raises:
+        InputError: a value that could not be read back, naming its key path.
+    """
     seen: set[int] = set()
     stack: list[tuple[Any, Any]] = [(obj, None)]  # (value, (parent link, step)): a path as a linked list
     while stack:

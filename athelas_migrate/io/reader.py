@@ -3,7 +3,8 @@
 Supported: torch zip checkpoints (Lightning `.ckpt`, bare `torch.save(state_dict)`,
 whole pickled legacy modules), the same in the legacy pre-zip torch format
 (io/legacy_format.py) and `.safetensors`. Every refusal is an InputError
-with a one-line message; no byte of the file is executed.
+with a one-line message; no byte of the file is executed. A new format is one more test of the file's
+first bytes in `_read_unvalidated`, dispatching to a reader that returns a `RawCheckpoint`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RawCheckpoint:
 
     @property
     def dtypes(self) -> set[str]:
+        """The dtype names of the state dict's tensors."""
         return {t.dtype for t in self.state_dict.values()}
 
 
@@ -75,7 +77,18 @@ _MAGIC = [
 
 def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     """Read `path` safely; tensors come back as lazy TensorRefs into the file. Every non-tensor value is
-    validated once here (bounded expansion, typed top level: io/values.py) before anything renders or uses it."""
+    validated once here (bounded expansion, typed top level: io/values.py) before anything renders or uses it.
+
+    Args:
+        path: a torch zip checkpoint, a legacy-format (pre-zip) one, or safetensors.
+
+    Returns:
+        The checkpoint, unpickled without running any code from it.
+
+    Raises:
+        InputError: (raised by the helpers) the file is unreadable, not a checkpoint, malformed, or holds
+            values outside the schema.
+    """
     from .values import validate_checkpoint
 
     raw = _read_unvalidated(path)

@@ -45,12 +45,33 @@ class SafeUnpickler(pickle.Unpickler):
         self._legacy = legacy
 
     def find_class(self, module: str, name: str) -> Any:
-        """GLOBAL, STACK_GLOBAL, INST and OBJ all come here: refuse anything off the allowlist at once."""
+        """GLOBAL, STACK_GLOBAL, INST and OBJ all come here: refuse anything off the allowlist at once.
+
+        Args:
+            module: the pickled module name (historical names are mapped to modern ones).
+            name: the class or function name.
+
+        Returns:
+            The sealed converter, marker or inert stub class the allowlist maps the name to.
+
+        Raises:
+            InputError: (from `resolve_global`) a name off the allowlist.
+        """
         return resolve_global(*modern_name(str(module), str(name)))
 
     def persistent_load(self, pid: Any) -> Any:
         """Only torch storages: ('storage', type, key, location, numel), plus a view field (always None
-        in practice) in the legacy pre-zip format. PERSID's text ids and anything else are refused."""
+        in practice) in the legacy pre-zip format. PERSID's text ids and anything else are refused.
+
+        Args:
+            pid: the persistent id.
+
+        Returns:
+            The storage record (or, in the pre-zip format, the module class it names).
+
+        Raises:
+            InputError: any other persistent id, or a malformed storage record.
+        """
         if self._legacy and isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
             # the pre-zip format names each module class once this way (with its source, ignored)
             if isinstance(pid[1], type) and issubclass(pid[1], Stub) and pid[1].kind == "module":

@@ -3,7 +3,7 @@
 A rename never needs tensor values, so the reader describes every tensor by
 its storage record (file, offset, length) plus view geometry, and the writer
 copies those records verbatim. Values are only decoded (with torch) when a
-rule applies an arithmetic operation or a caller asks for them.
+rule applies an arithmetic operation or a caller asks for them. A new dtype is one row of `DTYPES`.
 """
 
 from __future__ import annotations
@@ -52,10 +52,15 @@ class StorageRef:
 
     @property
     def nbytes(self) -> int:
+        """The storage's size in bytes."""
         return self.numel * DTYPES[self.dtype][0]
 
     def read(self) -> bytes | memoryview:
-        """The raw bytes (memory-mapped for file-backed storages), CRC-checked on first use."""
+        """The raw bytes, CRC-checked on first use.
+
+        Returns:
+            The bytes (a memory-mapped view for file-backed storages).
+        """
         if self.data is not None:
             return self.data
         assert self.path is not None
@@ -64,7 +69,11 @@ class StorageRef:
 
     def read_bytes(self) -> bytes:
         """The raw bytes as a copy, read with pread rather than a memory map, for the write path: a source
-        truncated meanwhile is an InputError there, never a SIGBUS. CRC-checked like `read`."""
+        truncated meanwhile is an InputError there, never a SIGBUS. CRC-checked like `read`.
+
+        Returns:
+            A copy of the bytes.
+        """
         if self.data is not None:
             return bytes(self.data)
         assert self.path is not None
@@ -77,7 +86,11 @@ class StorageRef:
     def verify(self) -> None:
         """Check the source record's CRC32 once per process, so corrupted tensor bytes are never
         decoded or copied into an output (torch itself does not check them). Reads with pread, not a memory
-        map: this runs while the writer copies, and a source truncated meanwhile must be an error, not SIGBUS."""
+        map: this runs while the writer copies, and a source truncated meanwhile must be an error, not SIGBUS.
+
+        Raises:
+            InputError: the bytes fail the CRC check (or cannot be read).
+        """
         if self.data is not None or self.path is None or self.record is None:
             return
         size, crc = self.record
@@ -96,8 +109,21 @@ class StorageRef:
 
 
 def read_chunks(path: str, offset: int, size: int, what: str, chunk: int = 1 << 20) -> Iterator[memoryview]:
-    """`size` bytes of `path` from `offset`, as views of one reused buffer (each valid until the next is
-    yielded: a fresh buffer per read costs 3x the CRC itself); a file shorter than that is an InputError."""
+    """Read a byte range with pread, in chunks of one reused buffer (a fresh buffer per read costs 3x the CRC).
+
+    Args:
+        path: the source file.
+        offset: where the range starts.
+        size: how many bytes.
+        what: names the range in the error message.
+        chunk: the most bytes read per call (the buffer size).
+
+    Yields:
+        Views of the buffer, each valid until the next is yielded.
+
+    Raises:
+        InputError: the file cannot be read or ends before the range does.
+    """
     from ..errors import InputError
 
     try:
@@ -127,7 +153,15 @@ _CRC32: list[Any] = []
 
 def crc32(data: Any, value: int = 0) -> int:
     """zlib's CRC-32 (the zip one), from ISA-L when the `isal` package is installed: about 4x faster than
-    zlib 1.2 (0.15 vs 0.63 s per GB measured here), which matters because every copied record is checked."""
+    zlib 1.2 (0.15 vs 0.63 s per GB measured here), which matters because every copied record is checked.
+
+    Args:
+        data: bytes-like (e.g. a chunk `read_chunks` yields).
+        value: the CRC of the bytes before them (to continue a running CRC).
+
+    Returns:
+        The CRC-32.
+    """
     if not _CRC32:
         try:
             from isal.isal_zlib import crc32 as fast
@@ -224,10 +258,12 @@ class TensorRef:
 
     @property
     def dtype(self) -> str:
+        """The torch dtype name, e.g. "float32"."""
         return self.storage.dtype
 
     @property
     def numel(self) -> int:
+        """The number of elements of the view."""
         n = 1
         for s in self.shape:
             n *= s
@@ -235,9 +271,15 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
+        """The view's size in bytes."""
         return self.numel * DTYPES[self.dtype][0]
 
     def is_contiguous(self) -> bool:
+        """Whether the view is row-major contiguous (size-1 dimensions may have any stride).
+
+        Returns:
+            True when it is.
+        """
         expected = 1
         for size, stride in zip(reversed(self.shape), reversed(self.stride)):
             if size != 1 and stride != expected:
@@ -248,7 +290,11 @@ class TensorRef:
     def geometry_problem(self) -> str | None:
         """Why torch could not rebuild this view from a checkpoint (None when it can): sizes, strides and
         offset must be int64-sized and non-negative, and the view must lie inside its storage, even with no
-        elements (torch refuses or overflows otherwise, and then the whole file fails to load)."""
+        elements (torch refuses or overflows otherwise, and then the whole file fails to load).
+
+        Returns:
+            One line naming the geometry and its problem, or None.
+        """
         shape, stride, offset, available = self.shape, self.stride, self.offset, self.storage.numel
         item = DTYPES[self.dtype][0] if self.dtype in DTYPES else 0
         problem = None if item and len(shape) == len(stride) else "unsupported dtype or rank mismatch"
@@ -271,14 +317,22 @@ class TensorRef:
         return f"dtype {self.dtype}, size {list(shape)}, stride {list(stride)}, offset {offset}"[:240] + f": {problem}"
 
     def byte_range(self) -> tuple[int, int] | None:
-        """(start, end) in the storage when the view is one contiguous run of bytes."""
+        """Where the view's bytes lie in its storage.
+
+        Returns:
+            (start, end) when the view is one contiguous run of bytes, else None.
+        """
         if not self.is_contiguous():
             return None
         item = DTYPES[self.dtype][0]
         return self.offset * item, (self.offset + self.numel) * item
 
     def raw_bytes(self) -> bytes | memoryview:
-        """The view's values in row-major order, as bytes (decoded via torch only if strided)."""
+        """The view's values in row-major order (decoded via torch only if strided).
+
+        Returns:
+            The bytes (a view of the storage when contiguous).
+        """
         if self.numel == 0:  # whatever its strides say, an empty view has no bytes (and needs no torch)
             return b""
         span = self.byte_range()
@@ -288,7 +342,14 @@ class TensorRef:
 
     def holds_constant(self, fill: float | int | bool) -> bool:
         """Whether every element equals `fill` (as `(t == fill).all()`, so true when empty), decided by numpy:
-        checking a constant is part of migrating, which never imports torch."""
+        checking a constant is part of migrating, which never imports torch.
+
+        Args:
+            fill: the constant, compared as numpy compares it with the dtype.
+
+        Returns:
+            True when every element equals it.
+        """
         import numpy as np
 
         if self.numel == 0:
@@ -301,7 +362,11 @@ class TensorRef:
         return bool((values == fill).all())
 
     def digest(self) -> str:
-        """sha256 of dtype, shape and values: equal digests prove equal tensors."""
+        """A fingerprint of the tensor (computed once).
+
+        Returns:
+            The hex sha256 of dtype, shape and values: equal digests prove equal tensors.
+        """
         if self._digest is None:
             h = hashlib.sha256(f"{self.dtype}{list(self.shape)}".encode())
             h.update(self.raw_bytes())
@@ -310,7 +375,14 @@ class TensorRef:
 
     def to_torch(self, copy: bool = True) -> Any:
         """Decode into a torch tensor. `copy=False` maps the file copy-on-write instead of reading it:
-        no anonymous memory until something writes to the tensor."""
+        no anonymous memory until something writes to the tensor.
+
+        Args:
+            copy: return an independent copy (False: a view of the mapped file or bytes).
+
+        Returns:
+            The torch tensor.
+        """
         import torch
 
         dtype = getattr(torch, self.dtype)
@@ -334,7 +406,17 @@ class TensorRef:
     def from_bytes(cls, data: bytes, dtype: str, shape: tuple[int, ...] | list[int],
                    is_parameter: bool = False) -> TensorRef:
         """A contiguous tensor of `shape` whose row-major values are `data`: what rules that only move bytes
-        (a zero row, a constant) build, so that they need no torch."""
+        (a zero row, a constant) build, so that they need no torch.
+
+        Args:
+            data: the values' bytes, little-endian.
+            dtype: the torch dtype name.
+            shape: the tensor's shape.
+            is_parameter: whether it is an `nn.Parameter` in the checkpoint.
+
+        Returns:
+            The tensor.
+        """
         shape = tuple(int(d) for d in shape)
         stride, acc = [], 1
         for size in reversed(shape):
@@ -349,6 +431,14 @@ class TensorRef:
     def full(cls, shape: tuple[int, ...] | list[int], fill: float | int | bool, dtype: str) -> TensorRef:
         """`torch.full(shape, fill, dtype=dtype)` without torch (floats rounded to nearest even, as torch does).
 
+        Args:
+            shape: the tensor's shape.
+            fill: the value of every element.
+            dtype: the torch dtype name.
+
+        Returns:
+            The tensor.
+
         Raises:
             ValueError: `fill` is not exactly representable in an integer `dtype`, or `dtype` is complex.
         """
@@ -359,7 +449,15 @@ class TensorRef:
 
     @classmethod
     def from_torch(cls, tensor: Any, is_parameter: bool = False) -> TensorRef:
-        """Wrap a torch tensor's values as an in-memory storage."""
+        """Wrap a torch tensor's values as an in-memory storage.
+
+        Args:
+            tensor: any torch tensor (copied to the CPU, row-major).
+            is_parameter: whether it is an `nn.Parameter` in the checkpoint.
+
+        Returns:
+            The tensor.
+        """
         import torch
 
         t = tensor.detach().contiguous().cpu()

@@ -5,7 +5,8 @@ hashes or converts values to JSON expands them: `L=[0]; 30 x L=[L,L]` is 60 byte
 values once expanded. So before any of that runs, one memoized walk measures what an expansion would
 cost (values, string characters, nesting depth) and refuses past documented limits; then a schema pass
 checks the top-level structure the pipeline relies on. Every refusal is an InputError (exit 3) that
-names the path inside the checkpoint, e.g. `hyper_parameters.config.x[3]`.
+names the path inside the checkpoint, e.g. `hyper_parameters.config.x[3]`. A new top-level key to check
+is one entry of `_TOP_LEVEL`; a typed hyper-parameter is declared in config_keys, not here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ _CONTAINERS = (dict, list, tuple, set, frozenset, Stub)
 
 
 def value_path(parent: str, key: Any) -> str:
-    """`parent.key` for identifier-like string keys, else `parent[key!r]`; list indexes as `parent[3]`."""
+    """The printed path of a child value, for messages.
+
+    Args:
+        parent: the parent's path ("" at the top).
+        key: the child's key or index.
+
+    Returns:
+        `parent.key` for identifier-like string keys, else `parent[key!r]`; list indexes as `parent[3]`.
+    """
     if isinstance(key, int) and not isinstance(key, bool):
         return f"{parent}[{key}]"
     if isinstance(key, str) and (key.isidentifier() or not parent):
@@ -68,7 +77,16 @@ def check_bounded(root: Any, path: str = "", where: str = "checkpoint") -> tuple
     """Refuse `root` if expanding its shared references would exceed MAX_VALUES values, MAX_STRING_CHARS
     characters or MAX_DEPTH levels, or if it refers to itself. Linear in the number of distinct objects.
 
-    Returns (values, characters) of the expansion. The message names the smallest subtree that is over.
+    Args:
+        root: the value to measure (a container graph from the unpickler, shared references kept).
+        path: its printed path.
+        where: names the file in messages.
+
+    Returns:
+        (values, characters) of the expansion.
+
+    Raises:
+        InputError: over a bound, or self-referencing; the message names the smallest subtree that is over.
     """
     memo: dict[int, tuple[int, int, int]] = {}  # id -> (values, chars, height) of a distinct container
     active: set[int] = set()
@@ -255,7 +273,11 @@ _KINDS: dict[str, tuple[str, Any]] = {
 
 
 def hparam_kinds() -> dict[str, str]:
-    """Hyper-parameter name -> kind: the typed key table that `--set` uses too (config_keys)."""
+    """The typed key table that `--set` uses too (config_keys).
+
+    Returns:
+        Hyper-parameter name -> kind (a key of `_KINDS`).
+    """
     from ..config_keys import file_kinds
 
     return file_kinds()
@@ -263,7 +285,17 @@ def hparam_kinds() -> dict[str, str]:
 
 def check_hparam_types(hp: Mapping[str, Any], path: str, where: str, error: type[Exception] = InputError) -> None:
     """Refuse a known hyper-parameter whose value has the wrong type (None means "not given" and passes), so
-    family code never trips on it. Also checks a nested `config` mapping."""
+    family code never trips on it. Also checks a nested `config` mapping.
+
+    Args:
+        hp: the hyper-parameters.
+        path: their printed path.
+        where: names the file in messages.
+        error: the error class to raise (InputError for a file; callers checking user input pass their own).
+
+    Raises:
+        InputError: (or `error`) a known key with a value of the wrong type.
+    """
     kinds = hparam_kinds()
     for key, value in hp.items():
         kind = kinds.get(key)
@@ -294,7 +326,11 @@ _TOP_LEVEL = {
 
 def validate_checkpoint(raw: Any) -> None:
     """Bounded expansion of every non-tensor value, then the schema of the top level; InputError (exit 3) naming
-    the path of the first offending value. `raw` is an io.reader.RawCheckpoint."""
+    the path of the first offending value.
+
+    Args:
+        raw: the io.reader.RawCheckpoint just read.
+    """
     where = raw.path
     if raw.kind == "lightning":
         check_bounded(raw.top, "", where)

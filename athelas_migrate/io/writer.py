@@ -51,7 +51,14 @@ class Interrupted(KeyboardInterrupt):
 
 
 def temp_name(dst: str) -> str:
-    """A fresh `.<NEW>.<random>.partial` name for `dst`, within NAME_MAX (a long NEW name is shortened)."""
+    """A fresh temporary name beside `dst`, within NAME_MAX (a long NEW name is shortened).
+
+    Args:
+        dst: the output path.
+
+    Returns:
+        The base name `.<NEW>.<random>.partial`.
+    """
     token = f".{secrets.token_hex(16)}{PARTIAL_SUFFIX}"
     base = os.fsencode(os.path.basename(dst))[: NAME_MAX - 1 - len(token)]
     return "." + base.decode("utf-8", "ignore") + token
@@ -63,18 +70,36 @@ class OutputFile(io.BufferedWriter):
     dst = ""
 
     def write(self, data: Any) -> int:
+        """`BufferedWriter.write`, raising OutputError for a failed write.
+
+        Args:
+            data: bytes-like.
+
+        Returns:
+            The number of bytes written.
+        """
         try:
             return super().write(data)
         except OSError as exc:
             raise output_error(self.dst, exc) from exc
 
     def flush(self) -> None:
+        """`BufferedWriter.flush`, raising OutputError for a failed write."""
         try:
             super().flush()
         except OSError as exc:
             raise output_error(self.dst, exc) from exc
 
     def seek(self, pos: int, whence: int = 0) -> int:
+        """`BufferedWriter.seek`, raising OutputError for a failed flush.
+
+        Args:
+            pos: the offset, relative to `whence`.
+            whence: as for `os.lseek`.
+
+        Returns:
+            The new absolute position.
+        """
         try:
             return super().seek(pos, whence)
         except OSError as exc:
@@ -209,7 +234,14 @@ class _SignalGuard:
 
 @contextlib.contextmanager
 def atomic_output(dst: str) -> Iterator[OutputFile]:
-    """Yield a binary file handle; on success it replaces `dst` atomically, on any failure it vanishes."""
+    """Write an output atomically: on success it replaces `dst`, on any failure (or signal) it vanishes.
+
+    Args:
+        dst: the output path.
+
+    Yields:
+        The binary file handle to write.
+    """
     out, guard = _Pending(os.path.abspath(dst)), _SignalGuard()
     guard.install()
     try:
@@ -238,6 +270,11 @@ def write_torch_zip(dst: str, obj: Any, prefix: str = "archive") -> None:
     """Write `obj` (plain values and TensorRefs) as a torch zip checkpoint that `torch.load` reads.
 
     File-backed storages are copied verbatim from their source; the output is deterministic.
+
+    Args:
+        dst: the output path (written atomically).
+        obj: the checkpoint's object graph.
+        prefix: the archive's top folder name ("archive", as torch.save writes it; torch.load accepts any).
     """
     pkl, storages = dumps(obj)
     members = [
@@ -281,7 +318,13 @@ def _verifying(storages: list) -> Iterator[Any]:
 
 
 def write_safetensors(dst: str, tensors: dict[str, TensorRef], metadata: dict[str, str]) -> None:
-    """Write safetensors: a JSON header, then each tensor's bytes (copied from the source where possible)."""
+    """Write safetensors: a JSON header, then each tensor's bytes (copied from the source where possible).
+
+    Args:
+        dst: the output path (written atomically).
+        tensors: name -> tensor, in the order to write them (recorded in the metadata).
+        metadata: the header's `__metadata__` strings.
+    """
     header: dict[str, Any] = {}
     offset = 0
     for name, t in tensors.items():

@@ -52,8 +52,19 @@ class Record:
 
 
 def read_records(path: str, size: int) -> dict[str, Record]:
-    """The members of the archive at `path` with their data offsets; refuses truncated or crafted files
-    (compressed members, duplicate names, inconsistent sizes, records past the end of the file)."""
+    """The members of a torch zip archive with their data offsets.
+
+    Args:
+        path: the checkpoint file (a zip archive).
+        size: its size in bytes (records must end within it).
+
+    Returns:
+        Member name -> its record.
+
+    Raises:
+        InputError: a truncated or crafted file (compressed members, duplicate names, inconsistent sizes,
+            records past the end of the file).
+    """
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -86,7 +97,18 @@ def read_records(path: str, size: int) -> dict[str, Record]:
 
 
 def read_member(path: str, record: Record) -> bytes:
-    """A small member's bytes, CRC-checked."""
+    """A small member's bytes, CRC-checked.
+
+    Args:
+        path: the checkpoint file (a zip archive).
+        record: the member's record (`read_records`).
+
+    Returns:
+        The bytes.
+
+    Raises:
+        InputError: the bytes are short or fail the CRC check.
+    """
     with open(path, "rb") as fh:
         fh.seek(record.offset)
         data = fh.read(record.size)
@@ -127,6 +149,11 @@ class ZipWriter:
         self.pos += len(data)
 
     def add(self, member: Member) -> None:
+        """Write one member (local header, then its bytes, copied or cloned from the source when it has one).
+
+        Args:
+            member: the member; big file-backed ones land at the source's offset within a page.
+        """
         name = member.name.encode("utf-8")
         zip64 = member.size >= _MAX32
         extra = struct.pack("<HHQQ", 1, 16, member.size, member.size) if zip64 else b""
@@ -179,6 +206,7 @@ class ZipWriter:
         self.close_sources()
 
     def close(self) -> None:
+        """Write the central directory and the end records (zip64 where needed), and close the sources."""
         cd_start = self.pos
         for name, crc, size, offset in self.central:
             raw = name.encode("utf-8")
@@ -214,6 +242,12 @@ def _advise(fd: int, offset: int, length: int, advice: str) -> None:
 
 
 def write_members(fh, members: Iterable[Member]) -> None:
+    """Write a whole archive.
+
+    Args:
+        fh: the open output file, positioned at its start.
+        members: the members, in archive order.
+    """
     with ZipWriter(fh) as writer:
         for m in members:
             writer.add(m)
@@ -221,22 +255,56 @@ def write_members(fh, members: Iterable[Member]) -> None:
 
 
 def output_error(dst: str, exc: OSError) -> OutputError:
-    """The one wording of 'cannot write the output' (exit 4): the destination and the system's reason."""
+    """The one wording of 'cannot write the output' (exit 4).
+
+    Args:
+        dst: the output path the message names.
+        exc: the system's error.
+
+    Returns:
+        The error to raise, naming the destination and the system's reason.
+    """
     return OutputError(f"{dst}: cannot write the output: {exc.strerror or exc}")
 
 
 def clone_range(src_fd: int, dst_fd: int, src_off: int, size: int, dst_off: int) -> None:
     """Make `size` bytes at `dst_off` of `dst_fd` share the blocks of `src_fd` at `src_off` (FICLONERANGE:
-    offsets and size block-aligned). Raises OSError where the file systems cannot (a seam for tests)."""
+    offsets and size block-aligned). A seam for tests.
+
+    Args:
+        src_fd: the source descriptor.
+        dst_fd: the destination descriptor.
+        src_off: where the range starts in the source.
+        size: how many bytes.
+        dst_off: where they go in the destination.
+
+    Raises:
+        OSError: the file systems cannot share the blocks.
+    """
     fcntl.ioctl(dst_fd, FICLONERANGE, _CLONE_ARGS.pack(src_fd, src_off, size, dst_off))
 
 
 def copy_shared(src_fd: int, dst_fd: int, src_off: int, size: int, what: str, dst: str = "") -> int | None:
     """`copy_range`, but the block-aligned interior of the range is cloned where the destination's file
     system shares extents with the source (needs the same offset modulo the block size on both sides, which
-    the zip writer's page-matching padding gives). Only the unaligned edges are copied. Returns the bytes
-    shared, or None where cloning was refused (another file system, no reflink support): the caller then
-    copies the next records without trying again. The same bytes land in the output either way."""
+    the zip writer's page-matching padding gives). Only the unaligned edges are copied. The same bytes land in
+    the output either way.
+
+    Args:
+        src_fd: the source descriptor.
+        dst_fd: the destination descriptor, positioned where the bytes go.
+        src_off: where the range starts in the source.
+        size: how many bytes.
+        what: names the range in error messages.
+        dst: the destination path, for error messages.
+
+    Returns:
+        The bytes shared, or None where cloning was refused (another file system, no reflink support): the
+        caller then copies the next records without trying again.
+
+    Raises:
+        OutputError: the destination is out of space (as `copy_range`, which raises InputError too).
+    """
     dst_pos = os.lseek(dst_fd, 0, os.SEEK_CUR)
     try:
         block = os.fstatvfs(dst_fd).f_bsize
@@ -268,7 +336,20 @@ def copy_range(src_fd: int, dst_fd: int, src_off: int, size: int, what: str, dst
     """Copy exactly `size` bytes from `src_off` of `src_fd` to the current position of `dst_fd`, kernel-side
     where possible. Never via mmap (a source truncated meanwhile would kill the process with SIGBUS): a source
     that ends early is an InputError naming `what`, never a short output; a failed read is the input's fault
-    (InputError), a failed write the output's (OutputError)."""
+    (InputError), a failed write the output's (OutputError).
+
+    Args:
+        src_fd: the source descriptor.
+        dst_fd: the destination descriptor, positioned where the bytes go.
+        src_off: where the range starts in the source.
+        size: how many bytes.
+        what: names the range in error messages.
+        dst: the destination path, for error messages.
+
+    Raises:
+        InputError: the source cannot be read or ends early.
+        OutputError: the destination cannot be written.
+    """
     remaining, dst_pos = size, os.lseek(dst_fd, 0, os.SEEK_CUR)
     while remaining:
         try:

@@ -3,7 +3,8 @@
 Jinja2 escapes every value by default (keys and reasons come from untrusted checkpoints and rule
 files), and the template keeps the markup reviewable as markup rather than as Python strings.
 The CSS and the script are included inline from files beside the template; the charts are inline
-SVG: the page fetches nothing when opened.
+SVG: the page fetches nothing when opened. To show something new, add it to `Page` (report.model) and
+to templates/report.html.j2; a derived figure goes into `_counts` or `_texts`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,14 @@ def _texts(page: Page) -> dict[str, str]:
 
 
 def render_page(page: Page) -> str:
-    """The page's HTML (deterministic: the same Page gives the same bytes)."""
+    """Render the report page.
+
+    Args:
+        page: the page's data (`report.page`).
+
+    Returns:
+        The HTML (deterministic: the same Page gives the same text).
+    """
     old_keys = [k for k in page.keys.values() if k.side == "old"]
     targets: dict[str, list[str]] = {}
     for e in page.edges:
@@ -87,7 +95,18 @@ def render_page(page: Page) -> str:
 
 
 def write_page(page: Page, path: str | os.PathLike[str]) -> int:
-    """Render and write atomically; returns the size in bytes. OutputError when it cannot be written."""
+    """Render the page and write it atomically.
+
+    Args:
+        page: the page's data.
+        path: the HTML file to write.
+
+    Returns:
+        The size written, in bytes.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
     from ..io.writer import atomic_output
 
     data = render_page(page).encode("utf-8")

@@ -119,11 +119,24 @@ class Settings:
     notes: list[str]
 
     def pick(self, key: str, explicit: Any, default: Any = None) -> Any:
-        """``--set`` value of ``key``, else ``explicit`` (an option), else the config file's, else ``default``."""
+        """One training setting, by precedence.
+
+        Args:
+            key: the setting's config key.
+            explicit: the command-line option's value (None: not given).
+            default: the value when no source gives one.
+
+        Returns:
+            ``--set``'s value of ``key``, else ``explicit``, else the config file's, else ``default``.
+        """
         return _pick(self.file_cfg, self.set_cfg, key, explicit, default)
 
     def given(self) -> dict[str, Any]:
-        """Model keys of the config file overlaid with ``--set`` (training settings left out)."""
+        """The model's hyper-parameters the user gave.
+
+        Returns:
+            The config file's model keys overlaid with ``--set`` (training settings left out).
+        """
         return {k: v for src in (self.file_cfg, self.set_cfg) for k, v in src.items() if k not in TRAIN_KEYS}
 
 
@@ -177,8 +190,15 @@ def load_config_file(path: str | None) -> dict[str, Any]:
 
 
 def split_names(value: str | Iterable[str] | None) -> list[str]:
-    """Column names: a string is split at commas (blanks dropped), a list is taken as it is (a name may hold
-    a comma)."""
+    """Column names from an option or a config value.
+
+    Args:
+        value: a string (split at commas, blanks dropped), a list (taken as it is: a name may hold a comma),
+            or None.
+
+    Returns:
+        The names.
+    """
     if value is None:
         return []
     if isinstance(value, str):
@@ -258,7 +278,11 @@ def parse_devices(value: Any) -> Any:
 
 
 def is_child_rank() -> bool:
-    """True in the extra processes that Lightning's DDP launcher starts (they re-run this command)."""
+    """Whether this process is one of the extra ones Lightning's DDP launcher starts (they re-run this command).
+
+    Returns:
+        True in those processes (a rank variable is set and not 0).
+    """
     return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 

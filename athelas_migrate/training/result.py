@@ -40,7 +40,11 @@ class TrainResult:
     global_zero: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        """The content of ``metrics.json``."""
+        """The content of ``metrics.json``.
+
+        Returns:
+            A JSON-ready dict of the run's paths, sizes and metrics.
+        """
         return {
             "model_class": self.model_class,
             "best_checkpoint": self.best_checkpoint,

@@ -53,7 +53,14 @@ class Table:
         return self.columns[name]
 
     def take(self, rows: Sequence[int]) -> Table:
-        """A table of the given rows, in the given order."""
+        """A table of some rows (a split of the data).
+
+        Args:
+            rows: row indices, in the order wanted.
+
+        Returns:
+            A new table with those rows.
+        """
         return Table(self.path, {k: [v[i] for i in rows] for k, v in self.columns.items()})
 
 

@@ -26,8 +26,6 @@ LEGACY_SAVED_HPARAMS = ("id_name", "text_name", "primary_text_name", "secondary_
                         "hidden_common_dim", "is_binary", "num_classes", "class_weights", "metric_choices", "lr",
                         "weight_decay", "adam_epsilon", "warmup_steps", "run_scheduler", "reinit_pooler",
                         "reinit_layers", "max_sen_len", "model_class", "model_path")
-_ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
-              "type_vocab_size")
 # Standard checkpoints: architecture facts, used only when the shapes agree with them.
 STANDARD_BERTS: dict[str, dict[str, Any]] = {
     "bert-base-uncased": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -66,7 +64,19 @@ def _historical(module: str, cls: str) -> dict[str, str]:
 
 
 def bert_shapes(sd: dict, prefix: str, where: str) -> dict[str, int]:
-    """BERT architecture facts readable from the weights under `prefix` (e.g. "text_subnetwork.bert.")."""
+    """BERT architecture facts readable from the weights (everything but the head count).
+
+    Args:
+        sd: the state dict.
+        prefix: the BERT's key prefix (e.g. "text_subnetwork.bert.").
+        where: names the file in messages.
+
+    Returns:
+        vocab_size, hidden_size, num_hidden_layers, intermediate_size, max_position_embeddings, type_vocab_size.
+
+    Raises:
+        InputError: a tensor is missing or the layer indices are not 0..n-1.
+    """
     def shape(key: str) -> tuple[int, ...]:
         t = sd.get(prefix + key)
         if t is None:
@@ -87,8 +97,22 @@ def resolve_bert_config(facts: dict[str, int], given: dict | None, tokenizer: st
                         notes: list[str], needs: Needs | None = None) -> dict[str, Any]:
     """The full BERT config: the user's (checked against the shapes), else a standard name's, else refuse.
 
-    With `needs`, a missing head count is recorded there (the caller refuses once, naming everything) and the
-    shape facts are returned."""
+    Args:
+        facts: what `bert_shapes` read off the weights.
+        given: the user's BERT config (`--bert-config`, `bert_config`), or None.
+        tokenizer: the tokenizer name, which may be a standard BERT's.
+        where: names the file in messages.
+        notes: the migration's notes (which source the config came from).
+        needs: where to record a missing head count (the caller refuses once, naming everything); without it,
+            a missing head count is refused here.
+
+    Returns:
+        The config (only the shape facts and the user's values when the head count is recorded as needed).
+
+    Raises:
+        UsageError: the user's config disagrees with the weights, or its head count does not divide the width.
+        MissingInformationError: the head count is unknown and `needs` is None.
+    """
     if given:
         wrong = [f"{k}={given[k]} (weights say {v})" for k, v in facts.items() if k in given and given[k] != v]
         if wrong:

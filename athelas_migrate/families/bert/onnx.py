@@ -85,9 +85,25 @@ def _bert_fusion_spec(model: Any, texts: list[tuple[str, Any]]) -> InputSpec:
 
 
 def bimodal_bert_spec(model: Any) -> InputSpec:
+    """BimodalBert: one text's ids and attention mask, then the tabular fields; ``logits`` out.
+
+    Args:
+        model: the built v2 model (eval mode).
+
+    Returns:
+        The ONNX input spec.
+    """
     return _bert_fusion_spec(model, [(model.text_name, model.text_encoder)])
 
 
 def trimodal_bert_spec(model: Any) -> InputSpec:
+    """TrimodalBert: the primary then the secondary text's inputs, then the tabular fields; ``logits`` out.
+
+    Args:
+        model: the built v2 model (eval mode).
+
+    Returns:
+        The ONNX input spec.
+    """
     return _bert_fusion_spec(model, [(model.primary_text_name, model.primary_text_encoder),
                                      (model.secondary_text_name, model.secondary_text_encoder)])

@@ -33,7 +33,19 @@ def _float_values(t) -> list[float]:
 
 
 def text_shapes(sd: dict, prefix: str, where: str) -> dict[str, Any]:
-    """Text-branch configuration read off tensor shapes (prefix: "", "text_subnetwork.", "text_encoder.")."""
+    """Text-branch configuration read off tensor shapes.
+
+    Args:
+        sd: the state dict.
+        prefix: the branch's key prefix ("", "text_subnetwork.", "text_encoder.").
+        where: names the file in messages.
+
+    Returns:
+        vocab_size, embed_size, kernel_size, num_layers, num_channels, hidden_common_dim.
+
+    Raises:
+        InputError: the branch's tensors are missing or inconsistent.
+    """
     emb = sd.get(f"{prefix}embeddings.weight")
     if emb is None or len(emb.shape) != 2:
         raise InputError(f"{where}: missing or malformed {prefix}embeddings.weight")
@@ -63,6 +75,14 @@ def text_shapes(sd: dict, prefix: str, where: str) -> dict[str, Any]:
 
 
 def text_expected(config: dict, prefix: str, head: str, shapes: OrderedDict) -> None:
+    """Append the text branch's keys and shapes (the inverse of `text_shapes`).
+
+    Args:
+        config: the canonical config.
+        prefix: the branch's key prefix.
+        head: the name of its projection head ("network" or "projection").
+        shapes: the layout being built.
+    """
     V, E = config["vocab_size"], config["embed_size"]
     C = list(config["num_channels"])[: config["num_layers"]]
     shapes[f"{prefix}embeddings.weight"] = (V, E)
@@ -120,7 +140,13 @@ TRAINING_ONLY = {
 
 
 def record_unknown(config: dict, unknown: dict[str, str], notes: list[str]) -> None:
-    """Mark `unknown` keys for the written hyper-parameters (None there, listed under `unknown`)."""
+    """Mark keys the file does not hold for the written hyper-parameters (None there, listed under `unknown`).
+
+    Args:
+        config: the config being built.
+        unknown: key -> what reads it (see TRAINING_ONLY).
+        notes: the migration's notes, which say so.
+    """
     if unknown:
         config["_unknown"] = dict(unknown)
         notes.append("not in the file, recorded as unknown (supply them before training): " + ", ".join(

@@ -17,7 +17,15 @@ from ...export import BatchDictForward, InputSpec
 
 
 def text_lengths(encoder: Any, config: Mapping[str, Any]) -> list[int]:
-    """Two valid sequence lengths: ``max_sen_len`` and a shorter (or else longer) one."""
+    """The sequence lengths the parity check runs: ``max_sen_len`` and a shorter (or else longer) one.
+
+    Args:
+        encoder: the text encoder (its ``min_seq_len``, set by its kernels and layers, bounds them below).
+        config: the model's config.
+
+    Returns:
+        Two valid lengths.
+    """
     minimum = int(getattr(encoder, "min_seq_len", 1))
     main = max(int(config.get("max_sen_len") or minimum), minimum)
     other = max(minimum, main // 2 + 1)
@@ -27,6 +35,17 @@ def text_lengths(encoder: Any, config: Mapping[str, Any]) -> list[int]:
 
 
 def token_ids(batch: int, seq: int, vocab_size: int, gen: Any) -> Any:
+    """Random token ids with a padded (id 0) tail on some rows, as real batches have.
+
+    Args:
+        batch: rows.
+        seq: the sequence length.
+        vocab_size: ids stay below it.
+        gen: the torch generator the parity check seeds.
+
+    Returns:
+        An int64 tensor ``[batch, seq]``.
+    """
     ids = torch.randint(2, max(3, vocab_size), (batch, seq), generator=gen, dtype=torch.long)
     if seq > 4:  # a padded tail on some rows, as real batches have
         lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=gen)
@@ -36,6 +55,14 @@ def token_ids(batch: int, seq: int, vocab_size: int, gen: Any) -> Any:
 
 
 def text_cnn_spec(model: Any) -> InputSpec:
+    """TextCNN: the text batch key ``[B, L]`` int64 in, ``logits`` out.
+
+    Args:
+        model: the built v2 model (eval mode).
+
+    Returns:
+        The ONNX input spec.
+    """
     vocab_size = int(model.text_encoder.embeddings.num_embeddings)
 
     def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
@@ -53,6 +80,14 @@ def text_cnn_spec(model: Any) -> InputSpec:
 
 
 def tab_ae_spec(model: Any) -> InputSpec:
+    """TabAE: one ``[B]`` float32 per tabular field in, ``embedding`` out.
+
+    Args:
+        model: the built v2 model (eval mode).
+
+    Returns:
+        The ONNX input spec.
+    """
     fields = list(model.tab_field_list)  # one input per field: the model's batch keys
 
     def make(batch: int, seq: int | None, gen: Any) -> list[Any]:
@@ -71,6 +106,17 @@ def tab_ae_spec(model: Any) -> InputSpec:
 
 
 def bimodal_cnn_spec(model: Any) -> InputSpec:
+    """BimodalCNN: the text batch key ``[B, L]`` int64, then one ``[B]`` float32 per field; ``logits`` out.
+
+    Args:
+        model: the built v2 model (eval mode).
+
+    Returns:
+        The ONNX input spec.
+
+    Raises:
+        UsageError: a tabular field has the text batch key's name.
+    """
     text_key = model.text_batch_key
     fields = list(model.tab_field_list or [])
     if text_key in fields:

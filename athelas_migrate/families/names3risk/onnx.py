@@ -11,7 +11,14 @@ from ...export import BatchDictForward, InputSpec
 
 def names3risk_spec(model: Any) -> InputSpec:
     """The deployed format: ids ``[B, T]`` int64 (pad id 1; no lengths: the notebook sent none),
-    Transformer also the mask ``[B, T]`` bool (True = token), then one ``[B]`` float32 per field."""
+    Transformer also the mask ``[B, T]`` bool (True = token), then one ``[B]`` float32 per field.
+
+    Args:
+        model: the built v2 model (eval mode).
+
+    Returns:
+        The ONNX input spec.
+    """
     fields = list(model.tab_field_list)
     transformer = hasattr(model, "mask_key")
     names = [model.ids_key, *([model.mask_key] if transformer else []), *fields]

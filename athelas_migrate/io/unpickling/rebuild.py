@@ -53,8 +53,13 @@ def rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
     storage is untyped (numel in bytes) and the dtype comes as an argument.
 
     Args:
-        storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata: as for
-            `rebuild_tensor_v2`.
+        storage: as for `rebuild_tensor_v2`.
+        storage_offset: as for `rebuild_tensor_v2`.
+        size: as for `rebuild_tensor_v2`.
+        stride: as for `rebuild_tensor_v2`.
+        requires_grad: as for `rebuild_tensor_v2`.
+        backward_hooks: as for `rebuild_tensor_v2`.
+        metadata: as for `rebuild_tensor_v2`.
         dtype: the dtype, as `torch.<name>` resolved to a DtypeName.
 
     Returns:

@@ -41,10 +41,20 @@ class Stub:
         self.items[key] = value
 
     def append(self, value: Any) -> None:
+        """Record pickle's APPEND (charged against the record budget).
+
+        Args:
+            value: the item the pickle appends.
+        """
         charge(1)
         self.list.append(value)
 
     def extend(self, values: Any) -> None:
+        """Record pickle's APPENDS (charged against the record budget).
+
+        Args:
+            values: the items the pickle appends (any iterable; consumed once).
+        """
         values = list(values)
         charge(1 + len(values))
         self.list.extend(values)
