@@ -377,6 +377,7 @@ def _register_optional() -> None:
                           ("athelas_migrate.cli_models", ("train", "predict", "export", "demo-data")),
                           ("athelas_migrate.batch", ("batch", "merge-summaries")),
                           ("athelas_migrate.infer.cli", ("rules",)),
+                          ("athelas_migrate.scaffold.cli", ("family",)),
                           ("athelas_migrate.report.cli", ("report",))):
         try:
             mod = importlib.import_module(module)

@@ -25,7 +25,6 @@ class does not take the config as keyword arguments.
 from __future__ import annotations
 
 import copy
-import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from ..export import InputSpec, PositionalForward
+from ..families.simple import accepted
 from .adapters import Batch, CannotVerifyError, Context, VerifyAdapter
 
 #: The sample batch file's name, in the family folder.
@@ -64,16 +64,6 @@ def load_sample_inputs(path: Path) -> list[Any]:
 def call(model: nn.Module, x: Any) -> Any:
     """`model(*x)` for a tuple, else `model(x)` (the convention of `rules infer --inputs`)."""
     return model(*x) if isinstance(x, tuple) else model(x)
-
-
-def accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `kwargs` that `cls`'s constructor takes (all of them when it takes `**kwargs`): the runner
-    adds bookkeeping keys such as `label_name` that a plain constructor would reject."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return kwargs
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return {k: v for k, v in kwargs.items() if k in names}
 
 
 def batch_size(x: Any) -> int:

@@ -32,6 +32,7 @@ Bundled families must give `layout` (tests/test_torch_free.py).
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections import OrderedDict
@@ -94,7 +95,8 @@ class SimpleFamily(Family):
         key = (version, json.dumps(constructor_args(config), sort_keys=True, default=repr))
         cache = self.__dict__.setdefault("_layouts", {})
         if key not in cache:
-            cache[key] = meta_layout(self.class_for(version), self.constructor_kwargs(config, version))
+            classpath = self.class_for(version)
+            cache[key] = meta_layout(classpath, self.constructor_kwargs(config, version, load_class(classpath)))
         return cache[key]
 
     def render_hparams(self, config: dict[str, Any], version: str, state: OrderedDict) -> dict[str, Any]:
@@ -105,11 +107,13 @@ class SimpleFamily(Family):
         """ "module:Class" of the model with the `version` layout."""
         return self.v2_class if version == self.latest else self.legacy_classes[version]
 
-    def constructor_kwargs(self, config: dict[str, Any], version: str) -> dict[str, Any]:
-        """The keyword arguments that rebuild the `version` model from `config`."""
+    def constructor_kwargs(self, config: dict[str, Any], version: str, cls: type | None = None) -> dict[str, Any]:
+        """The keyword arguments that rebuild the `version` model (of class `cls`, when given) from `config`."""
         args = constructor_args(config)
         name = self.config_arg.get(version)
-        return {name: args} if name else args
+        if name:
+            return {name: args}
+        return accepted(cls, args) if cls is not None else args
 
     @property
     def hparams_name(self) -> dict[str, str]:
@@ -123,6 +127,19 @@ class SimpleFamily(Family):
 def constructor_args(config: dict[str, Any]) -> dict[str, Any]:
     """`config` without the pipeline's private entries (keys starting with "_")."""
     return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `kwargs` that `cls`'s constructor takes (all of them when it takes `**kwargs`).
+
+    A config carries more than one version's constructor takes: keys another version added (verify fills in the
+    legacy side's config from the refactored file), bookkeeping such as `label_name`.
+    """
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return kwargs
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 def signature_match(keys: list[str], patterns: tuple[str, ...]) -> dict[str, list[str]] | None:
