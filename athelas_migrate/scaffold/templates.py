@@ -108,6 +108,7 @@ Runs the CLI with this folder in ATHELAS_MIGRATE_FAMILIES; the classes' packages
 """
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,7 @@ def cli(*args):
 
 def test_migrate_verify_roll_back(tmp_path):
     if not FIXTURE.exists():
-        subprocess.run([sys.executable, str(FOLDER / "fixtures" / "generate.py")], check=True)
+        runpy.run_path(str(FOLDER / "fixtures" / "generate.py"), run_name="__main__")
     new, back = tmp_path / "new.ckpt", tmp_path / "back.ckpt"
     assert "{name}" in cli("inspect", FIXTURE)
     cli("ckpt", FIXTURE, new)
