@@ -132,8 +132,7 @@ def test_migrate_verify_roll_back(tmp_path):
     if not FIXTURE.exists():
         runpy.run_path(str(FOLDER / "fixtures" / "generate.py"), run_name="__main__")
     new, back = tmp_path / "new.ckpt", tmp_path / "back.ckpt"
-    assert "{name}" in cli("inspect", FIXTURE)
-    cli("ckpt", FIXTURE, new)
+    assert "{name} {src} -> {dst}" in cli("ckpt", FIXTURE, new)  # detected, then migrated
     assert "PASS" in cli("verify", FIXTURE, new)
     cli("ckpt", new, back, "--to", {src!r})
     before, after = (torch.load(p, weights_only=True) for p in (FIXTURE, back))
