@@ -62,12 +62,27 @@ def load_sample_inputs(path: Path) -> list[Any]:
 
 
 def call(model: nn.Module, x: Any) -> Any:
-    """`model(*x)` for a tuple, else `model(x)` (the convention of `rules infer --inputs`)."""
+    """Call `model` on one sample input, as `rules infer --inputs` does.
+
+    Args:
+        model: the model.
+        x: one input: a tuple is spread into positional arguments, anything else passed as it is.
+
+    Returns:
+        The model's output.
+    """
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
 def batch_size(x: Any) -> int:
-    """The first dimension of the first tensor in `x`."""
+    """The batch size of one input.
+
+    Args:
+        x: a tensor, or a (nested) tuple, list or dict of them.
+
+    Returns:
+        The first dimension of the first tensor found (1 for a scalar or when there is none).
+    """
     if isinstance(x, torch.Tensor):
         return int(x.shape[0]) if x.dim() else 1
     if isinstance(x, list | tuple) and x:

@@ -125,15 +125,29 @@ class SimpleFamily(Family):
 
 
 def constructor_args(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` without the pipeline's private entries (keys starting with "_")."""
+    """`config` without the pipeline's private entries.
+
+    Args:
+        config: a family config (`configure`'s result).
+
+    Returns:
+        Its entries whose keys do not start with "_" (such as `_notes`).
+    """
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `kwargs` that `cls`'s constructor takes (all of them when it takes `**kwargs`).
+    """The entries of `kwargs` that `cls`'s constructor takes.
 
     A config carries more than one version's constructor takes: keys another version added (verify fills in the
     legacy side's config from the refactored file), bookkeeping such as `label_name`.
+
+    Args:
+        cls: a class.
+        kwargs: candidate keyword arguments.
+
+    Returns:
+        The entries naming a parameter of `cls.__init__`; all of them when it takes `**kwargs`.
     """
     params = inspect.signature(cls.__init__).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
@@ -143,7 +157,16 @@ def accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def signature_match(keys: list[str], patterns: tuple[str, ...]) -> dict[str, list[str]] | None:
-    """Regex -> the keys it matched, when every key matches a regex and every regex a key; else None."""
+    """Which keys each signature regex matched, when the regexes cover `keys` exactly.
+
+    Args:
+        keys: state-dict keys.
+        patterns: regexes, each matched against a whole key.
+
+    Returns:
+        Regex -> the keys it matched (first matching regex wins), or None when a key matches no regex or a
+        regex matches no key.
+    """
     compiled = [(p, re.compile(p)) for p in patterns]
     matched: dict[str, list[str]] = {p: [] for p in patterns}
     for k in keys:

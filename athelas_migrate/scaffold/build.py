@@ -37,7 +37,13 @@ class Scaffold:
 
 
 def folder_name(name: str) -> str:
-    """The family folder's (package's) name for the family `name`: snake case, e.g. MyModel -> my_model.
+    """The family folder's (package's) name for the family `name`.
+
+    Args:
+        name: the family name, e.g. MyModel.
+
+    Returns:
+        Its snake case, e.g. my_model.
 
     Raises:
         UsageError: no Python identifier can be made of it, or it names a module that already exists.
@@ -116,7 +122,16 @@ def _require_lightning(model: Any, option: str, spec: str) -> None:
 
 
 def config_arg(cls: type, kwargs: dict[str, Any]) -> str | None:
-    """The argument name when `cls` takes its whole config as one dict (`Model(config={...})`), else None."""
+    """Whether `cls` takes its whole config as one dict (`Model(config={...})`, an AthelasModule).
+
+    Args:
+        cls: the model class.
+        kwargs: the constructor arguments the user gave.
+
+    Returns:
+        The argument's name when `kwargs` is that one required argument holding a dict; else None (the config's
+        keys are the keyword arguments).
+    """
     params = [p for p in inspect.signature(cls.__init__).parameters.values()][1:]
     required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if len(kwargs) == 1 and required == list(kwargs) and isinstance(next(iter(kwargs.values())), dict):
@@ -125,7 +140,14 @@ def config_arg(cls: type, kwargs: dict[str, Any]) -> str | None:
 
 
 def new_key_types(config: dict[str, Any]) -> dict[str, str]:
-    """Types of the config keys the tool does not know yet, from their JSON values (for typed `--set`)."""
+    """Types of the config keys the tool does not know yet (for typed `--set KEY=VALUE`).
+
+    Args:
+        config: constructor arguments as read from JSON.
+
+    Returns:
+        Key -> a `config_keys` kind, from each value's JSON type; keys `KEY_TYPES` already knows are left out.
+    """
     kinds = ((bool, BOOL), (int, INT), (float, NUMBER), (str, STR), (list, LIST), (dict, OBJECT))
     return {k: next(kind for t, kind in kinds if isinstance(v, t)) for k, v in config.items()
             if k not in KEY_TYPES and v is not None and isinstance(v, bool | int | float | str | list | dict)}
@@ -134,7 +156,15 @@ def new_key_types(config: dict[str, Any]) -> dict[str, str]:
 def hparam_rules(old: dict[str, Any], new: dict[str, Any]) -> str:
     """`[[hparams]]` rules turning the legacy constructor's arguments into the target's: a key only the legacy
     takes is dropped (restored on rollback), a key only the target takes or whose value differs is set.
-    A renamed key shows as a drop plus a set: review them and write a `rename` instead."""
+    A renamed key shows as a drop plus a set: review them and write a `rename` instead.
+
+    Args:
+        old: the legacy constructor's arguments.
+        new: the target constructor's arguments.
+
+    Returns:
+        TOML text of the `[[hparams]]` tables (empty when the arguments agree).
+    """
     out = []
     for key, value in old.items():
         if key not in new:
