@@ -114,3 +114,24 @@ def test_a_folder_module_imported_first_still_registers(toy):
     env = {**os.environ, FAMILIES_ENV: str(toy), "PYTHONPATH": str(toy.parent)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_signatures_claim_exactly_their_key_set():
+    """A version is detected only when its regexes cover every key and each regex matches one: a file with one
+    more key (another family's, a user's subclass) or one fewer is not claimed."""
+    from athelas_migrate.families.simple import signature_match
+
+    patterns = (r"net\.encoder\.0\.(weight|bias)", r"net\.head\.(weight|bias)")
+    keys = ["net.encoder.0.weight", "net.encoder.0.bias", "net.head.weight", "net.head.bias"]
+    assert signature_match(keys, patterns) == {patterns[0]: keys[:2], patterns[1]: keys[2:]}
+    assert signature_match([*keys, "net.extra.weight"], patterns) is None
+    assert signature_match(keys[:2], patterns) is None
+    assert signature_match([], patterns) is None
+
+
+def test_key_signatures_generalise_indices():
+    from athelas_migrate.families.simple import key_signatures, signature_match
+
+    sigs = key_signatures(["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "head.weight"])
+    assert sigs == (r"net\.\d+\.weight", r"net\.\d+\.bias", r"head\.weight")
+    assert signature_match(["net.0.weight", "net.0.bias", "net.4.weight", "net.4.bias", "head.weight"], sigs)
