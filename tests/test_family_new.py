@@ -17,6 +17,7 @@ from athelas_migrate.family_path import FAMILIES_ENV
 
 PAIR = '''
     import lightning.pytorch as pl
+    import torch
     from torch import nn
 
 
@@ -39,6 +40,9 @@ PAIR = '''
 
         def forward(self, x):
             return self.head(self.encoder(x))
+
+        def configure_optimizers(self):  # the legacy class builds none: verify steps both with this one
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
     class OtherToy(NewToy):
@@ -115,3 +119,33 @@ def test_a_mapping_that_cannot_be_proven_is_refused(pair, cli):
     assert code == 3 and "no mapping toypair.models:OldToy -> toypair.models:OtherToy" in err, err
     assert "Traceback" not in err
     assert _written(pair) == []  # the inference failed before the temporary folder was made: nothing at all
+
+
+def test_a_class_taking_its_config_as_one_dict_is_recognised():
+    """An AthelasModule takes `config={...}`: the family passes the config under that name (`config_arg`)."""
+    from athelas_migrate.scaffold.build import config_arg
+
+    class Whole:
+        def __init__(self, config, *, device=None):
+            pass
+
+    class Keywords:
+        def __init__(self, in_dim=4, hidden=8):
+            pass
+
+    assert config_arg(Whole, {"config": {"in_dim": 4}}) == "config"
+    assert config_arg(Keywords, {"in_dim": 4, "hidden": 8}) is None
+    assert config_arg(Keywords, {"in_dim": {"a": 1}}) is None  # one dict-valued keyword argument is not a config
+
+
+def test_hyper_parameter_edits_between_the_two_constructors():
+    from athelas_migrate.rules.schema import parse_rule_bytes
+    from athelas_migrate.scaffold.build import hparam_rules
+
+    text = 'family = "T"\nfrom = "v1"\nto = "v2"\n' + hparam_rules({"a": 1, "b": "x", "c": [1]},
+                                                                      {"a": 2, "c": [1], "d": True})
+    rules = {r.key: r for r in parse_rule_bytes(text.encode(), "t.toml").hparams}
+    assert (rules["a"].op, rules["a"].value, rules["a"].previous) == ("set", 2, 1)
+    assert (rules["b"].op, rules["b"].value) == ("drop", "x")  # restored on rollback
+    assert (rules["d"].op, rules["d"].value, rules["d"].if_missing) == ("set", True, True)
+    assert "c" not in rules

@@ -18,8 +18,9 @@ input is passed as `model(x)`, or `model(*x)` when it is a tuple. A folder uses 
         return sample_batch_spec(model, Path(__file__).with_name("sample_inputs.pt"))
 
 Training is compared with a probe loss (a fixed random linear function of the output), so the two sides need no
-common loss or labels. Override `forward` when the output is not one tensor, `construct_old` when the legacy
-class does not take the config as keyword arguments.
+common loss or labels; a legacy class that builds no optimizer (its training script did) steps with the refactored
+class's optimizer type and defaults. Override `forward` when the output is not one tensor, `construct_old` when the
+legacy class does not take the config as keyword arguments.
 """
 
 from __future__ import annotations
@@ -120,6 +121,17 @@ class SampleBatchAdapter(VerifyAdapter):
             raise CannotVerifyError(f"{self.family}: the model returned a {type(out).__name__}, not a tensor; "
                                     "override SampleBatchAdapter.forward to pick the output")
         return out
+
+    def optimizer(self, side: str, model: nn.Module, ctx: Context) -> torch.optim.Optimizer | None:
+        """Each side's own `configure_optimizers`; a legacy class that builds none (its training script built
+        one) gets the refactored class's optimizer type and defaults, so one step is still compared."""
+        own = super().optimizer(side, model, ctx)
+        if own is not None or side == "new" or ctx.new_model is None:
+            return own
+        other = super().optimizer("new", ctx.new_model, ctx)
+        if other is None:
+            return None
+        return type(other)(model.parameters(), **other.defaults)
 
     def loss(self, side: str, model: nn.Module, batch: Batch, out: torch.Tensor,
              ctx: Context) -> tuple[torch.Tensor, str]:

@@ -71,14 +71,17 @@ Legacy = load_class({legacy!r})
 
 
 class Training(Legacy):
-    """The legacy class with a probe training step; the checkpoint records its constructor arguments."""
+    """The legacy class with a probe training step (and Adam where it builds no optimizer); the checkpoint
+    records its constructor arguments."""
 
     def training_step(self, batch, batch_idx):
         out = self(*batch) if isinstance(batch, tuple) else self(batch)
         return out.float().pow(2).mean()
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
+        if Legacy.configure_optimizers is not pl.LightningModule.configure_optimizers:
+            return super().configure_optimizers()
+        return torch.optim.Adam(self.parameters(), lr=1e-2)  # the class builds none (its script did)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["hyper_parameters"] = dict(ARGS[CONFIG_ARG]) if CONFIG_ARG else dict(ARGS)
