@@ -135,3 +135,22 @@ def test_key_signatures_generalise_indices():
     sigs = key_signatures(["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "head.weight"])
     assert sigs == (r"net\.\d+\.weight", r"net\.\d+\.bias", r"head\.weight")
     assert signature_match(["net.0.weight", "net.0.bias", "net.4.weight", "net.4.bias", "head.weight"], sigs)
+
+
+def test_the_toy_migration_path_is_torch_free(toy, tmp_path):
+    """With a pure-Python `layout`, a SimpleFamily folder keeps inspect, ckpt and the rollback free of torch."""
+    script = (
+        "import sys\n"
+        "from athelas_migrate.cli import main\n"
+        "for args in sys.argv[1:]:\n"
+        "    try:\n"
+        "        main(args.split('|'), standalone_mode=False)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, args\n"
+        "heavy = [m for m in ('torch', 'lightning') if m in sys.modules]\n"
+        "assert not heavy, heavy\n")
+    old, new = toy / "fixtures" / "toy_v1.ckpt", tmp_path / "new.ckpt"
+    jobs = [f"inspect|{old}", f"ckpt|{old}|{new}", f"ckpt|{new}|{tmp_path / 'back.ckpt'}|--to|v1"]
+    env = {**os.environ, FAMILIES_ENV: str(toy)}
+    res = subprocess.run([sys.executable, "-c", script, *jobs], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
