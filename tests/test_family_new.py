@@ -149,3 +149,10 @@ def test_hyper_parameter_edits_between_the_two_constructors():
     assert (rules["b"].op, rules["b"].value) == ("drop", "x")  # restored on rollback
     assert (rules["d"].op, rules["d"].value, rules["d"].if_missing) == ("set", True, True)
     assert "c" not in rules
+
+
+def test_an_unwritable_destination_is_refused(pair, cli):
+    (pair / "blocker").write_text("a file where the --into directory would go")
+    code, out, err = cli(*args(into="blocker/fams"))
+    assert code == 4 and "cannot write" in err and "Traceback" not in err, err
+    assert (pair / "blocker").read_text().startswith("a file")
