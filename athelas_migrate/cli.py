@@ -269,6 +269,7 @@ COMMAND_MODULES = (
     ("athelas_migrate.cli_models", ("train", "predict", "export", "demo-data")),
     ("athelas_migrate.batch", ("batch", "merge-summaries")),
     ("athelas_migrate.infer.cli", ("rules",)),
+    ("athelas_migrate.scaffold.cli", ("family",)),
     ("athelas_migrate.report.cli", ("report",)),
 )
 

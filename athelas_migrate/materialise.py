@@ -42,7 +42,10 @@ def build_v2_model(result: MigrationResult) -> Any:
     cls = load_class(result.family.v2_class)
     state = {k: t.to_torch(copy=False) for k, t in result.state.items()}
     hparams_name = getattr(result.family, "hparams_name", {}).get(result.target_version)
-    model = cls(**{hparams_name: result.hyper_parameters}) if hparams_name else cls(**result.hyper_parameters)
+    if hparams_name and hparams_name != "kwargs":  # Lightning's name for "the keyword arguments themselves"
+        model = cls(**{hparams_name: result.hyper_parameters})
+    else:
+        model = cls(**result.hyper_parameters)
     model.load_state_dict(state, strict=True, assign=True)
     if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
         model = model.float()  # CPU kernels need float32; the values are the fp16-rounded weights

@@ -5,23 +5,18 @@ version graph is validated when the rule files load (one head, no cycle)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from conftest import FIXTURES
+from family_checks import check_family_complete, check_family_in_one_folder, manifest_families
 
 from athelas_migrate.errors import VersionGraphError
 from athelas_migrate.families import FAMILIES
 from athelas_migrate.families.base import load_class
-from athelas_migrate.rules.graph import head, load_rule_files, plan_path
+from athelas_migrate.rules.graph import head, load_rule_files
 
 #: Recognised so that they can be refused with a reason (no exact migration exists); they have no rules.
 REFUSED = {"TSASingleSeq", "TSADualSeq"}
 MIGRATABLE = sorted(set(FAMILIES) - REFUSED)
-
-
-def _fixture_families() -> set[str]:
-    return {e["family"] for m in FIXTURES.glob("*manifest.json") for e in json.loads(m.read_text())}
 
 
 def test_the_refused_families_have_no_rules():
@@ -31,40 +26,15 @@ def test_the_refused_families_have_no_rules():
 
 @pytest.mark.parametrize("name", MIGRATABLE)
 def test_family_is_complete(name):
-    from athelas_migrate.equivalence.adapters import VerifyAdapter, get_adapter
-    from athelas_migrate.models import AthelasModule
-
-    fam = FAMILIES[name]
-    assert head(name) == fam.latest, "the family's newest layout must be its rule graph's head"
-    target = load_class(fam.v2_class)
-    assert issubclass(target, AthelasModule)
-    assert target.layout_version == fam.latest, "the refactored class stamps the family's newest layout"
-    assert fam.legacy_classes, "a legacy class per old version"
-    for version, classpath in fam.legacy_classes.items():
-        assert load_class(classpath) is not None
-        assert plan_path(name, version, fam.latest), f"no rule chain {version} -> {fam.latest}"
-    adapter = get_adapter(name)
-    assert isinstance(adapter, VerifyAdapter) and adapter.family == name, "a verify adapter (Family.verify_adapter)"
-    assert callable(load_class(fam.onnx_spec)), "an ONNX input spec (Family.onnx_spec)"
-    for classpath in fam.historical_classes.values():
-        assert isinstance(load_class(classpath), type)
-    assert name in _fixture_families(), "a fixture listed in a fixtures/*manifest.json"
+    check_family_complete(FAMILIES[name], manifest_families(FIXTURES))
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_lives_in_one_folder(name):
     """Its class is defined in a family folder (a subpackage of families/), and what it names by reference in
     the folder (`verify.py`, `onnx.py`) lies in that same folder."""
-    import inspect as pyinspect
-    from pathlib import Path
-
-    fam = FAMILIES[name]
-    folder = Path(pyinspect.getfile(type(fam))).parent
-    assert (folder / "__init__.py").is_file() and folder.parent.name == "families", folder
-    for ref in (fam.verify_adapter, fam.onnx_spec):
-        if ref:
-            module = ref.partition(":")[0]
-            assert module.startswith(f"athelas_migrate.families.{folder.name}."), ref
+    folder = check_family_in_one_folder(FAMILIES[name])
+    assert folder.parent.name == "families", folder
 
 
 def test_the_reader_allows_exactly_the_families_historical_class_paths():

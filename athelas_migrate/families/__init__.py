@@ -28,22 +28,77 @@ def _bundled_folders() -> list[ModuleType]:
             for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name) if info.ispkg]
 
 
-def _collect(folders: list[ModuleType]) -> dict[str, Family]:
-    found: dict[str, Family] = {}
+def _collect(folders: list[ModuleType], found: dict[str, Family]) -> dict[str, Family]:
     for folder in folders:
         families = getattr(folder, "FAMILIES", None)
+        if families is None and _initialising(folder):
+            found.pending.append(folder)  # type: ignore[attr-defined]
+            continue
         if not isinstance(families, tuple) or not all(isinstance(f, Family) for f in families):
             raise UsageError(f"family folder {folder.__name__}: FAMILIES must be a tuple of Family instances")
         for fam in families:
             if fam.name in found:
                 raise UsageError(f"family {fam.name!r} is defined twice ({folder.__name__})")
-            found[fam.name] = fam
+            dict.__setitem__(found, fam.name, fam)
             register_key_types(fam.key_types, fam.name)
     return found
 
 
+def _initialising(module: ModuleType) -> bool:
+    """Whether `module` is still being imported (its code imported this package before defining FAMILIES)."""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+class _Registry(dict):
+    """The families by name. A family folder imported directly (`import myfolder.models` with the folder listed in
+    `ATHELAS_MIGRATE_FAMILIES`) imports this package while it is itself still initialising: its families join on
+    the first lookup after its import finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[ModuleType] = []
+
+    def _complete(self) -> None:
+        done = [m for m in self.pending if not _initialising(m)]
+        if done:
+            self.pending = [m for m in self.pending if m not in done]
+            _collect(done, self)
+
+    def __getitem__(self, key: str) -> Family:
+        self._complete()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._complete()
+        return super().__contains__(key)
+
+    def __iter__(self):  # noqa: ANN204 - dict's own signature
+        self._complete()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._complete()
+        return super().__len__()
+
+    def get(self, key: str, default: Family | None = None) -> Family | None:  # type: ignore[override]
+        self._complete()
+        return super().get(key, default)
+
+    def keys(self):  # noqa: ANN201
+        self._complete()
+        return super().keys()
+
+    def values(self):  # noqa: ANN201
+        self._complete()
+        return super().values()
+
+    def items(self):  # noqa: ANN201
+        self._complete()
+        return super().items()
+
+
 #: Every known family by name: the bundled folders', then the extra folders' (`ATHELAS_MIGRATE_FAMILIES`).
-FAMILIES: dict[str, Family] = _collect(_bundled_folders() + import_family_folders())
+FAMILIES: dict[str, Family] = _collect(_bundled_folders() + import_family_folders(), _Registry())
 
 
 def register(family: Family) -> None:
