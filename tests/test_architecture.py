@@ -144,7 +144,7 @@ LAYERS = [
     ("rules", ("rules",)),
     ("models", ("models", "components")),
     ("families", ("families",)),
-    ("engine", ("pipeline", "materialise", "optimizer_state")),
+    ("engine", ("pipeline", "scan", "materialise", "optimizer_state")),
 ]
 
 

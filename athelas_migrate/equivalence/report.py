@@ -22,127 +22,20 @@ and JUnit forms follow without changes here (give its checks `max_abs`/`atol` to
 from __future__ import annotations
 
 import json
-import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-from .junit import add_counts, check_numbers, classname, junit_document, short, shown_path, testsuite
-
-PASS, FAIL, ERROR, EXPECTED, SKIP = "pass", "fail", "error", "expected", "skipped"
-OK_STATUSES = {PASS, EXPECTED, SKIP}
-
-
-@dataclass
-class Check:
-    """One comparison (or one fact established) with its numbers."""
-
-    name: str
-    status: str
-    detail: str = ""
-    max_abs: float | None = None
-    max_rel: float | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    duration_s: float = 0.0
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        """Whether the status lets the run pass (pass, expected, skipped)."""
-        return self.status in OK_STATUSES
-
-    def to_dict(self) -> dict[str, Any]:
-        """The check as JSON-ready data.
-
-        Returns:
-            Its fields; non-finite numbers as strings.
-        """
-        return _clean({"name": self.name, "status": self.status, "detail": self.detail, "max_abs": self.max_abs,
-                       "max_rel": self.max_rel, "atol": self.atol, "rtol": self.rtol,
-                       "duration_s": round(self.duration_s, 6), "data": self.data})
-
-
-@dataclass
-class Section:
-    """A group of checks: build, weights, outputs, stored, training, domain."""
-
-    name: str
-    title: str
-    checks: list[Check] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, check: Check) -> Check:
-        """Append a check.
-
-        Args:
-            check: a Check; the section keeps its checks in the order they were added.
-
-        Returns:
-            The same check, so a caller can fill in its numbers afterwards.
-        """
-        self.checks.append(check)
-        return check
-
-    @property
-    def passed(self) -> bool:
-        """Whether every check of the section passes (an empty section does)."""
-        return all(c.passed for c in self.checks)
-
-    def count(self, status: str) -> int:
-        """How many checks have a status.
-
-        Args:
-            status: one of PASS, FAIL, ERROR, EXPECTED, SKIP.
-
-        Returns:
-            The count.
-        """
-        return sum(1 for c in self.checks if c.status == status)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The section as JSON-ready data.
-
-        Returns:
-            Its fields, its verdict and its checks.
-        """
-        return _clean({"name": self.name, "title": self.title, "passed": self.passed, "notes": self.notes,
-                       "summary": self.summary, "duration_s": round(self.duration_s, 6),
-                       "checks": [c.to_dict() for c in self.checks]})
-
-
-@dataclass
-class OutputDiff:
-    """Worst difference of one model output over all compared batches."""
-
-    name: str
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    passed: bool = True
-    batches: int = 0
-
-    def update(self, check: Check) -> None:
-        """Fold one batch's comparison of this output in.
-
-        Args:
-            check: the batch's check; NaN differences stay NaN.
-        """
-        self.batches += 1
-        self.max_abs = _max(self.max_abs, check.max_abs)
-        self.max_rel = _max(self.max_rel, check.max_rel)
-        self.passed = self.passed and check.passed
-
-    def to_dict(self) -> dict[str, Any]:
-        """The worst difference as JSON-ready data.
-
-        Returns:
-            max_abs, max_rel, passed, batches.
-        """
-        return _clean({"max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed,
-                       "batches": self.batches})
+from .checks import ERROR, FAIL, PASS, json_safe
+from .checks import EXPECTED as EXPECTED  # re-exported: the checks import these from here
+from .checks import OK_STATUSES as OK_STATUSES
+from .checks import SKIP as SKIP
+from .checks import Check as Check
+from .checks import OutputDiff as OutputDiff
+from .checks import Section as Section
+from .junit import add_counts, check_numbers, classname, short, shown_path, testsuite
+from .junit import junit_document as junit_document  # re-exported for the gate
 
 
 @dataclass
@@ -259,7 +152,7 @@ class VerifyReport:
             Everything, JSON-ready (non-finite numbers as strings).
         """
         atol, rtol = self.tolerance()
-        return _clean({
+        return json_safe({
             "tool": "athelas-migrate verify",
             "passed": self.passed,
             "exit_code": self.exit_code,
@@ -377,32 +270,6 @@ class VerifyReport:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _max(a: float | None, b: float | None) -> float:
-    vals = [v for v in (a, b) if v is not None]
-    if not vals:
-        return 0.0
-    if any(math.isnan(v) for v in vals):
-        return math.nan
-    return max(vals)
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: non-finite floats become strings, tuples lists, unknown objects their repr."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return "nan"
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if obj is None or isinstance(obj, str | int | bool):
-        return obj
-    return repr(obj)
-
 
 def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
     path = os.fspath(path)
