@@ -44,7 +44,7 @@ def _finite(x: Any) -> float | None:
     try:
         v = float(x)
     except (TypeError, ValueError):
-        return math.inf if x in ("inf", "nan") else None  # _clean wrote non-finite floats as strings
+        return math.inf if x in ("inf", "nan") else None  # json_safe writes non-finite floats as strings
     return v if math.isfinite(v) else math.inf
 
 
