@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -309,4 +310,13 @@ class Net(nn.Module):
 
 def test_checker_skips_commands_private_names_and_overrides_but_not_new_methods():
     assert offenders([("m.py", ast.parse(_SKIPPED))]) == ["m.py:38 grow: missing docstring"]
-    assert offenders([("athelas_migrate/rules/x.py", ast.parse(_SKIPPED))]) == []  # PENDING folder
+
+
+def test_checker_skips_pending_modules_and_folders(monkeypatch):
+    bare = ast.parse("def f(): pass")
+    monkeypatch.setattr(sys.modules[__name__], "PENDING", {"athelas_migrate/rules/", "athelas_migrate/one.py"})
+    assert offenders([("athelas_migrate/rules/x.py", ast.parse(_SKIPPED))]) == []  # a pending folder
+    assert offenders([("athelas_migrate/one.py", bare)]) == []  # a pending module
+    assert offenders([("athelas_migrate/other.py", bare)]) == [
+        "athelas_migrate/other.py:1 <module>: missing module docstring",
+        "athelas_migrate/other.py:1 f: missing docstring"]

@@ -100,7 +100,13 @@ class SampleBatchAdapter(VerifyAdapter):
         return False  # any output: compared as it is
 
     def sample_path(self) -> Path:
-        """The folder's sample batch file: `sample_inputs.pt` beside the module defining this adapter class."""
+        """The folder's sample batch file: `sample_inputs.pt` beside the module defining this adapter class.
+
+        The subclass's module, not this one, so each scaffolded family folder finds its own batches.
+
+        Returns:
+            The path (it may not exist; loading it reports that).
+        """
         return Path(sys.modules[type(self).__module__].__file__).with_name(SAMPLE_INPUTS)
 
     def construct_old(self, ctx: Context, cls: type, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -104,11 +104,28 @@ class SimpleFamily(Family):
         return {**constructor_args(config), **self.extra_hparams.get(version, {})}
 
     def class_for(self, version: str) -> str:
-        """ "module:Class" of the model with the `version` layout."""
+        """ "module:Class" of the model with the `version` layout.
+
+        Args:
+            version: a layout version of the family.
+
+        Returns:
+            `v2_class` for the latest version, else the legacy class registered for it.
+        """
         return self.v2_class if version == self.latest else self.legacy_classes[version]
 
     def constructor_kwargs(self, config: dict[str, Any], version: str, cls: type | None = None) -> dict[str, Any]:
-        """The keyword arguments that rebuild the `version` model (of class `cls`, when given) from `config`."""
+        """The keyword arguments that rebuild the `version` model (of class `cls`, when given) from `config`.
+
+        Args:
+            config: the canonical config.
+            version: the layout version to build.
+            cls: the class, so keys its constructor does not accept are left out; None keeps every key.
+
+        Returns:
+            `{config_arg: config}` for a version whose class takes the config as one argument, else the
+            config's entries as keyword arguments.
+        """
         args = constructor_args(config)
         name = self.config_arg.get(version)
         if name:

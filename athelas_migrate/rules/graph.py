@@ -21,7 +21,13 @@ from .schema import RuleFile, parse_rule_file
 
 
 def mappings_root() -> Path:
-    """`mappings/` of a source checkout, else the copy installed as package data."""
+    """`mappings/` of a source checkout, else the copy installed as package data.
+
+    The checkout's folder wins so that rule files edited in a working tree take effect without reinstalling.
+
+    Returns:
+        The folder holding the bundled rule files.
+    """
     here = Path(__file__).resolve().parents[2] / "mappings"
     if here.is_dir():
         return here

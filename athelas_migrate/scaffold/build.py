@@ -63,17 +63,21 @@ def scaffold(name: str, legacy: str, legacy_args: str | None, target: str, targe
 
     Args:
         name: the family's name (rule files and stamps spell it so).
-        legacy, target: "module:Class" of the legacy and the refactored class.
-        legacy_args, target_args: JSON files of their constructor keyword arguments (None: no arguments).
+        legacy: "module:Class" of the legacy class.
+        legacy_args: JSON file of its constructor keyword arguments (None: no arguments).
+        target: "module:Class" of the refactored class.
+        target_args: JSON file of its constructor keyword arguments (None: no arguments).
         inputs_path: torch file holding a list of example inputs.
-        src, dst: the layout versions of the legacy and the refactored class.
+        src: the layout version of the legacy class.
+        dst: the layout version of the refactored class.
         into: the directory the folder is created in (created if missing).
 
     Returns:
         What was written.
 
     Raises:
-        UsageError: a bad name or version, the folder exists, a class does not import or construct (exit 2).
+        UsageError: a bad name or version, a class does not import or construct (exit 2).
+        OutputExistsError: the folder exists (exit 2).
         InputError: the inputs are unreadable, or no mapping can be proven (exit 3).
         OutputError: the folder cannot be written (exit 4).
     """

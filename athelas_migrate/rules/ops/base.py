@@ -31,7 +31,14 @@ class StateRule:
     source: str = ""  # "<file>#<id>", for reports
 
     def matches(self, key: str) -> bool:
-        """Whether one of the rule's patterns matches the whole `key`."""
+        """Whether one of the rule's patterns matches the whole `key` (a partial match would claim too much).
+
+        Args:
+            key: a source state-dict key.
+
+        Returns:
+            True when some pattern full-matches it.
+        """
         return any(p.fullmatch(key) for p in self.match)
 
 
@@ -77,13 +84,29 @@ class ApplyContext:
     groups: dict[tuple[str, tuple], tuple[StateRule, dict[int, str]]] = field(default_factory=dict)
 
     def emit(self, target: str, tensor: TensorRef) -> None:
-        """Produce `target`; a key produced twice is collected and refused once every key has run."""
+        """Produce `target`; a key produced twice is collected and refused once every key has run.
+
+        Collisions are collected rather than raised so the refusal can name all of them at once.
+
+        Args:
+            target: the target key.
+            tensor: its tensor (a reference; nothing is loaded).
+        """
         if target in self.produced:
             self.collisions.append(target)
         self.produced[target] = tensor
 
     def group(self, rule: StateRule, groups: tuple, index: int, key: str) -> None:
-        """Hold `key` as part `index` of the group its captures name, for `StateOp.apply_group`."""
+        """Hold `key` as part `index` of the group its captures name, for `StateOp.apply_group`.
+
+        Ops that fuse several source keys into one target cannot act per key; they park the keys here.
+
+        Args:
+            rule: the rule claiming the key.
+            groups: the pattern's captures, naming the group (e.g. the layer index).
+            index: which part of the group the key is (the index of the pattern that matched).
+            key: the source key.
+        """
         self.groups.setdefault((rule.id, groups), (rule, {}))[1][index] = key
 
 
@@ -94,6 +117,23 @@ class Op:
     kind: ClassVar[str] = "op"  # how messages call it
     in_files: ClassVar[bool] = True  # False: made only by inverting another op, never written in a rule file
     one_way: ClassVar[str] = ""  # why rules of this op cannot be undone ("" when `inverse` undoes them)
+
+    @classmethod
+    def parse(cls, r: dict, rid: str, where: str) -> Any:
+        """The rule from its TOML table (`id` and `op` already read); `StateOp` and `HparamOp` implement it.
+
+        Args:
+            r: the table.
+            rid: the rule's id.
+            where: its address for messages.
+
+        Returns:
+            The parsed rule (a StateRule or an HparamRule).
+
+        Raises:
+            RuleError: a field is missing, unknown or malformed.
+        """
+        raise NotImplementedError(f"{cls.kind} {cls.name!r} has no parser")
 
     @classmethod
     def invert(cls, rule: Any) -> Any:
@@ -114,7 +154,13 @@ class Op:
 
     @classmethod
     def inverse(cls, rule: Any) -> Any:
-        """The hook an invertible op overrides (see `invert`).
+        """The hook an invertible op overrides (see `invert`); the default refuses.
+
+        Args:
+            rule: a rule of this op.
+
+        Returns:
+            The rule of the reverse edge.
 
         Raises:
             NotInvertibleError: this rule of the op cannot be undone.
@@ -133,24 +179,21 @@ class StateOp(Op):
 
     @classmethod
     def parse(cls, r: dict, rid: str, where: str) -> StateRule:
-        """The rule from its TOML table (`id` and `op` already read).
-
-        Args:
-            r: the table.
-            rid: the rule's id.
-            where: its address for messages.
-
-        Returns:
-            The parsed rule.
-
-        Raises:
-            RuleError: a field is missing, unknown or malformed.
-        """
+        """Default: refuse, for ops made only by inverting another (`in_files` False)."""
         raise NotImplementedError(f"op {cls.name!r} cannot be written in a rule file")
 
     @classmethod
     def apply_key(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> None:
         """Map one source key the rule claims (emit its targets, record an event).
+
+        Called for every key the rule's `match` claims, in checkpoint order; ops that need several keys at
+        once call `ctx.group` instead and do the work in `apply_group`.
+
+        Args:
+            rule: the rule.
+            key: the source key.
+            tensor: its tensor (a reference; load it only when the op must compute).
+            ctx: the rule file's application, to emit into.
 
         Raises:
             RuleError: the tensor does not fit the rule.
@@ -159,16 +202,35 @@ class StateOp(Op):
 
     @classmethod
     def apply_group(cls, rule: StateRule, parts: dict[int, str], ctx: ApplyContext) -> None:
-        """Map the keys held together with `ApplyContext.group` (part index -> key)."""
+        """Map the keys held together with `ApplyContext.group`, once per group after every key has run.
+
+        Args:
+            rule: the rule.
+            parts: part index -> source key.
+            ctx: the rule file's application (its `state` holds the tensors).
+
+        Raises:
+            RuleError: a part is missing or the tensors do not fit the rule.
+        """
         raise NotImplementedError(f"op {cls.name!r} holds no groups")
 
     @classmethod
     def add_keys(cls, rule: StateRule, ctx: ApplyContext) -> None:
-        """Add keys that no source key maps to, after every key is mapped. Default: none."""
+        """Add keys that no source key maps to, after every key is mapped. Default: none.
+
+        Args:
+            rule: the rule.
+            ctx: the rule file's application, to emit into.
+        """
 
     @classmethod
     def check(cls, rule: StateRule, ctx: ApplyContext) -> None:
-        """Check the rule's claims about the source once the edge is applied (warn or refuse). Default: none."""
+        """Check the rule's claims about the source once the edge is applied (warn or refuse). Default: none.
+
+        Args:
+            rule: the rule.
+            ctx: the rule file's application (warnings go to `ctx.warnings`).
+        """
 
 
 class HparamOp(Op):
@@ -180,11 +242,7 @@ class HparamOp(Op):
 
     @classmethod
     def parse(cls, r: dict, rid: str, where: str) -> HparamRule:
-        """The rule from its TOML table: `key`, then the op's own fields (`parse_fields`).
-
-        Raises:
-            RuleError: a field is missing, unknown or malformed.
-        """
+        """Read `key`, check the field names against `fields`, then the op's own fields (`parse_fields`)."""
         rule = HparamRule(rid, cls.name, require(r, "key", where), source=where)
         check_fields(r, cls.fields, where)
         cls.parse_fields(rule, r, where)
@@ -192,7 +250,16 @@ class HparamOp(Op):
 
     @classmethod
     def parse_fields(cls, rule: HparamRule, r: dict, where: str) -> None:
-        """Read the op's fields into `rule`. Default: none."""
+        """Read the op's own fields into `rule` (`parse` has checked the names against `fields`). Default: none.
+
+        Args:
+            rule: the rule being built.
+            r: its TOML table.
+            where: its address for messages.
+
+        Raises:
+            RuleError: a field is malformed.
+        """
 
     @classmethod
     def apply(cls, rule: HparamRule, config: dict[str, Any], recorded: dict[str, Any] | None) -> list[str]:
@@ -213,7 +280,14 @@ class HparamOp(Op):
 
     @classmethod
     def rollback(cls, rule: HparamRule) -> str:
-        """How rolling back over `rule` restores its key when the stamp holds no record (for `history`)."""
+        """How rolling back over `rule` restores its key when the stamp holds no record (for `history`).
+
+        Args:
+            rule: a rule of this op.
+
+        Returns:
+            One line for the report.
+        """
         return f"{rule.key}: only from the value recorded in the stamp (files this tool migrated); otherwise one-way"
 
 
@@ -229,7 +303,13 @@ def _register(registry: dict[str, Any], cls: type[Op]) -> type[Op]:
 
 
 def state_op(cls: type[StateOp]) -> type[StateOp]:
-    """Class decorator: register a state op under its `name`.
+    """Class decorator: register a state op under its `name`, so rule files can name it.
+
+    Args:
+        cls: the op class.
+
+    Returns:
+        `cls`, unchanged.
 
     Raises:
         ValueError: the name is empty or taken.
@@ -238,7 +318,13 @@ def state_op(cls: type[StateOp]) -> type[StateOp]:
 
 
 def hparam_op(cls: type[HparamOp]) -> type[HparamOp]:
-    """Class decorator: register a hyper-parameter op under its `name`.
+    """Class decorator: register a hyper-parameter op under its `name`, so rule files can name it.
+
+    Args:
+        cls: the op class.
+
+    Returns:
+        `cls`, unchanged.
 
     Raises:
         ValueError: the name is empty or taken.

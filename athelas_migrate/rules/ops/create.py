@@ -47,7 +47,19 @@ def add_constant(rule: StateRule, key: str, params: dict[str, Any], ctx: ApplyCo
 
 
 def check_constant(rule: StateRule, key: str, tensor: TensorRef) -> list[str]:
-    """The inverse of `create` drops a key the forward edge made; say so when it no longer holds the constant."""
+    """The inverse of `create` drops a key the forward edge made; say so when it no longer holds the constant.
+
+    A key trained away from its created constant carries information the older layout cannot keep.
+
+    Args:
+        rule: the inverse rule (its params hold `check_fill`).
+        key: the key being dropped.
+        tensor: its tensor.
+
+    Returns:
+        One warning when the key no longer holds the constant (an empty tensor counts as not holding it), else
+        none.
+    """
     fill = rule.params["check_fill"]
     if tensor.numel and tensor.holds_constant(fill):
         return []

@@ -38,6 +38,11 @@ def require(d: dict, key: str, where: str, kind: type | tuple = str) -> Any:
 def check_fields(r: dict, allowed: frozenset[str], where: str) -> None:
     """Refuse a field the op does not take (a typo, or another op's field it would silently ignore).
 
+    Args:
+        r: the rule's table.
+        allowed: the field names the op takes.
+        where: the rule's address for the message.
+
     Raises:
         RuleError: naming the unknown fields.
     """
@@ -46,7 +51,16 @@ def check_fields(r: dict, allowed: frozenset[str], where: str) -> None:
 
 
 def str_list(r: dict, key: str) -> list[str] | None:
-    """A field that is one string or a list of strings, as a list (empty when absent); None for any other type."""
+    """A field that is one string or a list of strings, as a list (rule files may write either form).
+
+    Args:
+        r: the rule's table.
+        key: the field's name.
+
+    Returns:
+        The strings (empty when the field is absent), or None when the field has any other type, so the caller
+        can word its own refusal.
+    """
     value = r.get(key, [])
     if isinstance(value, str):
         return [value]
@@ -76,7 +90,14 @@ def int_list(r: dict, key: str, where: str) -> list[int]:
 
 
 def dtype_name(value: Any, where: str) -> str:
-    """A dtype a rule may name (`CASTABLE`).
+    """A dtype a rule may name (`CASTABLE`: the casts the tool can do without a loss it cannot report).
+
+    Args:
+        value: the field's value.
+        where: the rule's address for the message.
+
+    Returns:
+        The dtype's name.
 
     Raises:
         RuleError: any other value.
@@ -110,6 +131,11 @@ def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
 def check_template(pattern: re.Pattern[str], template: str, where: str) -> None:
     """Refuse a target template that names a group `pattern` lacks, or has a bad escape (before any key is mapped).
 
+    Args:
+        pattern: the rule's compiled regex.
+        template: a target template (`re.sub` syntax).
+        where: the rule's address for the message.
+
     Raises:
         RuleError: the template cannot be expanded by matches of `pattern`.
     """
@@ -120,12 +146,30 @@ def check_template(pattern: re.Pattern[str], template: str, where: str) -> None:
 
 
 def tensor_misfit(rule_source: str, op: str, key: str, shape: Any, exc: Exception) -> RuleError:
-    """The refusal for a tensor an op's params do not fit (a shape, a dim): the rule is wrong for this file."""
+    """The refusal for a tensor an op's params do not fit (a shape, a dim): the rule is wrong for this file.
+
+    Args:
+        rule_source: the rule's address (`<file>#<id>`).
+        op: the op's name.
+        key: the source key.
+        shape: the tensor's shape.
+        exc: what torch (or the op) raised.
+
+    Returns:
+        The error, for the caller to raise (`raise tensor_misfit(...) from exc`).
+    """
     return RuleError(f"{rule_source}: {op} does not fit {key} (shape {list(shape)}): {exc}")
 
 
 def is_shape(shape: Any) -> bool:
-    """Whether `shape` is a list of ints or config-key names (a shape resolved per checkpoint)."""
+    """Whether `shape` is a list of ints or config-key names (a shape resolved per checkpoint).
+
+    Args:
+        shape: a rule field's value.
+
+    Returns:
+        True for a well-formed shape (bools are refused though they are ints).
+    """
     return isinstance(shape, list) and all(isinstance(d, int | str) and not isinstance(d, bool) for d in shape)
 
 

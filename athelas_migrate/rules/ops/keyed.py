@@ -55,7 +55,19 @@ class MatchOp(StateOp):
 
     @classmethod
     def parse_fields(cls, rule: StateRule, r: dict, where: str) -> None:
-        """`to` (one template, a list for an op with many targets), then the op's params."""
+        """Read `to` (one template, a list for an op with many targets), then the op's params (`parse_params`).
+
+        Templates are checked against the first pattern here, so a bad group reference fails when the file
+        loads, not midway through a checkpoint.
+
+        Args:
+            rule: the rule being built (its `match` already compiled).
+            r: its TOML table.
+            where: its address for messages.
+
+        Raises:
+            RuleError: `to` is missing, has the wrong arity for the op, or names a group `match` lacks.
+        """
         to = str_list(r, "to")
         if to is None:
             raise RuleError(f"{where}: 'to' must be a key template or a list of them")
@@ -70,7 +82,18 @@ class MatchOp(StateOp):
 
     @classmethod
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
-        """The op's own fields, validated. Default: none."""
+        """The op's own fields, validated. Default: none.
+
+        Args:
+            r: the rule's TOML table.
+            where: its address for messages.
+
+        Returns:
+            The params to store on the rule.
+
+        Raises:
+            RuleError: a field is missing or malformed.
+        """
         return {}
 
     @classmethod
@@ -87,7 +110,19 @@ class MatchOp(StateOp):
 
     @classmethod
     def transform(cls, rule: StateRule, key: str, tensor: TensorRef, ctx: ApplyContext) -> list[TensorRef]:
-        """The tensors for the rule's targets, in order. Default: the source tensor itself (a byte copy)."""
+        """The tensors for the rule's targets, in order. Default: the source tensor itself (a byte copy).
+
+        A torch RuntimeError or IndexError raised here is reported as the rule not fitting the tensor.
+
+        Args:
+            rule: the rule.
+            key: the source key.
+            tensor: its tensor.
+            ctx: the rule file's application (for the config, when a param names a config key).
+
+        Returns:
+            One tensor per `rule.to` template.
+        """
         return [tensor]
 
     @classmethod
@@ -100,6 +135,12 @@ class MatchOp(StateOp):
     def inverse_params(cls, rule: StateRule) -> dict[str, Any]:
         """The params of the inverse rule. Default: the same.
 
+        Args:
+            rule: the forward rule.
+
+        Returns:
+            The inverse rule's params.
+
         Raises:
             NotInvertibleError: the params say the change is lossy.
         """
@@ -108,6 +149,12 @@ class MatchOp(StateOp):
 
 def invert_key_map(rule: StateRule) -> tuple[str, str]:
     """(regex, template) mapping the rule's targets back to its sources.
+
+    Args:
+        rule: a one-pattern, one-target rule.
+
+    Returns:
+        The inverse's regex and target template.
 
     Raises:
         NotInvertibleError: the regex is not literals plus capture groups each used once.
