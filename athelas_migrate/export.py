@@ -61,6 +61,7 @@ __all__ = [
     "ExportResult",
     "INPUT_SPECS",
     "InputSpec",
+    "PositionalForward",
     "export_onnx",
     "input_spec_for",
     "register_input_spec",
@@ -144,6 +145,22 @@ def input_spec_for(model: Any) -> InputSpec:
     known = sorted(set(INPUT_SPECS) | set(by_class))
     raise UsageError(f"no ONNX input spec for {type(model).__name__} (known: {', '.join(known)}); "
                      "a family names its spec in `onnx_spec` (see athelas_migrate.export)")
+
+
+class PositionalForward(nn.Module):
+    """``forward(*tensors)`` calls ``model(*tensors)`` (models that take tensors, e.g. scaffolded families)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        """Wrap ``model``.
+
+        Args:
+            model: the model to call with the ONNX inputs as positional arguments.
+        """
+        super().__init__()
+        self.inner = model
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.inner(*tensors)
 
 
 class BatchDictForward(nn.Module):
