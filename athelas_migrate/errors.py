@@ -83,7 +83,21 @@ class MissingInformationError(InputError):
 
 
 class RuleError(AthelasError):
-    """A rule file is malformed, or the rules do not cover the checkpoint exactly."""
+    """A rule file is malformed, or the rules do not cover the checkpoint exactly.
+
+    `rule_file` and `rule_id` name the rule concerned when there is one (a refusal about a whole checkpoint has
+    neither), so callers can act on them without parsing the message.
+    """
+
+    def __init__(self, message: str, *, rule: str = "") -> None:
+        """Make the refusal.
+
+        Args:
+            message: the one-line message shown to the user.
+            rule: the rule concerned as "<file>#<id>" (the form reports cite), or "" for none.
+        """
+        super().__init__(message)
+        self.rule_file, _, self.rule_id = rule.partition("#")
 
 
 class VersionGraphError(RuleError):

@@ -140,8 +140,9 @@ def test_a_toy_op_registered_alone_parses_applies_and_rolls_back(monkeypatch, tm
     for key, tensor in state.items():
         torch.testing.assert_close(rolled.state[key].to_torch(), tensor.to_torch(), rtol=1e-6, atol=0)
 
-    with pytest.raises(RuleError, match=r"Toy/v1-v2.toml#scale-head: field 'factor' must be float"):
+    with pytest.raises(RuleError, match=r"Toy/v1-v2.toml#scale-head: field 'factor' must be float") as info:
         parse_rule_bytes(TOY.replace(b"factor = 4.0", b'factor = "4"'), "Toy/v1-v2.toml")
+    assert (info.value.rule_file, info.value.rule_id) == ("Toy/v1-v2.toml", "scale-head")
 
 
 def test_an_op_without_inverse_says_why_on_rollback(monkeypatch):
@@ -151,8 +152,10 @@ def test_an_op_without_inverse_says_why_on_rollback(monkeypatch):
 
     monkeypatch.setitem(OPS, "noise", Noise)
     rf = parse_rule_bytes(TOY.replace(b'"scale"', b'"noise"'), "Toy/v1-v2.toml")
-    with pytest.raises(NotInvertibleError, match=r"^Toy/v1-v2.toml#scale-head: noise cannot be subtracted again$"):
+    message = r"^Toy/v1-v2.toml#scale-head: noise cannot be subtracted again$"
+    with pytest.raises(NotInvertibleError, match=message) as info:
         invert_file(rf)
+    assert (info.value.rule_file, info.value.rule_id) == ("Toy/v1-v2.toml", "scale-head")
 
 
 def test_since_is_parsed_and_optional():

@@ -46,9 +46,9 @@ def _owners(rf: RuleFile, state: OrderedDict[str, TensorRef]) -> dict[str, State
         else:
             owner[key] = hits[0]
     if unmatched:
-        raise RuleError(f"{rf.name}: keys matched by no rule: {_list(unmatched)}")
+        raise RuleError(f"{rf.name}: keys matched by no rule: {_list(unmatched)}", rule=rf.name)
     if ambiguous:
-        raise RuleError(f"{rf.name}: keys matched by more than one rule: {_list(ambiguous)}")
+        raise RuleError(f"{rf.name}: keys matched by more than one rule: {_list(ambiguous)}", rule=rf.name)
     return owner
 
 
@@ -76,7 +76,8 @@ def apply_state_rules(rf: RuleFile, state: OrderedDict[str, TensorRef],
     for rule, parts in list(ctx.groups.values()):
         OPS[rule.op].apply_group(rule, parts, ctx)
     if ctx.collisions:
-        raise RuleError(f"{rf.name}: target keys produced more than once: {_list(sorted(set(ctx.collisions)))}")
+        raise RuleError(f"{rf.name}: target keys produced more than once: {_list(sorted(set(ctx.collisions)))}",
+                        rule=rf.name)
     for rule in rf.rules:
         OPS[rule.op].add_keys(rule, ctx)
     for rule in rf.rules:

@@ -102,11 +102,11 @@ def parse_rule_bytes(raw: bytes, name: str, path: str = "<text>") -> RuleFile:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RuleError(f"{name}: not valid TOML: {exc}") from exc
+        raise RuleError(f"{name}: not valid TOML: {exc}", rule=name) from exc
     family = require(data, "family", name)
     src, dst = require(data, "from", name), require(data, "to", name)
     if set(data) - _TOP_LEVEL:
-        raise RuleError(f"{name}: unknown top-level fields {sorted(set(data) - _TOP_LEVEL)}")
+        raise RuleError(f"{name}: unknown top-level fields {sorted(set(data) - _TOP_LEVEL)}", rule=name)
     since = _since(data, name)
     ids: set[str] = set()
     rules = [_parse_state_rule(r, f"{name} rule {i}", name, ids) for i, r in enumerate(data.get("rules", []))]
@@ -122,9 +122,9 @@ def _since(data: dict, name: str) -> str:
     since = require(data, "since", name)
     if len(since) > SINCE_MAX_CHARS:
         raise RuleError(f"{name}: 'since' is {len(since)} characters; at most {SINCE_MAX_CHARS} (one line saying "
-                        "why the edge exists)")
+                        "why the edge exists)", rule=name)
     if not since.isprintable():
-        raise RuleError(f"{name}: 'since' must be one line of printable text")
+        raise RuleError(f"{name}: 'since' must be one line of printable text", rule=name)
     return since
 
 
@@ -133,7 +133,7 @@ def _rule_id(r: dict, where: str, name: str, ids: set[str]) -> tuple[str, str, s
     rid = require(r, "id", where)
     where = f"{name}#{rid}"
     if rid in ids:
-        raise RuleError(f"{where}: duplicate rule id")
+        raise RuleError(f"{where}: duplicate rule id", rule=where)
     ids.add(rid)
     return rid, where, require(r, "op", where)
 
@@ -141,12 +141,12 @@ def _rule_id(r: dict, where: str, name: str, ids: set[str]) -> tuple[str, str, s
 def _parse_state_rule(r: dict, where: str, name: str, ids: set[str]) -> StateRule:
     rid, where, op = _rule_id(r, where, name, ids)
     if op not in OPS or not OPS[op].in_files:
-        raise RuleError(f"{where}: unknown op {op!r} (one of {file_ops(OPS)})")
+        raise RuleError(f"{where}: unknown op {op!r} (one of {file_ops(OPS)})", rule=where)
     return OPS[op].parse(r, rid, where)
 
 
 def _parse_hparam_rule(r: dict, where: str, name: str, ids: set[str]) -> HparamRule:
     rid, where, op = _rule_id(r, where, name, ids)
     if op not in HPARAM_OPS or not HPARAM_OPS[op].in_files:
-        raise RuleError(f"{where}: unknown hparam op {op!r} (one of {file_ops(HPARAM_OPS)})")
+        raise RuleError(f"{where}: unknown hparam op {op!r} (one of {file_ops(HPARAM_OPS)})", rule=where)
     return HPARAM_OPS[op].parse(r, rid, where)

@@ -149,7 +149,7 @@ class Op:
             NotInvertibleError: the op, or this rule of it, cannot be undone (the message says why).
         """
         if cls.one_way:
-            raise NotInvertibleError(f"{rule.source}: {cls.one_way}")
+            raise NotInvertibleError(f"{rule.source}: {cls.one_way}", rule=rule.source)
         return cls.inverse(rule)
 
     @classmethod
@@ -165,7 +165,7 @@ class Op:
         Raises:
             NotInvertibleError: this rule of the op cannot be undone.
         """
-        raise NotInvertibleError(f"{rule.source}: {cls.kind} {rule.op!r} has no inverse")
+        raise NotInvertibleError(f"{rule.source}: {cls.kind} {rule.op!r} has no inverse", rule=rule.source)
 
 
 class StateOp(Op):

@@ -36,13 +36,13 @@ def add_constant(rule: StateRule, key: str, params: dict[str, Any], ctx: ApplyCo
         RuleError: the key exists, the shape cannot be resolved, or the fill does not fit the dtype.
     """
     if key in ctx.produced:
-        raise RuleError(f"{rule.source}: {op}d key {key} already exists")
+        raise RuleError(f"{rule.source}: {op}d key {key} already exists", rule=rule.source)
     shape = resolve_shape(params["shape"], ctx.config, rule.source)
     dtype = params.get("dtype") or _float_dtype(ctx.produced)
     try:
         ctx.produced[key] = TensorRef.full(shape, params["fill"], dtype)
     except ValueError as exc:
-        raise RuleError(f"{rule.source}: {exc}") from exc
+        raise RuleError(f"{rule.source}: {exc}", rule=rule.source) from exc
     ctx.events.append(KeyEvent(rule.source, op, [], [key], rule.reason))
 
 
@@ -81,9 +81,9 @@ class Create(StateOp):
         to = require(r, "to", where)
         fill = r.get("fill")
         if not isinstance(fill, int | float) or isinstance(fill, bool):
-            raise RuleError(f"{where}: 'fill' must be a number")
+            raise RuleError(f"{where}: 'fill' must be a number", rule=where)
         if not is_shape(r.get("shape")):
-            raise RuleError(f"{where}: 'shape' must be a list of ints or config keys")
+            raise RuleError(f"{where}: 'shape' must be a list of ints or config keys", rule=where)
         dtype = r.get("dtype")
         if dtype is not None:
             dtype_name(dtype, where)

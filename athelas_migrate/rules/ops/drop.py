@@ -27,15 +27,15 @@ def _parse_restore(restore: dict, where: str) -> None:
         if "key" not in restore or not isinstance(fill, int | float) or isinstance(fill, bool) or \
                 not is_shape(restore.get("shape")):
             raise RuleError(f"{where}: restore with value = \"fill\" needs 'key', a number 'fill' and "
-                            "'shape' (ints or config keys)")
+                            "'shape' (ints or config keys)", rule=where)
     elif not {"anchor", "key"} <= set(restore) or value not in ("copy", "arange"):
         raise RuleError(f"{where}: restore needs 'anchor' (regex), 'key' (template) and "
-                        "'value' = \"copy\" or \"arange\"")
+                        "'value' = \"copy\" or \"arange\"", rule=where)
     else:
         check_template(compile_pattern(restore["anchor"], where), require(restore, "key", f"{where}: restore"), where)
     extra = set(restore) - _RESTORE_FIELDS
     if extra:
-        raise RuleError(f"{where}: unknown restore fields {sorted(extra)}")
+        raise RuleError(f"{where}: unknown restore fields {sorted(extra)}", rule=where)
     for key, kind in _RESTORE_TYPES.items():
         if key in restore:
             require(restore, key, f"{where}: restore", kind)
@@ -157,7 +157,7 @@ class Restore(StateOp):
             return
         for anchor_key, target in _restore_targets(rule, list(ctx.produced)):
             if target in ctx.produced:
-                raise RuleError(f"{rule.source}: restored key {target} already exists")
+                raise RuleError(f"{rule.source}: restored key {target} already exists", rule=rule.source)
             ctx.produced[target] = _restored_value(rule, ctx.produced[anchor_key])
             ctx.events.append(KeyEvent(rule.source, "restore", [anchor_key], [target], rule.reason))
 

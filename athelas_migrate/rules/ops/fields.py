@@ -29,9 +29,9 @@ def require(d: dict, key: str, where: str, kind: type | tuple = str) -> Any:
         RuleError: the field is missing or has another type.
     """
     if key not in d:
-        raise RuleError(f"{where}: missing field {key!r}")
+        raise RuleError(f"{where}: missing field {key!r}", rule=where)
     if not isinstance(d[key], kind):
-        raise RuleError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}")
+        raise RuleError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}", rule=where)
     return d[key]
 
 
@@ -47,7 +47,7 @@ def check_fields(r: dict, allowed: frozenset[str], where: str) -> None:
         RuleError: naming the unknown fields.
     """
     if set(r) - allowed:
-        raise RuleError(f"{where}: unknown fields {sorted(set(r) - allowed)}")
+        raise RuleError(f"{where}: unknown fields {sorted(set(r) - allowed)}", rule=where)
 
 
 def str_list(r: dict, key: str) -> list[str] | None:
@@ -85,7 +85,7 @@ def int_list(r: dict, key: str, where: str) -> list[int]:
     """
     value = require(r, key, where, list)
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
-        raise RuleError(f"{where}: {key!r} must be a list of integers")
+        raise RuleError(f"{where}: {key!r} must be a list of integers", rule=where)
     return value
 
 
@@ -103,7 +103,7 @@ def dtype_name(value: Any, where: str) -> str:
         RuleError: any other value.
     """
     if not isinstance(value, str) or value not in CASTABLE:
-        raise RuleError(f"{where}: unknown dtype {value!r}")
+        raise RuleError(f"{where}: unknown dtype {value!r}", rule=where)
     return value
 
 
@@ -121,11 +121,11 @@ def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
         RuleError: the regex does not compile.
     """
     if not isinstance(pattern, str):
-        raise RuleError(f"{where}: a regex must be a string, not {pattern!r}")
+        raise RuleError(f"{where}: a regex must be a string, not {pattern!r}", rule=where)
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise RuleError(f"{where}: invalid regex {pattern!r}: {exc}") from exc
+        raise RuleError(f"{where}: invalid regex {pattern!r}: {exc}", rule=where) from exc
 
 
 def check_template(pattern: re.Pattern[str], template: str, where: str) -> None:
@@ -142,7 +142,8 @@ def check_template(pattern: re.Pattern[str], template: str, where: str) -> None:
     try:
         pattern.sub(template, "")
     except (re.error, IndexError) as exc:
-        raise RuleError(f"{where}: invalid target template {template!r} for {pattern.pattern!r}: {exc}") from None
+        raise RuleError(f"{where}: invalid target template {template!r} for {pattern.pattern!r}: {exc}",
+                        rule=where) from None
 
 
 def tensor_misfit(rule_source: str, op: str, key: str, shape: Any, exc: Exception) -> RuleError:
@@ -192,7 +193,7 @@ def resolve_shape(shape: list, config: dict[str, Any] | None, where: str) -> lis
         if isinstance(d, str):
             v = (config or {}).get(d)
             if not isinstance(v, int) or isinstance(v, bool):
-                raise RuleError(f"{where}: shape entry {d!r} needs an integer config value (got {v!r})")
+                raise RuleError(f"{where}: shape entry {d!r} needs an integer config value (got {v!r})", rule=where)
             d = v
         out.append(int(d))
     return out

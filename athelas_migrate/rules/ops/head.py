@@ -31,14 +31,15 @@ def head_op(rule: Any, key: str, tensor: TensorRef) -> tuple[TensorRef, str]:
     """
     if rule.op == "widen_head":
         if not tensor.shape or tensor.shape[0] != 1:
-            raise RuleError(f"{rule.source}: widen_head needs a one-row head, {key} is {list(tensor.shape)}")
+            raise RuleError(f"{rule.source}: widen_head needs a one-row head, {key} is {list(tensor.shape)}",
+                            rule=rule.source)
         zero_row = bytes(tensor.nbytes)  # +0.0 is all zero bits in every float format
         return TensorRef.from_bytes(zero_row + bytes(tensor.raw_bytes()), tensor.dtype,
                                     (2, *tensor.shape[1:]), tensor.is_parameter), ""
 
     t = tensor.to_torch()
     if t.dim() == 0 or t.shape[0] != 2:
-        raise RuleError(f"{rule.source}: narrow_head needs a two-row head, {key} is {list(t.shape)}")
+        raise RuleError(f"{rule.source}: narrow_head needs a two-row head, {key} is {list(t.shape)}", rule=rule.source)
     note = ""
     if bool((t[0] != 0).any()):
         note = (f"{rule.source}: row 0 of {key} is not zero (trained after the migration): the one-row head is "

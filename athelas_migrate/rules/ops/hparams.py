@@ -23,17 +23,18 @@ def _template(rule: HparamRule, config: dict[str, Any]) -> str:
     try:
         fields = list(string.Formatter().parse(rule.value))
     except ValueError as exc:
-        raise RuleError(f"{rule.source}: malformed template {rule.value!r} ({exc})") from None
+        raise RuleError(f"{rule.source}: malformed template {rule.value!r} ({exc})", rule=rule.source) from None
     for literal, name, spec, conversion in fields:
         out.append(literal)
         if name is None:
             continue
         if not name.isidentifier() or spec or conversion:
             raise RuleError(f"{rule.source}: template {rule.value!r}: only plain {{name}} fields are allowed, "
-                            f"not {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}")
+                            f"not {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}",
+                                rule=rule.source)
         if name not in config:
             raise RuleError(f"{rule.source}: template {rule.value!r} needs hyper-parameter {name!r}, which neither "
-                            "the checkpoint nor --set gives")
+                            "the checkpoint nor --set gives", rule=rule.source)
         out.append(str(config[name]))
     return "".join(out)
 
@@ -58,7 +59,7 @@ class SetHparam(_Recorded):
     @classmethod
     def parse_fields(cls, rule: HparamRule, r: dict, where: str) -> None:
         if "value" not in r:
-            raise RuleError(f"{where}: missing field 'value'")
+            raise RuleError(f"{where}: missing field 'value'", rule=where)
         if "if_missing" in r:
             rule.if_missing = require(r, "if_missing", where, bool)
         rule.value, rule.has_value = r["value"], True

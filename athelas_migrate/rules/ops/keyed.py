@@ -45,9 +45,9 @@ class MatchOp(StateOp):
     def parse(cls, r: dict, rid: str, where: str) -> StateRule:
         patterns = str_list(r, "match")
         if not patterns:
-            raise RuleError(f"{where}: 'match' must be a regex or a list of regexes")
+            raise RuleError(f"{where}: 'match' must be a regex or a list of regexes", rule=where)
         if not cls.many_sources and len(patterns) != 1:
-            raise RuleError(f"{where}: only 'concat' takes several 'match' patterns")
+            raise RuleError(f"{where}: only 'concat' takes several 'match' patterns", rule=where)
         rule = StateRule(rid, cls.name, [compile_pattern(p, where) for p in patterns], source=where)
         check_fields(r, cls.fields, where)
         cls.parse_fields(rule, r, where)
@@ -70,12 +70,12 @@ class MatchOp(StateOp):
         """
         to = str_list(r, "to")
         if to is None:
-            raise RuleError(f"{where}: 'to' must be a key template or a list of them")
+            raise RuleError(f"{where}: 'to' must be a key template or a list of them", rule=where)
         rule.to = to
         if not rule.to:
-            raise RuleError(f"{where}: missing field 'to'")
+            raise RuleError(f"{where}: missing field 'to'", rule=where)
         if cls.many_targets != (len(rule.to) > 1):
-            raise RuleError(f"{where}: 'split' needs a list of targets; other ops take one")
+            raise RuleError(f"{where}: 'split' needs a list of targets; other ops take one", rule=where)
         for template in rule.to:
             check_template(rule.match[0], template, where)
         rule.params.update(cls.parse_params(r, where))
@@ -187,7 +187,7 @@ class Transpose(MatchOp):
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
         dims = require(r, "dims", where, list)
         if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
-            raise RuleError(f"{where}: 'dims' must be two integers")
+            raise RuleError(f"{where}: 'dims' must be two integers", rule=where)
         return {"dims": dims}
 
     @classmethod
@@ -231,7 +231,7 @@ class Cast(MatchOp):
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
         params = {"dtype": require(r, "dtype", where)}
         if params["dtype"] not in CASTABLE:
-            raise RuleError(f"{where}: cannot cast to {params['dtype']!r}")
+            raise RuleError(f"{where}: cannot cast to {params['dtype']!r}", rule=where)
         if "from_dtype" in r:
             params["from_dtype"] = dtype_name(r["from_dtype"], where)
         return params

@@ -29,7 +29,7 @@ class _Sized(MatchOp):
         super().parse_fields(rule, r, where)
         count, part = cls.parts(rule)
         if len(rule.params["sizes"]) != count:
-            raise RuleError(f"{where}: 'sizes' must have one entry per {part}")
+            raise RuleError(f"{where}: 'sizes' must have one entry per {part}", rule=where)
 
     @classmethod
     def parse_params(cls, r: dict, where: str) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class Concat(_Sized):
 
         if len(parts) != len(rule.match):
             missing = [p.pattern for i, p in enumerate(rule.match) if i not in parts]
-            raise RuleError(f"{rule.source}: concat is missing parts matching {missing}")
+            raise RuleError(f"{rule.source}: concat is missing parts matching {missing}", rule=rule.source)
         keys = [parts[i] for i in range(len(rule.match))]
         target = rule.match[0].fullmatch(keys[0]).expand(rule.to[0])
         try:
