@@ -35,6 +35,7 @@ from torch import nn
 
 from ..export import InputSpec, PositionalForward
 from ..families.simple import accepted
+from ..infer.probe import load_example_inputs, run
 from .adapters import Batch, CannotVerifyError, Context, VerifyAdapter
 
 #: The sample batch file's name, in the family folder.
@@ -42,7 +43,7 @@ SAMPLE_INPUTS = "sample_inputs.pt"
 
 
 def load_sample_inputs(path: Path) -> list[Any]:
-    """The list of example inputs stored at `path`.
+    """The list of example inputs stored at `path` (read like `rules infer --inputs`).
 
     Args:
         path: a file written by `torch.save(list_of_inputs)`.
@@ -51,28 +52,10 @@ def load_sample_inputs(path: Path) -> list[Any]:
         The inputs (a tensor, or a tuple of tensors, each).
 
     Raises:
-        CannotVerifyError: the file is missing, unsafe, or not a non-empty list.
+        UsageError: the file is missing.
+        InputError: it is unsafe or not a non-empty list.
     """
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise CannotVerifyError(f"sample batch {path}: cannot load it ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, list | tuple) or not data:
-        raise CannotVerifyError(f"sample batch {path}: expected a non-empty list of inputs")
-    return list(data)
-
-
-def call(model: nn.Module, x: Any) -> Any:
-    """Call `model` on one sample input, as `rules infer --inputs` does.
-
-    Args:
-        model: the model.
-        x: one input: a tuple is spread into positional arguments, anything else passed as it is.
-
-    Returns:
-        The model's output.
-    """
-    return model(*x) if isinstance(x, tuple) else model(x)
+    return load_example_inputs(str(path), "sample batch")
 
 
 def batch_size(x: Any) -> int:
@@ -122,7 +105,7 @@ class SampleBatchAdapter(VerifyAdapter):
         return Batch(f"sample-{index}", obj, n, None, f"B={n}, from {SAMPLE_INPUTS}")
 
     def forward(self, side: str, model: nn.Module, batch: Batch, ctx: Context) -> torch.Tensor:
-        out = call(model, batch.data)
+        out = run(model, batch.data)
         if not isinstance(out, torch.Tensor):
             raise CannotVerifyError(f"{self.family}: the model returned a {type(out).__name__}, not a tensor; "
                                     "override SampleBatchAdapter.forward to pick the output")

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..errors import InputError, OutputError, OutputExistsError, UsageError
+from ..errors import OutputError, OutputExistsError, UsageError
 
 
 @click.group("rules")
@@ -21,12 +21,22 @@ def rules_group() -> None:
     """Rule files: infer a draft from an old and a new model."""
 
 
-def _construct(spec: str, args_path: str | None, option: str) -> Any:
-    from ..overrides import read_json_object
+def construct(spec: str, kwargs: dict[str, Any], option: str) -> Any:
+    """An instance of the class named `spec`, built with `kwargs` (how `rules infer` and `family new` build models).
 
+    Args:
+        spec: "package.module:Class"; modules beside the working directory resolve, as with `python -m`.
+        kwargs: its constructor's keyword arguments.
+        option: the CLI option that named the class, for messages.
+
+    Returns:
+        The model.
+
+    Raises:
+        UsageError: a malformed spec, a class that does not import, or a constructor that rejects `kwargs`.
+    """
     if ":" not in spec or spec.count(":") != 1:
         raise UsageError(f"{option} {spec!r}: expected 'package.module:Class'")
-    kwargs = read_json_object(args_path, f"{option}-args") if args_path else {}
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside the user resolve
     import importlib
@@ -43,19 +53,19 @@ def _construct(spec: str, args_path: str | None, option: str) -> Any:
                          f"{type(exc).__name__}: {exc}") from None
 
 
-def _inputs(path: str) -> list[Any]:
-    import torch
+def constructor_args(path: str | None, option: str) -> dict[str, Any]:
+    """The JSON object of constructor keyword arguments in `path` (none without a file).
 
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise UsageError(f"--inputs {path}: no such file") from None
-    except Exception as exc:  # torch raises many types for unreadable or unsafe files
-        raise InputError(f"--inputs {path}: not a file of example inputs loadable with weights_only=True "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(data, list | tuple) or not data:
-        raise InputError(f"--inputs {path}: must hold a non-empty list of inputs, got {type(data).__name__}")
-    return list(data)
+    Args:
+        path: the `*-args` file, or None.
+        option: the CLI option that named it, for messages.
+
+    Returns:
+        The keyword arguments.
+    """
+    from ..overrides import read_json_object
+
+    return read_json_object(path, option) if path else {}
 
 
 def _edge(out: str, family: str | None, src: str | None, dst: str | None) -> tuple[str, str, str]:
@@ -111,9 +121,11 @@ def infer_cmd(old_spec: str, old_args: str | None, new_spec: str, new_args: str 
     family, src, dst = _edge(out, family, src, dst)
     if os.path.exists(out) and not force:
         raise OutputExistsError(f"{out} exists; pass --force to replace it")
-    old = _construct(old_spec, old_args, "--old")
-    new = _construct(new_spec, new_args, "--new")
-    inputs = _inputs(inputs_path)
+    from .probe import load_example_inputs
+
+    old = construct(old_spec, constructor_args(old_args, "--old-args"), "--old")
+    new = construct(new_spec, constructor_args(new_args, "--new-args"), "--new")
+    inputs = load_example_inputs(inputs_path)
     result = infer(old, new, inputs, family, src, dst, atol=atol)
     _write(out, result.toml, force)
     click.echo(f"wrote {out}: {len(result.evidence)} rules, {family} {src} -> {dst} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
+from typing import Any
 
 from .match import Entry
 
@@ -189,7 +190,18 @@ def build_rules(entries: list[Entry], old_keys: list[str]) -> list[tuple[dict, l
 
 
 # ---------------------------------------------------------------------------------------------- TOML text
-def _toml(value) -> str:
+def toml_value(value: Any) -> str:
+    """`value` as a TOML literal (literal strings where possible, so regexes stay readable).
+
+    Args:
+        value: a bool, number, string, or a list or dict of them.
+
+    Returns:
+        The TOML text.
+
+    Raises:
+        TypeError: a value TOML cannot hold here.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -199,9 +211,9 @@ def _toml(value) -> str:
             return f"'{value}'"
         return json.dumps(value)  # a TOML basic string is JSON-compatible for these characters
     if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
@@ -221,11 +233,11 @@ def to_toml(family: str, src: str, dst: str, description: str, rules: list[tuple
         The TOML text, newline-terminated.
     """
     lines = [f"# {h}" for h in header]
-    lines += [f"family = {_toml(family)}", f"from = {_toml(src)}", f"to = {_toml(dst)}",
-              f"description = {_toml(description)}"]
+    lines += [f"family = {toml_value(family)}", f"from = {toml_value(src)}", f"to = {toml_value(dst)}",
+              f"description = {toml_value(description)}"]
     for rule, notes in rules:
         lines.append("")
         lines += [f"# {n}" for n in notes]
         lines.append("[[rules]]")
-        lines += [f"{k} = {_toml(v)}" for k, v in rule.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in rule.items()]
     return "\n".join(lines) + "\n"

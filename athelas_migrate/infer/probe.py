@@ -17,6 +17,33 @@ import torch
 from torch import nn
 
 from ..equivalence.compare import compare_leaves, tensor_leaves
+from ..errors import InputError, UsageError
+
+
+def load_example_inputs(path: str, option: str = "--inputs") -> list[Any]:
+    """The list of example inputs in a torch file, read with `weights_only=True` (never runs code).
+
+    Args:
+        path: a file written by `torch.save(list_of_inputs)`.
+        option: how messages name the file's origin (a CLI option or "sample batch").
+
+    Returns:
+        The inputs: each a tensor, a tuple (spread into positional arguments) or any other plain value.
+
+    Raises:
+        UsageError: the file does not exist.
+        InputError: it is unreadable, unsafe, or not a non-empty list.
+    """
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except Exception as exc:  # torch raises many types for unreadable or unsafe files
+        raise InputError(f"{option} {path}: not a file of example inputs loadable with weights_only=True "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(data, list | tuple) or not data:
+        raise InputError(f"{option} {path}: must hold a non-empty list of inputs, got {type(data).__name__}")
+    return list(data)
 
 
 def run(model: nn.Module, x: Any) -> Any:

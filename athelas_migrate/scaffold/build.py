@@ -16,9 +16,8 @@ from typing import Any
 from ..config_keys import BOOL, INT, KEY_TYPES, LIST, NUMBER, OBJECT, STR
 from ..errors import InputError, OutputError, OutputExistsError, UsageError
 from ..families.simple import key_signatures
-from ..infer.cli import _construct, _inputs
-from ..infer.collapse import _toml as toml_value
-from ..overrides import read_json_object
+from ..infer.cli import construct, constructor_args
+from ..infer.collapse import toml_value
 from . import templates
 
 #: Training steps of the generated fixture generator.
@@ -87,11 +86,13 @@ def scaffold(name: str, legacy: str, legacy_args: str | None, target: str, targe
     dest = Path(into) / folder
     if dest.exists():
         raise OutputExistsError(f"{dest} exists; choose another --into or remove it")
-    old_kwargs = read_json_object(legacy_args, "--legacy-args") if legacy_args else {}
-    new_kwargs = read_json_object(target_args, "--target-args") if target_args else {}
-    old = _construct(legacy, legacy_args, "--legacy")
-    new = _construct(target, target_args, "--target")
-    inputs = _inputs(inputs_path)
+    old_kwargs = constructor_args(legacy_args, "--legacy-args")
+    new_kwargs = constructor_args(target_args, "--target-args")
+    old = construct(legacy, old_kwargs, "--legacy")
+    new = construct(target, new_kwargs, "--target")
+    from ..infer.probe import load_example_inputs
+
+    inputs = load_example_inputs(inputs_path)
     _require_lightning(old, "--legacy", legacy)
     from ..infer.core import RuleInferenceError, infer
 
